@@ -1,0 +1,6 @@
+module github.com/agentserver/agentserver/pkg
+
+go 1.26.7
+
+require github.com/agentserver/agentserver/gen v0.0.0
+replace github.com/agentserver/agentserver/gen => ../gen
