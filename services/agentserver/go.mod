@@ -3,12 +3,23 @@ module github.com/agentserver/agentserver/services/agentserver
 go 1.26.7
 
 require github.com/agentserver/agentserver/gen v0.0.0
+
 require github.com/agentserver/agentserver/pkg v0.0.0
+
 require github.com/agentserver/agentserver/services/gateway v0.0.0
+
 require github.com/agentserver/agentserver/services/scheduler v0.0.0
+
 require github.com/agentserver/agentserver/services/worker-agent v0.0.0
+
+require golang.org/x/sync v0.25.0 // indirect
+
 replace github.com/agentserver/agentserver/gen => ../../gen
+
 replace github.com/agentserver/agentserver/pkg => ../../pkg
+
 replace github.com/agentserver/agentserver/services/gateway => ../gateway
+
 replace github.com/agentserver/agentserver/services/scheduler => ../scheduler
+
 replace github.com/agentserver/agentserver/services/worker-agent => ../worker-agent

@@ -40,6 +40,8 @@ const (
 	RunResult_OUTCOME_TIMED_OUT RunResult_Outcome = 4
 	// The worker gives the run back unfinished (drain); it is requeued.
 	RunResult_OUTCOME_RELEASED RunResult_Outcome = 5
+	// A step asked for input; the run waits for a resume.
+	RunResult_OUTCOME_INTERRUPTED RunResult_Outcome = 6
 )
 
 // Enum value maps for RunResult_Outcome.
@@ -51,6 +53,7 @@ var (
 		3: "OUTCOME_CANCELLED",
 		4: "OUTCOME_TIMED_OUT",
 		5: "OUTCOME_RELEASED",
+		6: "OUTCOME_INTERRUPTED",
 	}
 	RunResult_Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED": 0,
@@ -59,6 +62,7 @@ var (
 		"OUTCOME_CANCELLED":   3,
 		"OUTCOME_TIMED_OUT":   4,
 		"OUTCOME_RELEASED":    5,
+		"OUTCOME_INTERRUPTED": 6,
 	}
 )
 
@@ -86,7 +90,7 @@ func (x RunResult_Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RunResult_Outcome.Descriptor instead.
 func (RunResult_Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9, 0}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10, 0}
 }
 
 // ConnectRequest is a message from a worker to its scheduler.
@@ -238,6 +242,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Assignment
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_Drain
+	//	*ConnectResponse_ResultAck
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -316,6 +321,15 @@ func (x *ConnectResponse) GetDrain() *Drain {
 	return nil
 }
 
+func (x *ConnectResponse) GetResultAck() *ResultAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_ResultAck); ok {
+			return x.ResultAck
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -340,6 +354,11 @@ type ConnectResponse_Drain struct {
 	Drain *Drain `protobuf:"bytes,4,opt,name=drain,proto3,oneof"`
 }
 
+type ConnectResponse_ResultAck struct {
+	// The scheduler recorded a result; the worker may forget the run.
+	ResultAck *ResultAck `protobuf:"bytes,5,opt,name=result_ack,json=resultAck,proto3,oneof"`
+}
+
 func (*ConnectResponse_Registered) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Assignment) isConnectResponse_Msg() {}
@@ -347,6 +366,8 @@ func (*ConnectResponse_Assignment) isConnectResponse_Msg() {}
 func (*ConnectResponse_Cancel) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Drain) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_ResultAck) isConnectResponse_Msg() {}
 
 // Register describes the worker and its inventory.
 type Register struct {
@@ -913,6 +934,63 @@ func (*Drain) Descriptor() ([]byte, []int) {
 	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
+// ResultAck confirms that a result was recorded (or refused for good because the lease
+// moved on). Until it arrives the worker keeps the result and sends it again after a
+// reconnect, so a result is never lost with a broken stream.
+type ResultAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs/{run}
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// Epoch of the claim.
+	Epoch         int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultAck) Reset() {
+	*x = ResultAck{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultAck) ProtoMessage() {}
+
+func (x *ResultAck) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
+func (*ResultAck) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResultAck) GetRun() string {
+	if x != nil {
+		return x.Run
+	}
+	return ""
+}
+
+func (x *ResultAck) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 // RunResult reports how a run ended on the worker.
 type RunResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -927,14 +1005,18 @@ type RunResult struct {
 	// Error message (FAILED, TIMED_OUT).
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// Whether a failure may be retried.
-	Retryable     bool `protobuf:"varint,6,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	Retryable bool `protobuf:"varint,6,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	// What an interrupted step asks (OUTCOME_INTERRUPTED).
+	Prompt *structpb.Value `protobuf:"bytes,7,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	// The step that failed or was interrupted.
+	Step          string `protobuf:"bytes,8,opt,name=step,proto3" json:"step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunResult) Reset() {
 	*x = RunResult{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1028,7 @@ func (x *RunResult) String() string {
 func (*RunResult) ProtoMessage() {}
 
 func (x *RunResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1041,7 @@ func (x *RunResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResult.ProtoReflect.Descriptor instead.
 func (*RunResult) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RunResult) GetRun() string {
@@ -1004,6 +1086,20 @@ func (x *RunResult) GetRetryable() bool {
 	return false
 }
 
+func (x *RunResult) GetPrompt() *structpb.Value {
+	if x != nil {
+		return x.Prompt
+	}
+	return nil
+}
+
+func (x *RunResult) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
 // RunEvent is an event of a running run.
 type RunEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1021,7 +1117,7 @@ type RunEvent struct {
 
 func (x *RunEvent) Reset() {
 	*x = RunEvent{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1129,7 @@ func (x *RunEvent) String() string {
 func (*RunEvent) ProtoMessage() {}
 
 func (x *RunEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1142,7 @@ func (x *RunEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunEvent.ProtoReflect.Descriptor instead.
 func (*RunEvent) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RunEvent) GetRun() string {
@@ -1094,7 +1190,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1202,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1215,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Checkpoint) GetRun() string {
@@ -1163,7 +1259,7 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x05 \x01(\v2$.agentserver.scheduler.v1.CheckpointH\x00R\n" +
 	"checkpointB\x05\n" +
-	"\x03msg\"\x9d\x02\n" +
+	"\x03msg\"\xe3\x02\n" +
 	"\x0fConnectResponse\x12F\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2$.agentserver.scheduler.v1.RegisteredH\x00R\n" +
@@ -1172,7 +1268,9 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"assignment\x18\x02 \x01(\v2$.agentserver.scheduler.v1.AssignmentH\x00R\n" +
 	"assignment\x12:\n" +
 	"\x06cancel\x18\x03 \x01(\v2 .agentserver.scheduler.v1.CancelH\x00R\x06cancel\x127\n" +
-	"\x05drain\x18\x04 \x01(\v2\x1f.agentserver.scheduler.v1.DrainH\x00R\x05drainB\x05\n" +
+	"\x05drain\x18\x04 \x01(\v2\x1f.agentserver.scheduler.v1.DrainH\x00R\x05drain\x12D\n" +
+	"\n" +
+	"result_ack\x18\x05 \x01(\v2#.agentserver.scheduler.v1.ResultAckH\x00R\tresultAckB\x05\n" +
 	"\x03msg\"\xec\x03\n" +
 	"\bRegister\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
@@ -1224,21 +1322,27 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"\a\n" +
-	"\x05Drain\"\xf1\x02\n" +
+	"\x05Drain\"3\n" +
+	"\tResultAck\x12\x10\n" +
+	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"\xce\x03\n" +
 	"\tRunResult\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12E\n" +
 	"\aoutcome\x18\x03 \x01(\x0e2+.agentserver.scheduler.v1.RunResult.OutcomeR\aoutcome\x12-\n" +
 	"\x05state\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x05state\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1c\n" +
-	"\tretryable\x18\x06 \x01(\bR\tretryable\"\x91\x01\n" +
+	"\tretryable\x18\x06 \x01(\bR\tretryable\x12.\n" +
+	"\x06prompt\x18\a \x01(\v2\x16.google.protobuf.ValueR\x06prompt\x12\x12\n" +
+	"\x04step\x18\b \x01(\tR\x04step\"\xaa\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n" +
 	"\x0eOUTCOME_FAILED\x10\x02\x12\x15\n" +
 	"\x11OUTCOME_CANCELLED\x10\x03\x12\x15\n" +
 	"\x11OUTCOME_TIMED_OUT\x10\x04\x12\x14\n" +
-	"\x10OUTCOME_RELEASED\x10\x05\"s\n" +
+	"\x10OUTCOME_RELEASED\x10\x05\x12\x17\n" +
+	"\x13OUTCOME_INTERRUPTED\x10\x06\"s\n" +
 	"\bRunEvent\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x12\n" +
@@ -1266,7 +1370,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_agentserver_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
 	(RunResult_Outcome)(0),      // 0: agentserver.scheduler.v1.RunResult.Outcome
 	(*ConnectRequest)(nil),      // 1: agentserver.scheduler.v1.ConnectRequest
@@ -1278,49 +1382,53 @@ var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*Assignment)(nil),          // 7: agentserver.scheduler.v1.Assignment
 	(*Cancel)(nil),              // 8: agentserver.scheduler.v1.Cancel
 	(*Drain)(nil),               // 9: agentserver.scheduler.v1.Drain
-	(*RunResult)(nil),           // 10: agentserver.scheduler.v1.RunResult
-	(*RunEvent)(nil),            // 11: agentserver.scheduler.v1.RunEvent
-	(*Checkpoint)(nil),          // 12: agentserver.scheduler.v1.Checkpoint
-	nil,                         // 13: agentserver.scheduler.v1.Register.LabelsEntry
-	nil,                         // 14: agentserver.scheduler.v1.Assignment.TraceContextEntry
-	(*v1.SlotInventory)(nil),    // 15: agentserver.v1.SlotInventory
-	(*v1.Gpu)(nil),              // 16: agentserver.v1.Gpu
-	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
-	(*structpb.Struct)(nil),     // 18: google.protobuf.Struct
+	(*ResultAck)(nil),           // 10: agentserver.scheduler.v1.ResultAck
+	(*RunResult)(nil),           // 11: agentserver.scheduler.v1.RunResult
+	(*RunEvent)(nil),            // 12: agentserver.scheduler.v1.RunEvent
+	(*Checkpoint)(nil),          // 13: agentserver.scheduler.v1.Checkpoint
+	nil,                         // 14: agentserver.scheduler.v1.Register.LabelsEntry
+	nil,                         // 15: agentserver.scheduler.v1.Assignment.TraceContextEntry
+	(*v1.SlotInventory)(nil),    // 16: agentserver.v1.SlotInventory
+	(*v1.Gpu)(nil),              // 17: agentserver.v1.Gpu
+	(*durationpb.Duration)(nil), // 18: google.protobuf.Duration
+	(*structpb.Struct)(nil),     // 19: google.protobuf.Struct
+	(*structpb.Value)(nil),      // 20: google.protobuf.Value
 }
 var file_agentserver_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	3,  // 0: agentserver.scheduler.v1.ConnectRequest.register:type_name -> agentserver.scheduler.v1.Register
 	6,  // 1: agentserver.scheduler.v1.ConnectRequest.heartbeat:type_name -> agentserver.scheduler.v1.Heartbeat
-	10, // 2: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
-	11, // 3: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
-	12, // 4: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
+	11, // 2: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
+	12, // 3: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
+	13, // 4: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
 	5,  // 5: agentserver.scheduler.v1.ConnectResponse.registered:type_name -> agentserver.scheduler.v1.Registered
 	7,  // 6: agentserver.scheduler.v1.ConnectResponse.assignment:type_name -> agentserver.scheduler.v1.Assignment
 	8,  // 7: agentserver.scheduler.v1.ConnectResponse.cancel:type_name -> agentserver.scheduler.v1.Cancel
 	9,  // 8: agentserver.scheduler.v1.ConnectResponse.drain:type_name -> agentserver.scheduler.v1.Drain
-	15, // 9: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
-	16, // 10: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
-	13, // 11: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
-	4,  // 12: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
-	17, // 13: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
-	4,  // 14: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
-	15, // 15: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
-	16, // 16: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
-	18, // 17: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
-	18, // 18: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
-	17, // 19: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
-	14, // 20: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
-	0,  // 21: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
-	18, // 22: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
-	18, // 23: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
-	18, // 24: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
-	1,  // 25: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
-	2,  // 26: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
-	26, // [26:27] is the sub-list for method output_type
-	25, // [25:26] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	10, // 9: agentserver.scheduler.v1.ConnectResponse.result_ack:type_name -> agentserver.scheduler.v1.ResultAck
+	16, // 10: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
+	17, // 11: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
+	14, // 12: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
+	4,  // 13: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
+	18, // 14: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
+	4,  // 15: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
+	16, // 16: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
+	17, // 17: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
+	19, // 18: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
+	19, // 19: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
+	18, // 20: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
+	15, // 21: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
+	0,  // 22: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
+	19, // 23: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
+	20, // 24: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
+	19, // 25: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
+	19, // 26: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
+	1,  // 27: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
+	2,  // 28: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
+	28, // [28:29] is the sub-list for method output_type
+	27, // [27:28] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_scheduler_v1_scheduler_proto_init() }
@@ -1340,6 +1448,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 		(*ConnectResponse_Assignment)(nil),
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Drain)(nil),
+		(*ConnectResponse_ResultAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1347,7 +1456,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentserver_scheduler_v1_scheduler_proto_rawDesc), len(file_agentserver_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

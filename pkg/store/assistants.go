@@ -1,0 +1,219 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Assistant is a stored assistant (its newest version).
+type Assistant struct {
+	TenantID         string
+	ID               string
+	Version          int64
+	DisplayName      string
+	Flow             string
+	SlotType         string
+	Priority         int32
+	ConcurrencyLimit int32
+	Timeout          time.Duration
+	MaxAttempts      int32
+	Config           map[string]any
+	CreateTime       time.Time
+	UpdateTime       time.Time
+}
+
+const assistantColumns = `tenant_id, id, version, display_name, flow, slot_type, priority,
+	concurrency_limit, timeout_ms, max_attempts, config, create_time, update_time`
+
+func scanAssistant(row pgx.Row) (*Assistant, error) {
+	var a Assistant
+	var timeoutMS int64
+	var config []byte
+	if err := row.Scan(&a.TenantID, &a.ID, &a.Version, &a.DisplayName, &a.Flow, &a.SlotType,
+		&a.Priority, &a.ConcurrencyLimit, &timeoutMS, &a.MaxAttempts, &config, &a.CreateTime, &a.UpdateTime); err != nil {
+		return nil, err
+	}
+	a.Timeout = time.Duration(timeoutMS) * time.Millisecond
+	if err := json.Unmarshal(config, &a.Config); err != nil {
+		return nil, fmt.Errorf("decoding assistant config: %w", err)
+	}
+	return &a, nil
+}
+
+func configJSON(c map[string]any) ([]byte, error) {
+	if c == nil {
+		return []byte("{}"), nil
+	}
+	return json.Marshal(c)
+}
+
+// CreateAssistant stores a new assistant at version 1.
+func (s *Store) CreateAssistant(ctx context.Context, a *Assistant) (*Assistant, error) {
+	config, err := configJSON(a.Config)
+	if err != nil {
+		return nil, fmt.Errorf("encoding assistant config: %w", err)
+	}
+	var out *Assistant
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		out, err = scanAssistant(tx.QueryRow(ctx, `
+			INSERT INTO assistants (tenant_id, id, version, display_name, flow, slot_type, priority,
+				concurrency_limit, timeout_ms, max_attempts, config)
+			VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10)
+			RETURNING `+assistantColumns,
+			a.TenantID, a.ID, a.DisplayName, a.Flow, a.SlotType, a.Priority, a.ConcurrencyLimit,
+			a.Timeout.Milliseconds(), a.MaxAttempts, config))
+		if err != nil {
+			return err
+		}
+		return afterAssistantWrite(ctx, tx, out, config)
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			return nil, ErrAlreadyExists
+		}
+		return nil, fmt.Errorf("creating assistant %s: %w", a.ID, err)
+	}
+	if out.ConcurrencyLimit > 0 {
+		if err := s.ReconcileLoad(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// afterAssistantWrite records the version and the concurrency-limit row of a.
+func afterAssistantWrite(ctx context.Context, tx pgx.Tx, a *Assistant, config []byte) error {
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO assistant_versions (tenant_id, assistant_id, version, flow, config)
+		VALUES ($1, $2, $3, $4, $5)`, a.TenantID, a.ID, a.Version, a.Flow, config); err != nil {
+		return fmt.Errorf("recording version: %w", err)
+	}
+	if a.ConcurrencyLimit > 0 {
+		_, err := tx.Exec(ctx, `
+			INSERT INTO assistant_load (tenant_id, assistant_id, concurrency_limit)
+			VALUES ($1, $2, $3)
+			ON CONFLICT (tenant_id, assistant_id) DO UPDATE SET concurrency_limit = EXCLUDED.concurrency_limit`,
+			a.TenantID, a.ID, a.ConcurrencyLimit)
+		return err
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM assistant_load WHERE tenant_id = $1 AND assistant_id = $2`, a.TenantID, a.ID)
+	return err
+}
+
+// GetAssistant returns the newest version of an assistant.
+func (s *Store) GetAssistant(ctx context.Context, tenant, id string) (*Assistant, error) {
+	a, err := scanAssistant(s.pool.QueryRow(ctx, `SELECT `+assistantColumns+`
+		FROM assistants WHERE tenant_id = $1 AND id = $2`, tenant, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading assistant %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// ListAssistants returns up to limit assistants with ids after afterID, in id order.
+func (s *Store) ListAssistants(ctx context.Context, tenant string, limit int, afterID string) ([]*Assistant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+assistantColumns+`
+		FROM assistants WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3`, tenant, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing assistants: %w", err)
+	}
+	defer rows.Close()
+	var out []*Assistant
+	for rows.Next() {
+		a, err := scanAssistant(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing assistants: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// UpdateAssistant applies update to the stored assistant under a row lock and stores the
+// result as a new version. update returns an error to abort without writing.
+func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update func(*Assistant) error) (*Assistant, error) {
+	var out *Assistant
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		a, err := scanAssistant(tx.QueryRow(ctx, `SELECT `+assistantColumns+`
+			FROM assistants WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if err := update(a); err != nil {
+			return err
+		}
+		config, err := configJSON(a.Config)
+		if err != nil {
+			return fmt.Errorf("encoding assistant config: %w", err)
+		}
+		out, err = scanAssistant(tx.QueryRow(ctx, `
+			UPDATE assistants SET version = version + 1, display_name = $3, flow = $4, slot_type = $5,
+				priority = $6, concurrency_limit = $7, timeout_ms = $8, max_attempts = $9, config = $10,
+				update_time = now()
+			WHERE tenant_id = $1 AND id = $2
+			RETURNING `+assistantColumns,
+			tenant, id, a.DisplayName, a.Flow, a.SlotType, a.Priority, a.ConcurrencyLimit,
+			a.Timeout.Milliseconds(), a.MaxAttempts, config))
+		if err != nil {
+			return err
+		}
+		return afterAssistantWrite(ctx, tx, out, config)
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, ErrNotFound
+		}
+		return nil, fmt.Errorf("updating assistant %s: %w", id, err)
+	}
+	if out.ConcurrencyLimit > 0 {
+		if err := s.ReconcileLoad(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// DeleteAssistant deletes an assistant. Its versions stay, so its existing runs finish.
+func (s *Store) DeleteAssistant(ctx context.Context, tenant, id string) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM assistants WHERE tenant_id = $1 AND id = $2`, tenant, id)
+		if err != nil {
+			return fmt.Errorf("deleting assistant %s: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+}
+
+// ReconcileLoad recounts the RUNNING runs of every assistant with a concurrency limit.
+// The trigger on runs keeps the counts exact; this heals the one window it cannot see (a
+// limit added while runs of that assistant change state).
+func (s *Store) ReconcileLoad(ctx context.Context) error {
+	// Lock the rows in key order, as claims do, so the two never deadlock.
+	_, err := s.pool.Exec(ctx, `
+		WITH locked AS (
+			SELECT tenant_id, assistant_id FROM assistant_load ORDER BY tenant_id, assistant_id FOR UPDATE)
+		UPDATE assistant_load l SET running = (
+			SELECT count(*) FROM runs r
+			WHERE r.tenant_id = l.tenant_id AND r.assistant_id = l.assistant_id AND r.state = 2)
+		FROM locked WHERE l.tenant_id = locked.tenant_id AND l.assistant_id = locked.assistant_id`)
+	if err != nil {
+		return fmt.Errorf("reconciling assistant load: %w", err)
+	}
+	return nil
+}

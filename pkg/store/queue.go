@@ -1,0 +1,636 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Claim is a run handed to a worker: the run, the flow of its assistant version and the
+// state to start from.
+type Claim struct {
+	Run *Run
+	// Flow is the flow YAML of the run's assistant version.
+	Flow string
+	// Config is the assistant version's config.
+	Config map[string]any
+	// State is the state to start from: the last checkpoint, else the input.
+	State map[string]any
+	// Step is the step to start at; empty means the first.
+	Step string
+}
+
+// ClaimParams says what to claim.
+type ClaimParams struct {
+	// WorkerID becomes the lease owner.
+	WorkerID string
+	// SlotType of the runs to claim.
+	SlotType string
+	// Limit is the number of free slots: at most this many runs are claimed.
+	Limit int
+	// LeaseTTL is how long the lease lasts unless renewed.
+	LeaseTTL time.Duration
+}
+
+type candidate struct {
+	id        uuid.UUID
+	tenant    string
+	assistant string
+	limited   bool
+}
+
+// ClaimRuns claims up to p.Limit runnable runs of p.SlotType for a worker, in priority
+// then submission order, and gives each a lease with a new fencing epoch. Runs of
+// assistants at their concurrency limit are skipped; the limit holds with any number of
+// concurrent claimers. Rows locked by a concurrent claimer are skipped, never waited for.
+func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) {
+	if p.Limit <= 0 {
+		return nil, nil
+	}
+	var claims []*Claim
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT q.run_id, q.tenant_id, q.assistant_id,
+				EXISTS (SELECT 1 FROM assistant_load l
+					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id)
+			FROM run_queue q
+			WHERE q.slot_type = $1 AND q.available_time <= now()
+				AND NOT EXISTS (SELECT 1 FROM assistant_load l
+					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id
+						AND l.running >= l.concurrency_limit)
+			ORDER BY q.priority DESC, q.seq
+			LIMIT $2
+			FOR UPDATE OF q SKIP LOCKED`, p.SlotType, p.Limit)
+		if err != nil {
+			return err
+		}
+		var cands []candidate
+		for rows.Next() {
+			var c candidate
+			if err := rows.Scan(&c.id, &c.tenant, &c.assistant, &c.limited); err != nil {
+				rows.Close()
+				return err
+			}
+			cands = append(cands, c)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		admitted, err := admit(ctx, tx, cands)
+		if err != nil || len(admitted) == 0 {
+			return err
+		}
+		rows, err = tx.Query(ctx, `
+			WITH d AS (
+				DELETE FROM run_queue WHERE run_id = ANY($1) RETURNING run_id
+			), u AS (
+				UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2,
+					lease_expire_time = now() + $3 * interval '1 millisecond', claim_time = now(),
+					start_time = coalesce(r.start_time, now()), next_attempt_time = NULL
+				FROM d WHERE r.id = d.run_id
+				RETURNING r.*
+			), e AS (
+				INSERT INTO run_events (run_id, tenant_id, type, data)
+				SELECT id, tenant_id, 'state', jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
+					'attempt', attempt, 'epoch', epoch) FROM u
+			)
+			SELECT `+runColumnsOf("u")+`, v.flow, v.config, u.checkpoint, coalesce(u.next_step, '')
+			FROM u JOIN assistant_versions v
+				ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
+			ORDER BY u.priority DESC, u.seq`,
+			admitted, p.WorkerID, p.LeaseTTL.Milliseconds())
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			c, err := scanClaim(rows)
+			if err != nil {
+				return err
+			}
+			claims = append(claims, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
+	}
+	return claims, nil
+}
+
+// admit drops the candidates that would exceed their assistant's concurrency limit. It
+// locks the load rows of the limited assistants in key order (deadlock-free), so
+// concurrent claimers see each other's admissions.
+func admit(ctx context.Context, tx pgx.Tx, cands []candidate) ([]uuid.UUID, error) {
+	type key struct{ tenant, assistant string }
+	var keys []key
+	seen := make(map[key]bool)
+	for _, c := range cands {
+		k := key{c.tenant, c.assistant}
+		if c.limited && !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	allowance := make(map[key]int)
+	if len(keys) > 0 {
+		sort.Slice(keys, func(i, j int) bool {
+			if keys[i].tenant != keys[j].tenant {
+				return keys[i].tenant < keys[j].tenant
+			}
+			return keys[i].assistant < keys[j].assistant
+		})
+		for _, k := range keys {
+			var running, limit int
+			err := tx.QueryRow(ctx, `SELECT running, concurrency_limit FROM assistant_load
+				WHERE tenant_id = $1 AND assistant_id = $2 FOR UPDATE`, k.tenant, k.assistant).Scan(&running, &limit)
+			if errors.Is(err, pgx.ErrNoRows) {
+				allowance[k] = -1 // limit removed meanwhile: unlimited
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("locking load of assistant %s: %w", k.assistant, err)
+			}
+			allowance[k] = max(limit-running, 0)
+		}
+	}
+	admitted := make([]uuid.UUID, 0, len(cands))
+	for _, c := range cands {
+		if c.limited {
+			k := key{c.tenant, c.assistant}
+			if a := allowance[k]; a == 0 {
+				continue
+			} else if a > 0 {
+				allowance[k] = a - 1
+			}
+		}
+		admitted = append(admitted, c.id)
+	}
+	return admitted, nil
+}
+
+func scanClaim(row pgx.Row) (*Claim, error) {
+	var r Run
+	var c Claim
+	var timeoutMS int64
+	var input, output, config, checkpoint []byte
+	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
+		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
+		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
+		&r.EndTime, &r.NextAttemptTime, &c.Flow, &config, &checkpoint, &c.Step); err != nil {
+		return nil, err
+	}
+	r.Timeout = time.Duration(timeoutMS) * time.Millisecond
+	if err := json.Unmarshal(input, &r.Input); err != nil {
+		return nil, fmt.Errorf("decoding run input: %w", err)
+	}
+	if err := json.Unmarshal(config, &c.Config); err != nil {
+		return nil, fmt.Errorf("decoding assistant config: %w", err)
+	}
+	c.State = r.Input
+	if checkpoint != nil {
+		if err := json.Unmarshal(checkpoint, &c.State); err != nil {
+			return nil, fmt.Errorf("decoding checkpoint: %w", err)
+		}
+	}
+	c.Run = &r
+	return &c, nil
+}
+
+// RenewLeases extends the leases of every running run owned by the given workers and
+// returns the leases it renewed.
+func (s *Store) RenewLeases(ctx context.Context, workerIDs []string, ttl time.Duration) ([]Lease, error) {
+	if len(workerIDs) == 0 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `UPDATE runs SET lease_expire_time = now() + $2 * interval '1 millisecond'
+		WHERE state = 2 AND worker_id = ANY($1) RETURNING id, epoch`, workerIDs, ttl.Milliseconds())
+	if err != nil {
+		return nil, fmt.Errorf("renewing leases: %w", err)
+	}
+	leases, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Lease, error) {
+		var l Lease
+		err := row.Scan(&l.RunID, &l.Epoch)
+		return l, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renewing leases: %w", err)
+	}
+	return leases, nil
+}
+
+// Outcome is how a run's execution ended on its worker.
+type Outcome int
+
+// Outcomes of an execution.
+const (
+	OutcomeSucceeded Outcome = iota + 1
+	OutcomeFailed
+	OutcomeCancelled
+	OutcomeTimedOut
+	// OutcomeReleased hands the run back unfinished (drain): it is queued again without
+	// using an attempt.
+	OutcomeReleased
+	// OutcomeInterrupted parks the run until a client resumes it.
+	OutcomeInterrupted
+)
+
+// FinishParams reports the end of an execution.
+type FinishParams struct {
+	RunID   uuid.UUID
+	Epoch   int64
+	Outcome Outcome
+	// State is the final state (SUCCEEDED) or the state to keep.
+	State map[string]any
+	Error string
+	// Retryable lets a failure be retried while attempts remain.
+	Retryable bool
+	// RetryDelay is the backoff before the next attempt of a retried failure.
+	RetryDelay time.Duration
+	// Step is the step an interrupted run resumes at.
+	Step string
+	// Prompt is what an interrupted step asks; it goes into the run's event log.
+	Prompt any
+}
+
+// FinishResult says what became of the run.
+type FinishResult struct {
+	State RunState
+	// Retried is true when a failure was queued for another attempt.
+	Retried bool
+}
+
+// FinishRun records the end of an execution, fenced by the claim's epoch: it returns
+// ErrStaleEpoch, and writes nothing, unless the run is RUNNING under that very epoch.
+// A retryable failure with attempts left is queued again after RetryDelay.
+func (s *Store) FinishRun(ctx context.Context, p FinishParams) (FinishResult, error) {
+	var res FinishResult
+	var state []byte
+	if p.State != nil {
+		var err error
+		if state, err = json.Marshal(p.State); err != nil {
+			return res, fmt.Errorf("encoding run state: %w", err)
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var attempt, maxAttempts int32
+		var cancelRequested bool
+		err := tx.QueryRow(ctx, `SELECT attempt, max_attempts, cancel_requested FROM runs
+			WHERE id = $1 AND epoch = $2 AND state = 2 FOR UPDATE`, p.RunID, p.Epoch).Scan(&attempt, &maxAttempts, &cancelRequested)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrStaleEpoch
+		}
+		if err != nil {
+			return err
+		}
+		outcome := p.Outcome
+		if cancelRequested && outcome != OutcomeSucceeded {
+			outcome = OutcomeCancelled
+		}
+		switch {
+		case outcome == OutcomeReleased:
+			res.State = StateQueued
+			_, err = tx.Exec(ctx, `
+				WITH u AS (
+					UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL,
+						checkpoint = coalesce($2, checkpoint)
+					WHERE id = $1 RETURNING *)
+				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+				SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM u`, p.RunID, state)
+		case outcome == OutcomeFailed && p.Retryable && attempt < maxAttempts:
+			res.State, res.Retried = StateQueued, true
+			_, err = tx.Exec(ctx, `
+				WITH u AS (
+					UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL, attempt = attempt + 1,
+						error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
+						checkpoint = NULL, next_step = NULL
+					WHERE id = $1 RETURNING *)
+				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time)
+				SELECT id, seq, tenant_id, assistant_id, slot_type, priority, next_attempt_time FROM u`,
+				p.RunID, p.Error, p.RetryDelay.Milliseconds())
+		default:
+			res.State = terminalState(outcome)
+			out := state
+			if res.State != StateSucceeded && res.State != StateInterrupted {
+				out = nil
+			}
+			errMsg := p.Error
+			if res.State == StateCancelled && errMsg == "" {
+				errMsg = "cancelled"
+			}
+			if res.State == StateInterrupted {
+				_, err = tx.Exec(ctx, `UPDATE runs SET state = 7, lease_expire_time = NULL,
+					checkpoint = coalesce($2, checkpoint), next_step = nullif($3, '') WHERE id = $1`, p.RunID, state, p.Step)
+			} else {
+				_, err = tx.Exec(ctx, `UPDATE runs SET state = $2, output = $3, error = $4, end_time = now(),
+					lease_expire_time = NULL WHERE id = $1`, p.RunID, res.State, out, errMsg)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		data := map[string]any{"state": stateName(res.State)}
+		if res.Retried {
+			data["retry"] = true
+			data["attempt"] = attempt + 1
+		}
+		if p.Error != "" {
+			data["error"] = p.Error
+		}
+		if res.State == StateInterrupted {
+			data["step"] = p.Step
+			data["prompt"] = p.Prompt
+		}
+		var tenant string
+		if err := tx.QueryRow(ctx, `SELECT tenant_id FROM runs WHERE id = $1`, p.RunID).Scan(&tenant); err != nil {
+			return err
+		}
+		return appendEvent(ctx, tx, tenant, p.RunID, "state", data)
+	})
+	if errors.Is(err, ErrStaleEpoch) {
+		return res, ErrStaleEpoch
+	}
+	if err != nil {
+		return res, fmt.Errorf("finishing run %s: %w", p.RunID, err)
+	}
+	return res, nil
+}
+
+func terminalState(o Outcome) RunState {
+	switch o {
+	case OutcomeSucceeded:
+		return StateSucceeded
+	case OutcomeCancelled:
+		return StateCancelled
+	case OutcomeTimedOut:
+		return StateTimedOut
+	case OutcomeInterrupted:
+		return StateInterrupted
+	default:
+		return StateFailed
+	}
+}
+
+func stateName(s RunState) string {
+	switch s {
+	case StateQueued:
+		return "QUEUED"
+	case StateRunning:
+		return "RUNNING"
+	case StateSucceeded:
+		return "SUCCEEDED"
+	case StateFailed:
+		return "FAILED"
+	case StateCancelled:
+		return "CANCELLED"
+	case StateTimedOut:
+		return "TIMED_OUT"
+	case StateInterrupted:
+		return "INTERRUPTED"
+	}
+	return "STATE_UNSPECIFIED"
+}
+
+// Checkpoint records a run's state after a step, fenced by the claim's epoch.
+func (s *Store) Checkpoint(ctx context.Context, runID uuid.UUID, epoch int64, nextStep string, state map[string]any) error {
+	b, err := json.Marshal(state)
+	if err != nil {
+		return fmt.Errorf("encoding checkpoint: %w", err)
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE runs SET checkpoint = $3, next_step = nullif($4, '')
+		WHERE id = $1 AND epoch = $2 AND state = 2`, runID, epoch, b, nextStep)
+	if err != nil {
+		return fmt.Errorf("checkpointing run %s: %w", runID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrStaleEpoch
+	}
+	return nil
+}
+
+// AppendRunEvent appends an event to a running run's log, fenced by the claim's epoch:
+// the run row is share-locked so no new claim can slip between the check and the insert.
+func (s *Store) AppendRunEvent(ctx context.Context, runID uuid.UUID, epoch int64, typ string, data map[string]any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("encoding event: %w", err)
+	}
+	tag, err := s.pool.Exec(ctx, `
+		INSERT INTO run_events (run_id, tenant_id, type, data)
+		SELECT id, tenant_id, $3, $4 FROM runs WHERE id = $1 AND epoch = $2 AND state = 2 FOR SHARE`,
+		runID, epoch, typ, b)
+	if err != nil {
+		return fmt.Errorf("appending event of run %s: %w", runID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrStaleEpoch
+	}
+	return nil
+}
+
+// RunEvent is an entry of a run's event log.
+type RunEvent struct {
+	Seq        int64
+	Type       string
+	Data       map[string]any
+	CreateTime time.Time
+}
+
+// ListRunEvents returns up to limit events of a run with seq > afterSeq, in order.
+func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM run_events
+		WHERE run_id = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4`, runID, tenant, afterSeq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing events of run %s: %w", runID, err)
+	}
+	defer rows.Close()
+	var out []RunEvent
+	for rows.Next() {
+		var e RunEvent
+		var data []byte
+		if err := rows.Scan(&e.Seq, &e.Type, &data, &e.CreateTime); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(data, &e.Data); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// Lease names a run and the epoch of a claim of it.
+type Lease struct {
+	RunID uuid.UUID
+	Epoch int64
+}
+
+// ValidateLeases checks the leases a reconnecting worker reports. It returns the slot
+// type of each lease that is still the worker's, and the leases that are not (the worker
+// must stop those runs).
+func (s *Store) ValidateLeases(ctx context.Context, workerID string, leases []Lease) (map[uuid.UUID]string, []Lease, error) {
+	valid := make(map[uuid.UUID]string)
+	if len(leases) == 0 {
+		return valid, nil, nil
+	}
+	ids := make([]uuid.UUID, len(leases))
+	for i, l := range leases {
+		ids[i] = l.RunID
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, epoch, slot_type FROM runs WHERE id = ANY($1) AND state = 2 AND worker_id = $2`, ids, workerID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("validating leases of worker %s: %w", workerID, err)
+	}
+	type cur struct {
+		epoch    int64
+		slotType string
+	}
+	current := make(map[uuid.UUID]cur)
+	for rows.Next() {
+		var id uuid.UUID
+		var c cur
+		if err := rows.Scan(&id, &c.epoch, &c.slotType); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		current[id] = c
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	var lost []Lease
+	for _, l := range leases {
+		if c, ok := current[l.RunID]; ok && c.epoch == l.Epoch {
+			valid[l.RunID] = c.slotType
+		} else {
+			lost = append(lost, l)
+		}
+	}
+	return valid, lost, nil
+}
+
+// RecoverParams tunes RecoverRuns.
+type RecoverParams struct {
+	// Batch is the most runs handled per call.
+	Batch int
+	// TimeoutGrace is how long past its timeout a running run may go before the
+	// scheduler times it out itself (its worker should have done it).
+	TimeoutGrace time.Duration
+}
+
+// RecoverResult counts what RecoverRuns did.
+type RecoverResult struct {
+	Requeued  int
+	TimedOut  int
+	Cancelled int
+	// Stopped lists the runs timed out while their lease was still held; their workers
+	// must be told to stop them.
+	Stopped []Lease
+}
+
+// RecoverRuns requeues the running runs whose lease expired (their worker is gone: no
+// attempt is used), ends those past their timeout as TIMED_OUT and those with a pending
+// cancel as CANCELLED. Each transition bumps the epoch so the old worker's writes fail.
+func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult, error) {
+	var res RecoverResult
+	rows, err := s.pool.Query(ctx, `
+		WITH due AS (
+			SELECT id, lease_expire_time < now() AS expired FROM runs
+			WHERE state = 2 AND (lease_expire_time < now()
+				OR claim_time + (timeout_ms * interval '1 millisecond') + $2 * interval '1 millisecond' < now())
+			ORDER BY lease_expire_time
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED
+		), u AS (
+			UPDATE runs r SET
+				state = CASE
+					WHEN r.cancel_requested THEN 5
+					WHEN r.claim_time + (r.timeout_ms * interval '1 millisecond') < now() THEN 6
+					ELSE 1 END,
+				epoch = r.epoch + 1,
+				lease_expire_time = NULL,
+				worker_id = CASE WHEN due.expired THEN NULL ELSE r.worker_id END,
+				end_time = CASE WHEN r.cancel_requested
+					OR r.claim_time + (r.timeout_ms * interval '1 millisecond') < now() THEN now() END,
+				error = CASE
+					WHEN r.cancel_requested THEN 'cancelled'
+					WHEN r.claim_time + (r.timeout_ms * interval '1 millisecond') < now()
+						THEN 'execution timeout of ' || (r.timeout_ms / 1000.0)::text || 's exceeded'
+					ELSE r.error END
+			FROM due WHERE r.id = due.id
+			RETURNING r.id, r.tenant_id, r.seq, r.assistant_id, r.slot_type, r.priority, r.state, r.epoch, due.expired
+		), q AS (
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM u WHERE state = 1
+		), e AS (
+			INSERT INTO run_events (run_id, tenant_id, type, data)
+			SELECT id, tenant_id, 'state', jsonb_build_object('state',
+				CASE state WHEN 1 THEN 'QUEUED' WHEN 5 THEN 'CANCELLED' ELSE 'TIMED_OUT' END,
+				'reason', CASE WHEN expired THEN 'lease_expired' ELSE 'timeout' END) FROM u
+		)
+		SELECT id, state, epoch - 1, expired FROM u`, p.Batch, p.TimeoutGrace.Milliseconds())
+	if err != nil {
+		return res, fmt.Errorf("recovering runs: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id uuid.UUID
+		var state RunState
+		var epoch int64
+		var expired bool
+		if err := rows.Scan(&id, &state, &epoch, &expired); err != nil {
+			return res, err
+		}
+		switch state {
+		case StateQueued:
+			res.Requeued++
+		case StateTimedOut:
+			res.TimedOut++
+		case StateCancelled:
+			res.Cancelled++
+		}
+		if !expired {
+			res.Stopped = append(res.Stopped, Lease{RunID: id, Epoch: epoch})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return res, fmt.Errorf("recovering runs: %w", err)
+	}
+	if res.Requeued > 0 {
+		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, '')`, QueueChannel); err != nil {
+			return res, fmt.Errorf("notifying queue: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// CancelRequests returns the leases of running runs of the given workers that a client
+// asked to cancel.
+func (s *Store) CancelRequests(ctx context.Context, workerIDs []string) (map[string][]Lease, error) {
+	out := make(map[string][]Lease)
+	if len(workerIDs) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT worker_id, id, epoch FROM runs
+		WHERE state = 2 AND cancel_requested AND worker_id = ANY($1)`, workerIDs)
+	if err != nil {
+		return nil, fmt.Errorf("reading cancel requests: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var w string
+		var l Lease
+		if err := rows.Scan(&w, &l.RunID, &l.Epoch); err != nil {
+			return nil, err
+		}
+		out[w] = append(out[w], l)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,361 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// RunState is the state of a run; the numbers are those of agentserver.v1.Run.State.
+type RunState int16
+
+// Run states.
+const (
+	StateQueued      RunState = 1
+	StateRunning     RunState = 2
+	StateSucceeded   RunState = 3
+	StateFailed      RunState = 4
+	StateCancelled   RunState = 5
+	StateTimedOut    RunState = 6
+	StateInterrupted RunState = 7
+)
+
+// Terminal reports whether no further transition can leave s.
+func (s RunState) Terminal() bool {
+	return s == StateSucceeded || s == StateFailed || s == StateCancelled || s == StateTimedOut
+}
+
+// Run is a stored run.
+type Run struct {
+	TenantID         string
+	ID               uuid.UUID
+	AssistantID      string
+	AssistantVersion int64
+	ThreadID         string
+	State            RunState
+	Priority         int32
+	SlotType         string
+	Input            map[string]any
+	Output           map[string]any
+	Error            string
+	Attempt          int32
+	MaxAttempts      int32
+	Timeout          time.Duration
+	Epoch            int64
+	WorkerID         string
+	CancelRequested  bool
+	RequestID        string
+	CreateTime       time.Time
+	StartTime        *time.Time
+	EndTime          *time.Time
+	NextAttemptTime  *time.Time
+}
+
+// runColumnsOf lists the columns scanRun reads, qualified by table alias t when set.
+func runColumnsOf(t string) string {
+	if t != "" {
+		t += "."
+	}
+	return fmt.Sprintf(`%[1]stenant_id, %[1]sid, %[1]sassistant_id, %[1]sassistant_version,
+	coalesce(%[1]sthread_id, ''), %[1]sstate, %[1]spriority, %[1]sslot_type, %[1]sinput, %[1]soutput,
+	%[1]serror, %[1]sattempt, %[1]smax_attempts, %[1]stimeout_ms, %[1]sepoch, coalesce(%[1]sworker_id, ''),
+	%[1]scancel_requested, coalesce(%[1]srequest_id, ''), %[1]screate_time, %[1]sstart_time,
+	%[1]send_time, %[1]snext_attempt_time`, t)
+}
+
+var runColumns = runColumnsOf("")
+
+func scanRun(row pgx.Row) (*Run, error) {
+	var r Run
+	var timeoutMS int64
+	var input, output []byte
+	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
+		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
+		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
+		&r.EndTime, &r.NextAttemptTime); err != nil {
+		return nil, err
+	}
+	r.Timeout = time.Duration(timeoutMS) * time.Millisecond
+	if err := json.Unmarshal(input, &r.Input); err != nil {
+		return nil, fmt.Errorf("decoding run input: %w", err)
+	}
+	if output != nil {
+		if err := json.Unmarshal(output, &r.Output); err != nil {
+			return nil, fmt.Errorf("decoding run output: %w", err)
+		}
+	}
+	return &r, nil
+}
+
+// NewRun is a run to create.
+type NewRun struct {
+	AssistantID string
+	ThreadID    string
+	Input       map[string]any
+	// Priority overrides the assistant's default when set.
+	Priority *int32
+	// Timeout overrides the assistant's default when > 0.
+	Timeout   time.Duration
+	RequestID string
+}
+
+// RunDefaults are the cluster defaults applied where neither run nor assistant says.
+type RunDefaults struct {
+	// MaxAttempts when the assistant sets none.
+	MaxAttempts int32
+	// Timeout when neither run nor assistant sets one.
+	Timeout time.Duration
+	// MaxTimeout caps every run's timeout.
+	MaxTimeout time.Duration
+}
+
+// QueueChannel is the LISTEN/NOTIFY channel that announces newly runnable runs; the
+// payload is the slot type.
+const QueueChannel = "agentserver_queue"
+
+// CancelChannel is the LISTEN/NOTIFY channel that announces cancel requests of running
+// runs; the payload is the run id.
+const CancelChannel = "agentserver_cancel"
+
+// CreateRuns stores runs and enqueues them, all or nothing. A run whose RequestID was
+// used before is not created again: the earlier run is returned in its place. Unknown
+// assistants fail the whole call with *AssistantNotFoundError.
+func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) ([]*Run, error) {
+	n := len(runs)
+	ids := make([]uuid.UUID, n)
+	assistants := make([]string, n)
+	inputs := make([][]byte, n)
+	priorities := make([]*int32, n)
+	timeouts := make([]int64, n)
+	requestIDs := make([]string, n)
+	threads := make([]string, n)
+	seen := make(map[string]bool)
+	var distinct []string
+	for i, r := range runs {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, err
+		}
+		ids[i] = id
+		assistants[i] = r.AssistantID
+		if !seen[r.AssistantID] {
+			seen[r.AssistantID] = true
+			distinct = append(distinct, r.AssistantID)
+		}
+		in := r.Input
+		if in == nil {
+			in = map[string]any{}
+		}
+		if inputs[i], err = json.Marshal(in); err != nil {
+			return nil, fmt.Errorf("encoding run input: %w", err)
+		}
+		priorities[i] = r.Priority
+		timeouts[i] = r.Timeout.Milliseconds()
+		requestIDs[i] = r.RequestID
+		threads[i] = r.ThreadID
+	}
+	out := make([]*Run, n)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT id FROM assistants WHERE tenant_id = $1 AND id = ANY($2)`, tenant, distinct)
+		if err != nil {
+			return err
+		}
+		found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		if len(found) != len(distinct) {
+			have := make(map[string]bool, len(found))
+			for _, f := range found {
+				have[f] = true
+			}
+			for _, a := range distinct {
+				if !have[a] {
+					return &AssistantNotFoundError{ID: a}
+				}
+			}
+		}
+		rows, err = tx.Query(ctx, `
+			WITH input AS (
+				SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
+					WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
+			), ins AS (
+				INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
+					slot_type, input, max_attempts, timeout_ms, request_id)
+				SELECT i.id, $1, a.id, a.version, nullif(i.thread_id, ''), nextval('run_seq'), 1,
+					coalesce(i.priority, a.priority), a.slot_type, i.input,
+					CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
+					least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
+					nullif(i.request_id, '')
+				FROM input i JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
+				ORDER BY i.ord
+				ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+				RETURNING *
+			), q AS (
+				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+				SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins
+			)
+			SELECT `+runColumns+` FROM ins`,
+			tenant, ids, assistants, inputs, priorities, timeouts, requestIDs, threads,
+			d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
+		if err != nil {
+			return err
+		}
+		byID := make(map[uuid.UUID]*Run, n)
+		slotTypes := make(map[string]bool)
+		for rows.Next() {
+			r, err := scanRun(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			byID[r.ID] = r
+			slotTypes[r.SlotType] = true
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for i := range runs {
+			if r, ok := byID[ids[i]]; ok {
+				out[i] = r
+				continue
+			}
+			// Not inserted: its request id was used before. Return that run.
+			r, err := scanRun(tx.QueryRow(ctx, `SELECT `+runColumns+` FROM runs
+				WHERE tenant_id = $1 AND request_id = $2`, tenant, requestIDs[i]))
+			if err != nil {
+				return fmt.Errorf("reading run of request %q: %w", requestIDs[i], err)
+			}
+			out[i] = r
+		}
+		for st := range slotTypes {
+			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, QueueChannel, st); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		var nf *AssistantNotFoundError
+		if errors.As(err, &nf) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("creating runs: %w", err)
+	}
+	return out, nil
+}
+
+// GetRun returns a run.
+func (s *Store) GetRun(ctx context.Context, tenant string, id uuid.UUID) (*Run, error) {
+	r, err := scanRun(s.pool.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND id = $2`, tenant, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading run %s: %w", id, err)
+	}
+	return r, nil
+}
+
+// RunFilter selects runs in ListRuns. Zero fields select everything.
+type RunFilter struct {
+	State       RunState
+	AssistantID string
+}
+
+// RunCursor is the position after which a page of ListRuns starts.
+type RunCursor struct {
+	CreateTime time.Time
+	ID         uuid.UUID
+}
+
+// ListRuns returns up to limit runs, newest first, after the cursor (nil = from the top).
+func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit int, after *RunCursor) ([]*Run, error) {
+	var afterTime *time.Time
+	var afterID *uuid.UUID
+	if after != nil {
+		afterTime, afterID = &after.CreateTime, &after.ID
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+runColumns+` FROM runs
+		WHERE tenant_id = $1
+			AND ($2::smallint = 0 OR state = $2)
+			AND ($3::text = '' OR assistant_id = $3)
+			AND ($4::timestamptz IS NULL OR (create_time, id) < ($4, $5::uuid))
+		ORDER BY create_time DESC, id DESC
+		LIMIT $6`, tenant, f.State, f.AssistantID, afterTime, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing runs: %w", err)
+	}
+	defer rows.Close()
+	var out []*Run
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing runs: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// CancelRun cancels a run: a queued or interrupted run ends CANCELLED at once; a running
+// one is marked and its scheduler stops it on its worker, after which it ends CANCELLED.
+// Cancelling a finished run changes nothing. It returns the run as it is after the call.
+func (s *Store) CancelRun(ctx context.Context, tenant string, id uuid.UUID) (*Run, error) {
+	var out *Run
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Queue row first, then the run row: the order claims use, so the two never deadlock.
+		if _, err := tx.Exec(ctx, `DELETE FROM run_queue WHERE run_id = $1 AND tenant_id = $2`, id, tenant); err != nil {
+			return err
+		}
+		r, err := scanRun(tx.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		switch r.State {
+		case StateQueued, StateInterrupted:
+			out, err = scanRun(tx.QueryRow(ctx, `UPDATE runs SET state = 5, end_time = now(), error = 'cancelled',
+				next_attempt_time = NULL WHERE id = $1 RETURNING `+runColumns, id))
+			if err != nil {
+				return err
+			}
+			return appendEvent(ctx, tx, tenant, id, "state", map[string]any{"state": "CANCELLED"})
+		case StateRunning:
+			if !r.CancelRequested {
+				if _, err := tx.Exec(ctx, `UPDATE runs SET cancel_requested = true WHERE id = $1`, id); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, CancelChannel, id.String()); err != nil {
+					return err
+				}
+				r.CancelRequested = true
+			}
+		}
+		out = r
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cancelling run %s: %w", id, err)
+	}
+	return out, nil
+}
+
+func appendEvent(ctx context.Context, tx pgx.Tx, tenant string, run uuid.UUID, typ string, data map[string]any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO run_events (run_id, tenant_id, type, data) VALUES ($1, $2, $3, $4)`, run, tenant, typ, b)
+	return err
+}

@@ -1,0 +1,118 @@
+// Package store owns agentserver's PostgreSQL schema and every SQL statement that reads
+// or writes it: assistants, runs, the run queue with its leases and fencing epochs, run
+// events and the worker registry. Services call its methods; no SQL lives anywhere else.
+//
+// The store never decides policy (retry delays, lease lengths, defaults): callers pass
+// them in. It must never let a write about a run through unless the writer holds the
+// run's current fencing epoch.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// DefaultTenant owns every resource until API keys with tenants exist.
+const DefaultTenant = "default"
+
+// Sentinel errors returned by store methods.
+var (
+	// ErrNotFound means the resource does not exist (for this tenant).
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists means a resource with that id exists.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrStaleEpoch means the writer's claim of a run is no longer current: another
+	// claim replaced it, or the run left RUNNING. The write was refused.
+	ErrStaleEpoch = errors.New("stale fencing epoch")
+)
+
+// AssistantNotFoundError reports an assistant a run referred to that does not exist.
+type AssistantNotFoundError struct {
+	// ID is the assistant id.
+	ID string
+}
+
+func (e *AssistantNotFoundError) Error() string {
+	return fmt.Sprintf("assistant %q does not exist", "assistants/"+e.ID)
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *AssistantNotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// Store is the PostgreSQL store. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects to the database at url (a libpq URL or DSN).
+func Open(ctx context.Context, url string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing database URL: %w", err)
+	}
+	if cfg.MaxConns < 16 {
+		cfg.MaxConns = 16
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to database: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connecting to database (is PostgreSQL running and DATABASE_URL right?): %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Pool returns the underlying connection pool.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close closes every connection.
+func (s *Store) Close() { s.pool.Close() }
+
+// Migrate applies every pending migration. Several processes may call it at once: a
+// PostgreSQL advisory lock lets one apply while the others wait.
+func Migrate(ctx context.Context, url string) error {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return fmt.Errorf("opening database for migrations: %w", err)
+	}
+	defer db.Close()
+	return migrateDB(ctx, db)
+}
+
+var _ = stdlib.GetDefaultDriver // registers the "pgx" database/sql driver
+
+func migrateDB(ctx context.Context, db *sql.DB) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, 300))
+	if err != nil {
+		return fmt.Errorf("creating migration lock: %w", err)
+	}
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, sub, goose.WithSessionLocker(locker))
+	if err != nil {
+		return fmt.Errorf("loading migrations: %w", err)
+	}
+	if _, err := provider.Up(ctx); err != nil {
+		return fmt.Errorf("applying migrations: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+// Package gateway is the gateway service: the public API over gRPC, and over REST through
+// grpc-gateway on a client connection to that same gRPC server, so every interceptor
+// (errors, limits, and later auth and tracing) applies to both. It is stateless: any
+// gateway serves any request, and all state is in PostgreSQL.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/config"
+	"github.com/agentserver/agentserver/pkg/store"
+	"github.com/agentserver/agentserver/services/gateway/internal/api"
+)
+
+// Config configures a gateway.
+type Config struct {
+	// HTTPAddr serves REST and GET /healthz (port 0 picks a free port).
+	HTTPAddr string
+	// GRPCAddr serves the gRPC API.
+	GRPCAddr string
+	// MaxRequestBytes bounds a request body or message.
+	MaxRequestBytes int
+	// DefaultMaxAttempts applies to runs of assistants that set none.
+	DefaultMaxAttempts int
+	// DefaultTimeout applies to runs when neither run nor assistant sets one.
+	DefaultTimeout time.Duration
+	// MaxTimeout is the cluster maximum execution timeout.
+	MaxTimeout time.Duration
+}
+
+// Defaults returns the default configuration (REST :8080, gRPC :9090).
+func Defaults() Config {
+	l := api.DefaultLimits()
+	return Config{
+		HTTPAddr: ":8080", GRPCAddr: ":9090", MaxRequestBytes: 4 << 20,
+		DefaultMaxAttempts: int(l.DefaultMaxAttempts), DefaultTimeout: l.DefaultTimeout, MaxTimeout: l.MaxTimeout,
+	}
+}
+
+// Bind registers the gateway's settings on set, with cfg's values as defaults.
+func Bind(set *config.Set, cfg *Config) {
+	set.String(&cfg.HTTPAddr, "http-addr", "GATEWAY_HTTP_ADDR", cfg.HTTPAddr, "REST and /healthz listen address")
+	set.String(&cfg.GRPCAddr, "grpc-addr", "GATEWAY_GRPC_ADDR", cfg.GRPCAddr, "gRPC listen address")
+	set.Int(&cfg.MaxRequestBytes, "max-request-bytes", "GATEWAY_MAX_REQUEST_BYTES", cfg.MaxRequestBytes, "largest request accepted")
+	set.Int(&cfg.DefaultMaxAttempts, "default-max-attempts", "AGENTSERVER_DEFAULT_MAX_ATTEMPTS", cfg.DefaultMaxAttempts, "attempts of a run whose assistant sets none")
+	set.Duration(&cfg.DefaultTimeout, "default-timeout", "AGENTSERVER_DEFAULT_TIMEOUT", cfg.DefaultTimeout, "execution timeout of a run when neither run nor assistant sets one")
+	set.Duration(&cfg.MaxTimeout, "max-timeout", "AGENTSERVER_MAX_TIMEOUT", cfg.MaxTimeout, "cluster maximum execution timeout")
+}
+
+// Validate reports the first setting a person must fix.
+func (c *Config) Validate() error {
+	switch {
+	case c.MaxRequestBytes < 1024:
+		return fmt.Errorf("max request bytes (%d) must be at least 1024", c.MaxRequestBytes)
+	case c.DefaultMaxAttempts < 1:
+		return fmt.Errorf("default max attempts (%d) must be at least 1", c.DefaultMaxAttempts)
+	case c.DefaultTimeout <= 0 || c.MaxTimeout < c.DefaultTimeout:
+		return fmt.Errorf("timeouts must satisfy 0 < default (%s) <= max (%s)", c.DefaultTimeout, c.MaxTimeout)
+	}
+	return nil
+}
+
+// Server is a gateway instance.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	grpcLis net.Listener
+	httpLis net.Listener
+	grpc    *grpc.Server
+	health  *health.Server
+	http    *http.Server
+	conn    *grpc.ClientConn
+}
+
+// New builds a gateway and binds its listeners.
+func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("gateway configuration: %w", err)
+	}
+	limits := api.Limits{
+		DefaultMaxAttempts: int32(cfg.DefaultMaxAttempts), DefaultTimeout: cfg.DefaultTimeout,
+		MaxTimeout: cfg.MaxTimeout, MaxWait: api.DefaultLimits().MaxWait,
+	}
+	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for gRPC on %s (port taken? set GATEWAY_GRPC_ADDR): %w", cfg.GRPCAddr, err)
+	}
+	httpLis, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		grpcLis.Close()
+		return nil, fmt.Errorf("listening for HTTP on %s (port taken? set GATEWAY_HTTP_ADDR): %w", cfg.HTTPAddr, err)
+	}
+	s := &Server{cfg: cfg, log: log, grpcLis: grpcLis, httpLis: httpLis, health: health.NewServer()}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.ChainUnaryInterceptor(api.UnaryErrors(log)),
+		grpc.ChainStreamInterceptor(api.StreamErrors(log)),
+	)
+	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{Store: st, Limits: limits, Log: log})
+	agentserverv1.RegisterRunServiceServer(s.grpc, &api.Runs{Store: st, Limits: limits, Log: log})
+	agentserverv1.RegisterClusterServiceServer(s.grpc, &api.Cluster{Store: st, Log: log})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+
+	s.conn, err = grpc.NewClient(loopback(grpcLis.Addr()),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(cfg.MaxRequestBytes)))
+	if err != nil {
+		grpcLis.Close()
+		httpLis.Close()
+		return nil, fmt.Errorf("connecting REST to gRPC: %w", err)
+	}
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonBody{runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}}),
+		runtime.WithHealthzEndpoint(healthpb.NewHealthClient(s.conn)),
+	)
+	ctx := context.Background()
+	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		agentserverv1.RegisterAssistantServiceHandler,
+		agentserverv1.RegisterRunServiceHandler,
+		agentserverv1.RegisterClusterServiceHandler,
+	} {
+		if err := register(ctx, mux, s.conn); err != nil {
+			return nil, fmt.Errorf("registering REST handlers: %w", err)
+		}
+	}
+	s.http = &http.Server{Handler: limitBody(mux, int64(cfg.MaxRequestBytes)), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// limitBody refuses bodies over n bytes (the handler then answers 400).
+func limitBody(h http.Handler, n int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, n)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// loopback turns a listen address such as [::]:9090 into one a client can dial.
+func loopback(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || tcp.IP.IsUnspecified() {
+		return fmt.Sprintf("127.0.0.1:%d", tcp.Port)
+	}
+	return tcp.String()
+}
+
+// GRPCAddr is the address of the gRPC listener.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// HTTPAddr is the address of the REST listener.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
+
+// Run serves until ctx ends, then drains in-flight requests.
+func (s *Server) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serving gRPC: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving HTTP: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		s.health.Shutdown()
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = s.http.Shutdown(shutdownCtx)
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-shutdownCtx.Done():
+			s.grpc.Stop()
+		}
+		return s.conn.Close()
+	})
+	s.log.Info("gateway serving", "http", s.httpLis.Addr().String(), "grpc", s.grpcLis.Addr().String())
+	return g.Wait()
+}
+
+// jsonBody is the REST marshaler: protojson, with decode errors that say the request body
+// is at fault.
+type jsonBody struct {
+	runtime.JSONPb
+}
+
+// NewDecoder wraps decode errors with what to fix.
+func (m *jsonBody) NewDecoder(r io.Reader) runtime.Decoder {
+	d := m.JSONPb.NewDecoder(r)
+	return runtime.DecoderFunc(func(v any) error {
+		if err := d.Decode(v); err != nil {
+			if errors.Is(err, io.EOF) {
+				return err
+			}
+			return fmt.Errorf("request body is not valid JSON for this method: %w", err)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,208 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// Runs implements agentserverv1.RunServiceServer.
+type Runs struct {
+	agentserverv1.UnimplementedRunServiceServer
+	Store  *store.Store
+	Limits Limits
+	Log    *slog.Logger
+}
+
+const (
+	maxBatch        = 1000
+	maxRequestIDLen = 128
+	defaultWait     = 30 * time.Second
+)
+
+// newRun validates one create request; field paths are prefixed with prefix.
+func (s *Runs) newRun(prefix string, req *agentserverv1.CreateRunRequest) (store.NewRun, error) {
+	r := req.GetRun()
+	if r == nil {
+		return store.NewRun{}, invalid(prefix+"run", "is required")
+	}
+	if r.GetAssistant() == "" {
+		return store.NewRun{}, invalid(prefix+"run.assistant", "is required (assistants/{id})")
+	}
+	aid, err := parseAssistantName(prefix+"run.assistant", r.GetAssistant())
+	if err != nil {
+		return store.NewRun{}, err
+	}
+	if r.GetThread() != "" {
+		return store.NewRun{}, invalid(prefix+"run.thread", "threads are not available on this server yet; leave it empty")
+	}
+	var timeout time.Duration
+	if t := r.GetTimeout(); t != nil {
+		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
+			return store.NewRun{}, invalid(prefix+"run.timeout", "must be a non-negative duration")
+		}
+		timeout = t.AsDuration()
+		if timeout > s.Limits.MaxTimeout {
+			return store.NewRun{}, invalid(prefix+"run.timeout", "must be at most the cluster maximum of %s", s.Limits.MaxTimeout)
+		}
+	}
+	if len(req.GetRequestId()) > maxRequestIDLen {
+		return store.NewRun{}, invalid(prefix+"request_id", "must be at most %d bytes", maxRequestIDLen)
+	}
+	return store.NewRun{
+		AssistantID: aid,
+		Input:       r.GetInput().AsMap(),
+		Priority:    r.Priority,
+		Timeout:     timeout,
+		RequestID:   req.GetRequestId(),
+	}, nil
+}
+
+func (s *Runs) defaults() store.RunDefaults {
+	return store.RunDefaults{MaxAttempts: s.Limits.DefaultMaxAttempts, Timeout: s.Limits.DefaultTimeout, MaxTimeout: s.Limits.MaxTimeout}
+}
+
+// CreateRun enqueues a run and returns it QUEUED.
+func (s *Runs) CreateRun(ctx context.Context, req *agentserverv1.CreateRunRequest) (*agentserverv1.Run, error) {
+	nr, err := s.newRun("", req)
+	if err != nil {
+		return nil, err
+	}
+	runs, err := s.Store.CreateRuns(ctx, tenant(ctx), []store.NewRun{nr}, s.defaults())
+	if err != nil {
+		return nil, err
+	}
+	return runToProto(runs[0]), nil
+}
+
+// BatchCreateRuns enqueues up to 1000 runs, all or nothing.
+func (s *Runs) BatchCreateRuns(ctx context.Context, req *agentserverv1.BatchCreateRunsRequest) (*agentserverv1.BatchCreateRunsResponse, error) {
+	n := len(req.GetRequests())
+	if n == 0 || n > maxBatch {
+		return nil, invalid("requests", "must hold between 1 and %d requests (got %d)", maxBatch, n)
+	}
+	batch := make([]store.NewRun, n)
+	for i, r := range req.GetRequests() {
+		nr, err := s.newRun(fmt.Sprintf("requests[%d].", i), r)
+		if err != nil {
+			return nil, err
+		}
+		batch[i] = nr
+	}
+	runs, err := s.Store.CreateRuns(ctx, tenant(ctx), batch, s.defaults())
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentserverv1.BatchCreateRunsResponse{Runs: make([]*agentserverv1.Run, n)}
+	for i, r := range runs {
+		resp.Runs[i] = runToProto(r)
+	}
+	return resp, nil
+}
+
+// GetRun returns a run.
+func (s *Runs) GetRun(ctx context.Context, req *agentserverv1.GetRunRequest) (*agentserverv1.Run, error) {
+	id, err := parseRunName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.Store.GetRun(ctx, tenant(ctx), id)
+	if err != nil {
+		return nil, notFound(err, "run", req.GetName())
+	}
+	return runToProto(r), nil
+}
+
+// ListRuns lists runs, newest first, filtered by state and assistant.
+func (s *Runs) ListRuns(ctx context.Context, req *agentserverv1.ListRunsRequest) (*agentserverv1.ListRunsResponse, error) {
+	n, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := agentserverv1.Run_State_name[int32(req.GetState())]; !ok {
+		return nil, invalid("state", "%d is not a run state", req.GetState())
+	}
+	f := store.RunFilter{State: runState(req.GetState())}
+	if req.GetAssistant() != "" {
+		if f.AssistantID, err = parseAssistantName("assistant", req.GetAssistant()); err != nil {
+			return nil, err
+		}
+	}
+	var after *store.RunCursor
+	if req.GetPageToken() != "" {
+		after = new(store.RunCursor)
+		if err := decodeToken(req.GetPageToken(), after); err != nil {
+			return nil, err
+		}
+	}
+	list, err := s.Store.ListRuns(ctx, tenant(ctx), f, n+1, after)
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentserverv1.ListRunsResponse{}
+	if len(list) > n {
+		list = list[:n]
+		last := list[n-1]
+		resp.NextPageToken = encodeToken(store.RunCursor{CreateTime: last.CreateTime, ID: last.ID})
+	}
+	for _, r := range list {
+		resp.Runs = append(resp.Runs, runToProto(r))
+	}
+	return resp, nil
+}
+
+// CancelRun cancels a run; idempotent.
+func (s *Runs) CancelRun(ctx context.Context, req *agentserverv1.CancelRunRequest) (*agentserverv1.Run, error) {
+	id, err := parseRunName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.Store.CancelRun(ctx, tenant(ctx), id)
+	if err != nil {
+		return nil, notFound(err, "run", req.GetName())
+	}
+	return runToProto(r), nil
+}
+
+// settled reports whether WaitRun may return: the run is terminal or waits for input.
+func settled(st store.RunState) bool { return st.Terminal() || st == store.StateInterrupted }
+
+// WaitRun returns once the run is terminal or interrupted, or when the timeout passes
+// (then with the run as it is). It polls with a backoff capped at 200 ms.
+func (s *Runs) WaitRun(ctx context.Context, req *agentserverv1.WaitRunRequest) (*agentserverv1.Run, error) {
+	id, err := parseRunName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	wait := defaultWait
+	if t := req.GetTimeout(); t != nil {
+		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
+			return nil, invalid("timeout", "must be a non-negative duration")
+		}
+		wait = min(t.AsDuration(), s.Limits.MaxWait)
+	}
+	deadline := time.Now().Add(wait)
+	delay := 5 * time.Millisecond
+	for {
+		r, err := s.Store.GetRun(ctx, tenant(ctx), id)
+		if err != nil {
+			return nil, notFound(err, "run", req.GetName())
+		}
+		left := time.Until(deadline)
+		if settled(r.State) || left <= 0 {
+			return runToProto(r), nil
+		}
+		t := time.NewTimer(min(delay, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(delay*2, 200*time.Millisecond)
+	}
+}

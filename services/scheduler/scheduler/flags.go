@@ -1,0 +1,16 @@
+package scheduler
+
+import "github.com/agentserver/agentserver/pkg/config"
+
+// Bind registers the scheduler's settings on set, with cfg's values as defaults.
+func Bind(set *config.Set, cfg *Config) {
+	set.String(&cfg.ID, "id", "SCHEDULER_ID", cfg.ID, "instance id (generated when empty)")
+	set.String(&cfg.GRPCAddr, "grpc-addr", "SCHEDULER_GRPC_ADDR", cfg.GRPCAddr, "address workers connect to")
+	set.Duration(&cfg.LeaseTTL, "lease-ttl", "SCHEDULER_LEASE_TTL", cfg.LeaseTTL, "lease of a run without renewal")
+	set.Duration(&cfg.HeartbeatInterval, "heartbeat-interval", "SCHEDULER_HEARTBEAT_INTERVAL", cfg.HeartbeatInterval, "worker heartbeat interval")
+	set.Duration(&cfg.PollInterval, "poll-interval", "SCHEDULER_POLL_INTERVAL", cfg.PollInterval, "queue polling fallback")
+	set.Duration(&cfg.RecoverInterval, "recover-interval", "SCHEDULER_RECOVER_INTERVAL", cfg.RecoverInterval, "how often lost runs are recovered")
+	set.Duration(&cfg.RetryBaseDelay, "retry-base-delay", "SCHEDULER_RETRY_BASE_DELAY", cfg.RetryBaseDelay, "backoff before the second attempt (doubles per attempt)")
+	set.Duration(&cfg.RetryMaxDelay, "retry-max-delay", "SCHEDULER_RETRY_MAX_DELAY", cfg.RetryMaxDelay, "largest retry backoff")
+	set.Duration(&cfg.TimeoutGrace, "timeout-grace", "SCHEDULER_TIMEOUT_GRACE", cfg.TimeoutGrace, "how long past its timeout a run may run before the scheduler ends it")
+}

@@ -1,0 +1,377 @@
+// Package scheduler is the scheduler service: it holds the sessions of worker-agents,
+// tracks their inventory, claims queued runs for their free slots and pushes them as
+// assignments, renews the leases of live workers, records what workers report (fenced by
+// each claim's epoch) and recovers the runs of workers that vanished.
+//
+// It never assigns more runs to a worker than the worker has free slots of that type,
+// and never lets a worker whose lease moved on write anything about a run.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// Config configures a scheduler.
+type Config struct {
+	// ID names this scheduler instance; generated when empty.
+	ID string
+	// GRPCAddr is where workers connect (host:port; port 0 picks a free port).
+	GRPCAddr string
+	// DatabaseURL is a direct (non-PgBouncer) URL used to LISTEN for queue wake-ups;
+	// empty disables LISTEN and leaves polling.
+	DatabaseURL string
+	// LeaseTTL is how long a run's lease lasts without renewal.
+	LeaseTTL time.Duration
+	// HeartbeatInterval is how often workers heartbeat.
+	HeartbeatInterval time.Duration
+	// PollInterval bounds how long a queued run waits when a wake-up is missed.
+	PollInterval time.Duration
+	// RecoverInterval is how often expired leases and overdue runs are looked for.
+	RecoverInterval time.Duration
+	// RetryBaseDelay is the backoff before the 2nd attempt; it doubles per attempt.
+	RetryBaseDelay time.Duration
+	// RetryMaxDelay caps the backoff.
+	RetryMaxDelay time.Duration
+	// TimeoutGrace is how long past its timeout a run may stay RUNNING before the
+	// scheduler ends it itself.
+	TimeoutGrace time.Duration
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		GRPCAddr:          ":9091",
+		LeaseTTL:          15 * time.Second,
+		HeartbeatInterval: 2 * time.Second,
+		PollInterval:      time.Second,
+		RecoverInterval:   time.Second,
+		RetryBaseDelay:    time.Second,
+		RetryMaxDelay:     5 * time.Minute,
+		TimeoutGrace:      10 * time.Second,
+	}
+}
+
+// Validate reports the first setting a person must fix.
+func (c *Config) Validate() error {
+	switch {
+	case c.LeaseTTL <= 0:
+		return errors.New("lease TTL must be positive")
+	case c.HeartbeatInterval <= 0 || c.HeartbeatInterval*2 > c.LeaseTTL:
+		return fmt.Errorf("heartbeat interval (%s) must be positive and at most half the lease TTL (%s)", c.HeartbeatInterval, c.LeaseTTL)
+	case c.PollInterval <= 0 || c.RecoverInterval <= 0:
+		return errors.New("poll and recover intervals must be positive")
+	case c.RetryBaseDelay < 0 || c.RetryMaxDelay < c.RetryBaseDelay:
+		return errors.New("retry delays must satisfy 0 <= base <= max")
+	}
+	return nil
+}
+
+// Server is a scheduler instance.
+type Server struct {
+	schedulerv1.UnimplementedSchedulerServiceServer
+
+	cfg   Config
+	store *store.Store
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	wake     chan struct{}
+
+	lis    net.Listener
+	grpc   *grpc.Server
+	health *health.Server
+}
+
+// New creates a scheduler and binds its gRPC listener.
+func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("scheduler configuration: %w", err)
+	}
+	if cfg.ID == "" {
+		cfg.ID = "scheduler-" + uuid.NewString()[:8]
+	}
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s for workers (is another scheduler running? set SCHEDULER_GRPC_ADDR): %w", cfg.GRPCAddr, err)
+	}
+	s := &Server{
+		cfg:      cfg,
+		store:    st,
+		log:      log.With("scheduler", cfg.ID),
+		sessions: make(map[string]*session),
+		wake:     make(chan struct{}, 1),
+		lis:      lis,
+		health:   health.NewServer(),
+	}
+	s.grpc = grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	schedulerv1.RegisterSchedulerServiceServer(s.grpc, s)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	return s, nil
+}
+
+// Addr is the address workers connect to.
+func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+
+// ID is this instance's id.
+func (s *Server) ID() string { return s.cfg.ID }
+
+// Run serves workers and runs the background loops until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serving workers: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		s.health.Shutdown()
+		// Workers reconnect to another scheduler and keep their runs; their leases
+		// outlive this process by LeaseTTL.
+		s.mu.Lock()
+		for _, sess := range s.sessions {
+			sess.close()
+		}
+		s.mu.Unlock()
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			s.grpc.Stop()
+		}
+		return nil
+	})
+	g.Go(func() error { s.dispatchLoop(ctx); return nil })
+	g.Go(func() error { s.leaseLoop(ctx); return nil })
+	g.Go(func() error { s.recoverLoop(ctx); return nil })
+	if s.cfg.DatabaseURL != "" {
+		g.Go(func() error {
+			store.Listen(ctx, s.cfg.DatabaseURL, []string{store.QueueChannel, store.CancelChannel}, s.log,
+				func(channel, _ string) {
+					if channel == store.CancelChannel {
+						s.sendCancels(ctx)
+						return
+					}
+					s.kick()
+				})
+			return nil
+		})
+	}
+	s.log.Info("scheduler serving workers", "addr", s.lis.Addr().String())
+	return g.Wait()
+}
+
+// kick wakes the dispatcher.
+func (s *Server) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) snapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
+}
+
+// dispatchLoop claims runs for free slots whenever woken, and at least every PollInterval.
+func (s *Server) dispatchLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		s.dispatch(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// dispatch fills every free slot of every live session it can. Sessions are visited in
+// random order so no worker is always served first.
+func (s *Server) dispatch(ctx context.Context) {
+	sessions := s.snapshot()
+	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
+	for _, sess := range sessions {
+		for slotType, free := range sess.freeSlots() {
+			if ctx.Err() != nil {
+				return
+			}
+			claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
+				WorkerID: sess.workerID, SlotType: slotType, Limit: free, LeaseTTL: s.cfg.LeaseTTL,
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Error("claiming runs", "worker", sess.workerID, "err", err)
+				}
+				continue
+			}
+			for _, c := range claims {
+				sess.assign(c)
+			}
+		}
+	}
+}
+
+// leaseLoop renews the leases of workers that heartbeat.
+func (s *Server) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var live []string
+		byID := make(map[string]*session)
+		for _, sess := range s.snapshot() {
+			byID[sess.workerID] = sess
+			// A worker whose stream looks open but that stopped heartbeating (paused,
+			// wedged) loses its leases like one that disconnected.
+			if time.Since(sess.lastHeartbeat()) < s.cfg.LeaseTTL-s.cfg.HeartbeatInterval {
+				live = append(live, sess.workerID)
+			}
+		}
+		start := time.Now()
+		renewed, err := s.store.RenewLeases(ctx, live, s.cfg.LeaseTTL)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("renewing leases", "err", err)
+			}
+			continue
+		}
+		// Runs a live worker holds that were not renewed moved on (their lease expired
+		// while the worker was paused, or another claim took them): stop them there.
+		held := make(map[store.Lease]bool, len(renewed))
+		for _, l := range renewed {
+			held[l] = true
+		}
+		for _, w := range live {
+			for _, l := range byID[w].leasesSince(start) {
+				if !held[l] {
+					byID[w].cancel(l, "lease_lost")
+				}
+			}
+		}
+	}
+}
+
+// recoverLoop requeues runs of vanished workers, ends overdue runs and forwards cancels.
+func (s *Server) recoverLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.RecoverInterval)
+	defer t.Stop()
+	reconcile := time.NewTicker(30 * time.Second)
+	defer reconcile.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reconcile.C:
+			if err := s.store.ReconcileLoad(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("reconciling assistant load", "err", err)
+			}
+			continue
+		case <-t.C:
+		}
+		res, err := s.store.RecoverRuns(ctx, store.RecoverParams{Batch: 1000, TimeoutGrace: s.cfg.TimeoutGrace})
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("recovering runs", "err", err)
+			}
+			continue
+		}
+		if res.Requeued+res.TimedOut+res.Cancelled > 0 {
+			s.log.Info("recovered runs", "requeued", res.Requeued, "timed_out", res.TimedOut, "cancelled", res.Cancelled)
+		}
+		for _, l := range res.Stopped {
+			s.stopEverywhere(l, "lease_lost")
+		}
+		if res.Requeued > 0 {
+			s.kick()
+		}
+		s.sendCancels(ctx)
+		if err := s.store.MarkStaleWorkersLost(ctx, 3*s.cfg.LeaseTTL, 24*time.Hour); err != nil && ctx.Err() == nil {
+			s.log.Error("marking stale workers", "err", err)
+		}
+	}
+}
+
+// sendCancels forwards client cancel requests to the workers running those runs here.
+func (s *Server) sendCancels(ctx context.Context) {
+	sessions := s.snapshot()
+	if len(sessions) == 0 {
+		return
+	}
+	ids := make([]string, len(sessions))
+	byID := make(map[string]*session, len(sessions))
+	for i, sess := range sessions {
+		ids[i] = sess.workerID
+		byID[sess.workerID] = sess
+	}
+	reqs, err := s.store.CancelRequests(ctx, ids)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("reading cancel requests", "err", err)
+		}
+		return
+	}
+	for w, leases := range reqs {
+		for _, l := range leases {
+			byID[w].cancel(l, "cancelled")
+		}
+	}
+}
+
+// stopEverywhere tells whichever session here holds the run to stop it.
+func (s *Server) stopEverywhere(l store.Lease, reason string) {
+	for _, sess := range s.snapshot() {
+		if sess.holds(l.RunID) {
+			sess.cancel(l, reason)
+		}
+	}
+}
+
+// retryDelay is the backoff before attempt+1: base * 2^(attempt-1), capped, with up to
+// 20 % jitter so retries of a burst do not return together.
+func (s *Server) retryDelay(attempt int32) time.Duration {
+	d := s.cfg.RetryBaseDelay
+	for i := int32(1); i < attempt && d < s.cfg.RetryMaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, s.cfg.RetryMaxDelay)
+	if d > 0 {
+		d += time.Duration(rand.Int64N(int64(d)/5 + 1))
+	}
+	return d
+}

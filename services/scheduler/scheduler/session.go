@@ -1,0 +1,453 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// inflight is a run the scheduler assigned to (or adopted from) a worker.
+type inflight struct {
+	epoch    int64
+	slotType string
+	attempt  int32
+	// since is when the scheduler assigned or adopted it.
+	since time.Time
+	// cancelSent records that a Cancel went out, so it is sent once.
+	cancelSent bool
+}
+
+// session is one worker's Connect stream.
+type session struct {
+	srv      *Server
+	workerID string
+	worker   *store.Worker
+	out      chan *schedulerv1.ConnectResponse
+	done     chan struct{}
+	closeOne sync.Once
+
+	mu        sync.Mutex
+	slots     map[string]int32
+	runs      map[uuid.UUID]*inflight
+	draining  bool
+	heartbeat time.Time
+}
+
+func (s *session) close() { s.closeOne.Do(func() { close(s.done) }) }
+
+func (s *session) lastHeartbeat() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.heartbeat
+}
+
+// freeSlots returns the free slots by type, by the scheduler's own count of what it
+// assigned: the worker's reports lag behind assignments, so they are never trusted to
+// grant more.
+func (s *session) freeSlots() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return nil
+	}
+	used := make(map[string]int32)
+	for _, r := range s.runs {
+		used[r.slotType]++
+	}
+	free := make(map[string]int)
+	for t, total := range s.slots {
+		if n := total - used[t]; n > 0 {
+			free[t] = int(n)
+		}
+	}
+	return free
+}
+
+// leasesSince lists the runs in flight that were assigned before t.
+func (s *session) leasesSince(t time.Time) []store.Lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Lease
+	for id, r := range s.runs {
+		if r.since.Before(t) {
+			out = append(out, store.Lease{RunID: id, Epoch: r.epoch})
+		}
+	}
+	return out
+}
+
+func (s *session) holds(id uuid.UUID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.runs[id]
+	return ok
+}
+
+func (s *session) send(m *schedulerv1.ConnectResponse) bool {
+	select {
+	case s.out <- m:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+// assign records a claim as in flight and pushes it to the worker. If the stream is gone
+// the run keeps its lease until it expires and is requeued: nothing is lost.
+func (s *session) assign(c *store.Claim) {
+	s.mu.Lock()
+	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now()}
+	s.mu.Unlock()
+	a, err := assignmentOf(c)
+	if err != nil {
+		s.srv.log.Error("encoding assignment", "run", c.Run.ID, "err", err)
+		return
+	}
+	s.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_Assignment{Assignment: a}})
+}
+
+// cancel tells the worker to stop a run, once per claim. The worker answers with a
+// result (refused by fencing when the lease moved on), which frees the slot.
+func (s *session) cancel(l store.Lease, reason string) {
+	s.mu.Lock()
+	if r, ok := s.runs[l.RunID]; ok {
+		if r.epoch != l.Epoch || r.cancelSent {
+			s.mu.Unlock()
+			return
+		}
+		r.cancelSent = true
+	}
+	s.mu.Unlock()
+	s.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_Cancel{Cancel: &schedulerv1.Cancel{
+		Run: runName(l.RunID), Epoch: l.Epoch, Reason: reason,
+	}}})
+}
+
+func runName(id uuid.UUID) string { return "runs/" + id.String() }
+
+func parseRunName(name string) (uuid.UUID, error) {
+	id, ok := strings.CutPrefix(name, "runs/")
+	if !ok {
+		return uuid.Nil, fmt.Errorf("run name %q: must look like runs/{id}", name)
+	}
+	return uuid.Parse(id)
+}
+
+func assignmentOf(c *store.Claim) (*schedulerv1.Assignment, error) {
+	state, err := structpb.NewStruct(c.State)
+	if err != nil {
+		return nil, fmt.Errorf("run state: %w", err)
+	}
+	config, err := structpb.NewStruct(c.Config)
+	if err != nil {
+		return nil, fmt.Errorf("assistant config: %w", err)
+	}
+	return &schedulerv1.Assignment{
+		Run:              runName(c.Run.ID),
+		Epoch:            c.Run.Epoch,
+		Assistant:        "assistants/" + c.Run.AssistantID,
+		AssistantVersion: c.Run.AssistantVersion,
+		Flow:             c.Flow,
+		Config:           config,
+		State:            state,
+		Attempt:          c.Run.Attempt,
+		Timeout:          durationpb.New(c.Run.Timeout),
+		SlotType:         c.Run.SlotType,
+		Step:             c.Step,
+	}, nil
+}
+
+func slotsOf(inv []*agentserverv1.SlotInventory) map[string]int32 {
+	out := make(map[string]int32, len(inv))
+	for _, s := range inv {
+		out[s.GetType()] += s.GetTotal()
+	}
+	return out
+}
+
+func storeSlots(inv []*agentserverv1.SlotInventory) []store.SlotCount {
+	out := make([]store.SlotCount, len(inv))
+	for i, s := range inv {
+		out[i] = store.SlotCount{Type: s.GetType(), Total: s.GetTotal(), Used: s.GetUsed()}
+	}
+	return out
+}
+
+func storeGPUs(gpus []*agentserverv1.Gpu) []store.GPU {
+	out := make([]store.GPU, len(gpus))
+	for i, g := range gpus {
+		out[i] = store.GPU{Index: g.GetIndex(), UUID: g.GetUuid(), Model: g.GetModel(),
+			MemoryTotalBytes: g.GetMemoryTotalBytes(), MemoryUsedBytes: g.GetMemoryUsedBytes(),
+			UtilizationPercent: g.GetUtilizationPercent(), TemperatureCelsius: g.GetTemperatureCelsius()}
+	}
+	return out
+}
+
+// Connect serves one worker session.
+func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	reg := first.GetRegister()
+	if reg == nil {
+		return status.Error(codes.InvalidArgument, "the first message of a session must be register")
+	}
+	if reg.GetWorkerId() == "" {
+		return status.Error(codes.InvalidArgument, "register.worker_id: must not be empty")
+	}
+	slots := slotsOf(reg.GetSlots())
+	if len(slots) == 0 {
+		return status.Error(codes.InvalidArgument, "register.slots: a worker needs at least one slot")
+	}
+
+	leases := make([]store.Lease, 0, len(reg.GetRunning()))
+	for _, l := range reg.GetRunning() {
+		id, err := parseRunName(l.GetRun())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, "register.running: "+err.Error())
+		}
+		leases = append(leases, store.Lease{RunID: id, Epoch: l.GetEpoch()})
+	}
+	valid, lost, err := s.store.ValidateLeases(ctx, reg.GetWorkerId(), leases)
+	if err != nil {
+		return status.Error(codes.Unavailable, "validating leases: "+err.Error())
+	}
+
+	sess := &session{
+		srv:       s,
+		workerID:  reg.GetWorkerId(),
+		out:       make(chan *schedulerv1.ConnectResponse, 256),
+		done:      make(chan struct{}),
+		slots:     slots,
+		runs:      make(map[uuid.UUID]*inflight),
+		draining:  reg.GetDraining(),
+		heartbeat: time.Now(),
+	}
+	for _, l := range leases {
+		if st, ok := valid[l.RunID]; ok {
+			sess.runs[l.RunID] = &inflight{epoch: l.Epoch, slotType: st, since: time.Now()}
+		}
+	}
+	state := store.WorkerReady
+	if sess.draining {
+		state = store.WorkerDraining
+	}
+	sess.worker = &store.Worker{
+		ID: reg.GetWorkerId(), Pool: reg.GetPool(), Hostname: reg.GetHostname(), Labels: reg.GetLabels(),
+		Slots: storeSlots(reg.GetSlots()), GPUs: storeGPUs(reg.GetGpus()),
+		MemoryTotalBytes: reg.GetMemoryTotalBytes(), MemoryFreeBytes: reg.GetMemoryFreeBytes(),
+		State: state, SchedulerID: s.cfg.ID, ConnectTime: time.Now(),
+	}
+	if err := s.store.UpsertWorker(ctx, sess.worker); err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	if len(valid) > 0 {
+		// Adopted runs must not wait for the next lease tick.
+		if _, err := s.store.RenewLeases(ctx, []string{sess.workerID}, s.cfg.LeaseTTL); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+	}
+
+	registered := &schedulerv1.Registered{SchedulerId: s.cfg.ID, HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval)}
+	for _, l := range lost {
+		registered.Lost = append(registered.Lost, &schedulerv1.RunLease{Run: runName(l.RunID), Epoch: l.Epoch})
+	}
+	if err := stream.Send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_Registered{Registered: registered}}); err != nil {
+		return err
+	}
+
+	s.mu.Lock()
+	if old, ok := s.sessions[sess.workerID]; ok {
+		old.close()
+	}
+	s.sessions[sess.workerID] = sess
+	s.mu.Unlock()
+	log := s.log.With("worker", sess.workerID)
+	log.Info("worker connected", "slots", slots, "adopted", len(valid), "lost", len(lost))
+	defer func() {
+		sess.close()
+		s.mu.Lock()
+		if s.sessions[sess.workerID] == sess {
+			delete(s.sessions, sess.workerID)
+		}
+		s.mu.Unlock()
+		// Its runs keep their leases until they expire: the worker may reconnect (here
+		// or to another scheduler) and carry on.
+		if err := s.store.SetWorkerState(context.WithoutCancel(ctx), sess.workerID, s.cfg.ID, store.WorkerLost); err != nil {
+			log.Error("marking worker lost", "err", err)
+		}
+		log.Info("worker disconnected")
+	}()
+	s.kick()
+
+	sendErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case m := <-sess.out:
+				if err := stream.Send(m); err != nil {
+					sendErr <- err
+					sess.close()
+					return
+				}
+			case <-sess.done:
+				return
+			}
+		}
+	}()
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if err := s.handle(ctx, sess, m); err != nil {
+				recvErr <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-recvErr:
+		return err
+	case err := <-sendErr:
+		return err
+	case <-sess.done:
+		return status.Error(codes.Unavailable, "session replaced or scheduler shutting down; reconnect")
+	}
+}
+
+// handle processes one message of a worker. Store errors other than fencing end the
+// session (the worker reconnects and resends); a fenced write tells the worker to stop.
+func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.ConnectRequest) error {
+	switch msg := m.GetMsg().(type) {
+	case *schedulerv1.ConnectRequest_Heartbeat:
+		hb := msg.Heartbeat
+		sess.mu.Lock()
+		sess.heartbeat = time.Now()
+		wasDraining := sess.draining
+		sess.draining = hb.GetDraining()
+		w := *sess.worker
+		sess.mu.Unlock()
+		w.MemoryFreeBytes = hb.GetMemoryFreeBytes()
+		if len(hb.GetSlots()) > 0 {
+			w.Slots = storeSlots(hb.GetSlots())
+		}
+		if len(hb.GetGpus()) > 0 {
+			w.GPUs = storeGPUs(hb.GetGpus())
+		}
+		w.State = store.WorkerReady
+		if hb.GetDraining() {
+			w.State = store.WorkerDraining
+		}
+		if err := s.store.UpsertWorker(ctx, &w); err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+		if wasDraining && !hb.GetDraining() {
+			s.kick()
+		}
+	case *schedulerv1.ConnectRequest_Result:
+		return s.handleResult(ctx, sess, msg.Result)
+	case *schedulerv1.ConnectRequest_Event:
+		ev := msg.Event
+		id, err := parseRunName(ev.GetRun())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		err = s.store.AppendRunEvent(ctx, id, ev.GetEpoch(), ev.GetType(), ev.GetData().AsMap())
+		return s.fenced(sess, id, ev.GetEpoch(), err)
+	case *schedulerv1.ConnectRequest_Checkpoint:
+		cp := msg.Checkpoint
+		id, err := parseRunName(cp.GetRun())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		err = s.store.Checkpoint(ctx, id, cp.GetEpoch(), cp.GetNextStep(), cp.GetState().AsMap())
+		return s.fenced(sess, id, cp.GetEpoch(), err)
+	case *schedulerv1.ConnectRequest_Register:
+		return status.Error(codes.InvalidArgument, "register may only be the first message of a session")
+	}
+	return nil
+}
+
+// fenced turns a refused write into a Cancel for the worker; other errors end the session.
+func (s *Server) fenced(sess *session, id uuid.UUID, epoch int64, err error) error {
+	if errors.Is(err, store.ErrStaleEpoch) {
+		s.log.Warn("refused write from a worker whose lease moved on", "worker", sess.workerID, "run", id, "epoch", epoch)
+		sess.cancel(store.Lease{RunID: id, Epoch: epoch}, "lease_lost")
+		return nil
+	}
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return nil
+}
+
+var outcomes = map[schedulerv1.RunResult_Outcome]store.Outcome{
+	schedulerv1.RunResult_OUTCOME_SUCCEEDED:   store.OutcomeSucceeded,
+	schedulerv1.RunResult_OUTCOME_FAILED:      store.OutcomeFailed,
+	schedulerv1.RunResult_OUTCOME_CANCELLED:   store.OutcomeCancelled,
+	schedulerv1.RunResult_OUTCOME_TIMED_OUT:   store.OutcomeTimedOut,
+	schedulerv1.RunResult_OUTCOME_RELEASED:    store.OutcomeReleased,
+	schedulerv1.RunResult_OUTCOME_INTERRUPTED: store.OutcomeInterrupted,
+}
+
+func (s *Server) handleResult(ctx context.Context, sess *session, r *schedulerv1.RunResult) error {
+	id, err := parseRunName(r.GetRun())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	outcome, ok := outcomes[r.GetOutcome()]
+	if !ok {
+		return status.Errorf(codes.InvalidArgument, "result.outcome: %s is not a valid outcome", r.GetOutcome())
+	}
+	sess.mu.Lock()
+	attempt := int32(1)
+	if in, ok := sess.runs[id]; ok && in.attempt > 0 {
+		attempt = in.attempt
+	}
+	sess.mu.Unlock()
+	var state map[string]any
+	if r.GetState() != nil {
+		state = r.GetState().AsMap()
+	}
+	_, err = s.store.FinishRun(ctx, store.FinishParams{
+		RunID: id, Epoch: r.GetEpoch(), Outcome: outcome, State: state, Error: r.GetError(),
+		Retryable: r.GetRetryable(), RetryDelay: s.retryDelay(attempt),
+		Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(),
+	})
+	if err != nil && !errors.Is(err, store.ErrStaleEpoch) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	if errors.Is(err, store.ErrStaleEpoch) {
+		s.log.Warn("refused result from a worker whose lease moved on", "worker", sess.workerID, "run", id, "epoch", r.GetEpoch())
+	}
+	// Either way the worker's slot is free again.
+	sess.mu.Lock()
+	if in, ok := sess.runs[id]; ok && in.epoch == r.GetEpoch() {
+		delete(sess.runs, id)
+	}
+	sess.mu.Unlock()
+	s.kick()
+	sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{
+		Run: r.GetRun(), Epoch: r.GetEpoch(),
+	}}})
+	return nil
+}

@@ -1,0 +1,144 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	"github.com/agentserver/agentserver/pkg/flow"
+	"github.com/agentserver/agentserver/services/worker-agent/internal/executor"
+)
+
+// start begins executing an assignment, or hands it straight back when no slot of its type
+// is free (the scheduler never over-assigns, but a worker must not trust that blindly).
+func (w *Worker) start(a *schedulerv1.Assignment) {
+	w.mu.Lock()
+	if _, dup := w.runs[a.GetRun()]; dup {
+		w.mu.Unlock()
+		return
+	}
+	if w.draining || w.used[a.GetSlotType()] >= w.slots[a.GetSlotType()] {
+		w.mu.Unlock()
+		w.log.Warn("no free slot for assignment; handing it back", "run", a.GetRun(), "slot_type", a.GetSlotType())
+		w.finish(&schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_RELEASED})
+		return
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	r := &activeRun{name: a.GetRun(), epoch: a.GetEpoch(), slotType: a.GetSlotType(), cancel: cancel, done: make(chan struct{})}
+	w.runs[r.name] = r
+	w.used[r.slotType]++
+	w.mu.Unlock()
+	go func() {
+		res := w.execute(ctx, a)
+		cancel(nil)
+		w.mu.Lock()
+		delete(w.runs, r.name)
+		w.used[r.slotType]--
+		w.mu.Unlock()
+		close(r.done)
+		w.finish(res)
+		select {
+		case w.idle <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+// finish queues a result and keeps it until the scheduler acknowledges it.
+func (w *Worker) finish(res *schedulerv1.RunResult) {
+	w.mu.Lock()
+	w.unacked[res.GetRun()] = res
+	w.mu.Unlock()
+	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: res}})
+}
+
+func (w *Worker) event(a *schedulerv1.Assignment, typ string, data map[string]any) {
+	s, err := structpb.NewStruct(data)
+	if err != nil {
+		s, _ = structpb.NewStruct(map[string]any{"error": "event data is not JSON: " + err.Error()})
+	}
+	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Event{Event: &schedulerv1.RunEvent{
+		Run: a.GetRun(), Epoch: a.GetEpoch(), Type: typ, Data: s,
+	}}})
+}
+
+// execute runs the assignment's flow and returns its result.
+func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment) *schedulerv1.RunResult {
+	res := &schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch()}
+	f, err := flow.Parse([]byte(a.GetFlow()))
+	if err != nil {
+		res.Outcome = schedulerv1.RunResult_OUTCOME_FAILED
+		res.Error = "invalid flow: " + err.Error()
+		return res
+	}
+	if t := a.GetTimeout().AsDuration(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t, executor.ErrTimedOut)
+		defer cancel()
+	}
+	spec := executor.RunSpec{
+		RunName:   a.GetRun(),
+		Attempt:   int(a.GetAttempt()),
+		FlowKey:   fmt.Sprintf("%s@%d", a.GetAssistant(), a.GetAssistantVersion()),
+		Flow:      f,
+		State:     a.GetState().AsMap(),
+		Config:    a.GetConfig().AsMap(),
+		StartStep: a.GetStep(),
+	}
+	out := w.exec.Run(ctx, spec, executor.Callbacks{
+		OnStepStart: func(step string) { w.event(a, "step_started", map[string]any{"step": step}) },
+		OnEvent:     func(step string, data map[string]any) { w.event(a, "executor_event", map[string]any{"step": step, "data": data}) },
+		OnLog: func(executor, line string) {
+			w.event(a, "log", map[string]any{"executor": executor, "line": line})
+		},
+		OnCheckpoint: func(next string, state map[string]any) error {
+			s, err := structpb.NewStruct(state)
+			if err != nil {
+				return fmt.Errorf("state is not a JSON object: %w", err)
+			}
+			// Fencing is checked by the scheduler; a refused checkpoint comes back as a
+			// lease_lost cancel, which ends this run.
+			w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Checkpoint{Checkpoint: &schedulerv1.Checkpoint{
+				Run: a.GetRun(), Epoch: a.GetEpoch(), NextStep: next, State: s,
+			}}})
+			return nil
+		},
+	})
+	if out.State != nil {
+		if s, err := structpb.NewStruct(out.State); err == nil {
+			res.State = s
+		}
+	}
+	res.Error, res.Retryable, res.Step = out.Error, out.Retryable, out.Step
+	switch out.Kind {
+	case executor.OutcomeSucceeded:
+		res.Outcome = schedulerv1.RunResult_OUTCOME_SUCCEEDED
+		if res.State == nil && out.State != nil {
+			res.Outcome = schedulerv1.RunResult_OUTCOME_FAILED
+			res.Error = "final state is not a JSON object"
+		}
+	case executor.OutcomeFailed:
+		res.Outcome = schedulerv1.RunResult_OUTCOME_FAILED
+	case executor.OutcomeInterrupted:
+		res.Outcome = schedulerv1.RunResult_OUTCOME_INTERRUPTED
+		if p, err := structpb.NewValue(out.Prompt); err == nil {
+			res.Prompt = p
+		}
+	case executor.OutcomeTimedOut:
+		res.Outcome = schedulerv1.RunResult_OUTCOME_TIMED_OUT
+		res.Error = fmt.Sprintf("execution timeout of %s exceeded", a.GetTimeout().AsDuration().Round(time.Millisecond))
+	default: // cancelled, released or lease lost
+		cause := context.Cause(ctx)
+		switch {
+		case errors.Is(cause, errReleased):
+			res.Outcome = schedulerv1.RunResult_OUTCOME_RELEASED
+		default:
+			res.Outcome = schedulerv1.RunResult_OUTCOME_CANCELLED
+		}
+	}
+	return res
+}
