@@ -195,9 +195,12 @@ func scanClaim(row pgx.Row) (*Claim, error) {
 	}
 	c.State = r.Input
 	if checkpoint != nil {
-		if err := json.Unmarshal(checkpoint, &c.State); err != nil {
+		// A fresh map: decoding into the input's map would merge the two.
+		var state map[string]any
+		if err := json.Unmarshal(checkpoint, &state); err != nil {
 			return nil, fmt.Errorf("decoding checkpoint: %w", err)
 		}
+		c.State = state
 	}
 	c.Run = &r
 	return &c, nil

@@ -12,7 +12,10 @@ require github.com/agentserver/agentserver/services/scheduler v0.0.0
 
 require github.com/agentserver/agentserver/services/worker-agent v0.0.0
 
-require golang.org/x/sync v0.25.0 // indirect
+require (
+	github.com/stretchr/testify v1.12.1 // indirect
+	golang.org/x/sync v0.25.0 // indirect
+)
 
 replace github.com/agentserver/agentserver/gen => ../../gen
 

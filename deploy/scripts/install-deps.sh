@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# install-deps.sh: makes sure this Debian/Ubuntu machine has what agentserver
+# and its tests need:
+#   - PostgreSQL server binaries (initdb, postgres): `agentserver dev` without
+#     DATABASE_URL and every test package that needs a database start a private
+#     server from them (pkg/pgserver);
+#   - python3: the example executors.
+# The server binaries are found as pkg/pgserver finds them: $PG_BINDIR, then
+# `pg_config --bindir`, then /usr/lib/postgresql/*/bin, then initdb on $PATH.
+#
+# As root it installs what is missing with apt-get; otherwise it prints the
+# command to run and exits 1. When everything is there it changes nothing and
+# prints one line. The postgresql package also sets up a system cluster of its
+# own (port 5432); agentserver does not use it.
+set -euo pipefail
+
+# pg_bindir prints the directory of the server binaries, or fails.
+pg_bindir() {
+	local dir
+	if [[ -n "${PG_BINDIR:-}" ]]; then
+		[[ -x "$PG_BINDIR/initdb" && -x "$PG_BINDIR/postgres" ]] && { echo "$PG_BINDIR"; return 0; }
+		return 1 # pgserver would refuse a PG_BINDIR without them
+	fi
+	if command -v pg_config >/dev/null 2>&1; then
+		dir="$(pg_config --bindir 2>/dev/null || true)"
+		[[ -n "$dir" && -x "$dir/initdb" && -x "$dir/postgres" ]] && { echo "$dir"; return 0; }
+	fi
+	dir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | while read -r d; do
+		[[ -x "$d/initdb" && -x "$d/postgres" ]] && echo "$d"
+	done | tail -n 1)"
+	[[ -n "$dir" ]] && { echo "$dir"; return 0; }
+	if command -v initdb >/dev/null 2>&1; then
+		dir="$(dirname "$(readlink -f "$(command -v initdb)")")"
+		[[ -x "$dir/postgres" ]] && { echo "$dir"; return 0; }
+	fi
+	return 1
+}
+
+missing=()
+packages=()
+if ! pg_bindir >/dev/null; then
+	if [[ -n "${PG_BINDIR:-}" ]]; then
+		echo "install-deps: PG_BINDIR=$PG_BINDIR holds no initdb and postgres; unset it or point it at a PostgreSQL server installation" >&2
+		exit 1
+	fi
+	missing+=("PostgreSQL server (initdb)")
+	packages+=(postgresql)
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+	missing+=(python3)
+	packages+=(python3)
+fi
+
+if ((${#packages[@]} == 0)); then
+	echo "install-deps: all present (PostgreSQL server in $(pg_bindir), $(python3 --version 2>&1))"
+	exit 0
+fi
+
+command="apt-get update && apt-get install -y --no-install-recommends ${packages[*]}"
+if [[ "$(id -u)" -ne 0 ]]; then
+	echo "install-deps: missing ${missing[*]}; install with:" >&2
+	echo "  sudo sh -c '$command'" >&2
+	exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "install-deps: missing ${missing[*]} and there is no apt-get: install the packages ${packages[*]} with this system's package manager" >&2
+	exit 1
+fi
+
+echo "install-deps: installing ${packages[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
+
+if ! dir="$(pg_bindir)" || ! command -v python3 >/dev/null 2>&1; then
+	echo "install-deps: still missing something after installing ${packages[*]}" >&2
+	exit 1
+fi
+echo "install-deps: installed ${packages[*]} (PostgreSQL server in $dir, $(python3 --version 2>&1))"

@@ -1,0 +1,411 @@
+package store_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/agentserver/agentserver/pkg/pgtest"
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const tenant = store.DefaultTenant
+
+var defaults = store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: 24 * time.Hour}
+
+const echoFlow = "executors:\n  - name: echo\n    command: [\"true\"]\n"
+
+func newStore(t *testing.T) *store.Store {
+	t.Helper()
+	url := pgtest.NewDatabase(t)
+	require.NoError(t, store.Migrate(t.Context(), url))
+	st, err := store.Open(t.Context(), url)
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	return st
+}
+
+func newAssistant(t *testing.T, st *store.Store, id string, mod func(*store.Assistant)) *store.Assistant {
+	t.Helper()
+	a := &store.Assistant{TenantID: tenant, ID: id, Flow: echoFlow, SlotType: "cpu"}
+	if mod != nil {
+		mod(a)
+	}
+	out, err := st.CreateAssistant(t.Context(), a)
+	require.NoError(t, err)
+	return out
+}
+
+func enqueue(t *testing.T, st *store.Store, runs ...store.NewRun) []*store.Run {
+	t.Helper()
+	out, err := st.CreateRuns(t.Context(), tenant, runs, defaults)
+	require.NoError(t, err)
+	return out
+}
+
+func claim(t *testing.T, st *store.Store, worker, slotType string, n int) []*store.Claim {
+	t.Helper()
+	c, err := st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: worker, SlotType: slotType, Limit: n, LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	return c
+}
+
+func prio(p int32) *int32 { return &p }
+
+func TestMigrateTwiceConcurrently(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	var g errgroup.Group
+	for range 4 {
+		g.Go(func() error { return store.Migrate(t.Context(), url) })
+	}
+	require.NoError(t, g.Wait())
+}
+
+func TestClaimOrderPriorityThenSubmission(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	var want []uuid.UUID
+	low := enqueue(t, st, store.NewRun{AssistantID: "a", Priority: prio(0)}, store.NewRun{AssistantID: "a", Priority: prio(0)})
+	high := enqueue(t, st, store.NewRun{AssistantID: "a", Priority: prio(5)})
+	mid := enqueue(t, st, store.NewRun{AssistantID: "a", Priority: prio(1)}, store.NewRun{AssistantID: "a", Priority: prio(1)})
+	want = append(want, high[0].ID, mid[0].ID, mid[1].ID, low[0].ID, low[1].ID)
+
+	var got []uuid.UUID
+	for _, n := range []int{2, 2, 2} {
+		for _, c := range claim(t, st, "w1", "cpu", n) {
+			got = append(got, c.Run.ID)
+			require.Equal(t, store.StateRunning, c.Run.State)
+			require.Equal(t, "w1", c.Run.WorkerID)
+			require.Equal(t, echoFlow, c.Flow)
+		}
+	}
+	require.Equal(t, want, got)
+	require.Empty(t, claim(t, st, "w1", "cpu", 5), "queue is empty")
+}
+
+func TestClaimOnlyMatchingSlotType(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "cpu-agent", nil)
+	newAssistant(t, st, "gpu-agent", func(a *store.Assistant) { a.SlotType = "gpu" })
+	enqueue(t, st, store.NewRun{AssistantID: "gpu-agent"}, store.NewRun{AssistantID: "cpu-agent"})
+	c := claim(t, st, "w", "cpu", 10)
+	require.Len(t, c, 1)
+	require.Equal(t, "cpu-agent", c[0].Run.AssistantID)
+	c = claim(t, st, "w", "gpu", 10)
+	require.Len(t, c, 1)
+	require.Equal(t, "gpu", c[0].Run.SlotType)
+}
+
+// Many claimers at once never get the same run, and together they get them all.
+func TestConcurrentClaimsNeverShareARun(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	const total = 600
+	batch := make([]store.NewRun, total)
+	for i := range batch {
+		batch[i] = store.NewRun{AssistantID: "a"}
+	}
+	enqueue(t, st, batch...)
+
+	var mu sync.Mutex
+	owner := make(map[uuid.UUID]string)
+	var g errgroup.Group
+	for w := range 8 {
+		worker := fmt.Sprintf("w%d", w)
+		g.Go(func() error {
+			for {
+				cs, err := st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: worker, SlotType: "cpu", Limit: 7, LeaseTTL: time.Minute})
+				if err != nil {
+					return err
+				}
+				if len(cs) == 0 {
+					return nil
+				}
+				mu.Lock()
+				for _, c := range cs {
+					if prev, dup := owner[c.Run.ID]; dup {
+						mu.Unlock()
+						return fmt.Errorf("run %s claimed by %s and %s", c.Run.ID, prev, worker)
+					}
+					owner[c.Run.ID] = worker
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	require.NoError(t, g.Wait())
+	require.Len(t, owner, total)
+}
+
+// The concurrency limit holds with many concurrent claimers, and frees up as runs end.
+func TestConcurrencyLimitAcrossClaimers(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "limited", func(a *store.Assistant) { a.ConcurrencyLimit = 3 })
+	newAssistant(t, st, "free", nil)
+	var batch []store.NewRun
+	for range 40 {
+		batch = append(batch, store.NewRun{AssistantID: "limited", Priority: prio(10)})
+	}
+	for range 10 {
+		batch = append(batch, store.NewRun{AssistantID: "free"})
+	}
+	enqueue(t, st, batch...)
+
+	var mu sync.Mutex
+	var claimed []*store.Claim
+	var g errgroup.Group
+	for w := range 6 {
+		g.Go(func() error {
+			cs, err := st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: fmt.Sprintf("w%d", w), SlotType: "cpu", Limit: 10, LeaseTTL: time.Minute})
+			mu.Lock()
+			claimed = append(claimed, cs...)
+			mu.Unlock()
+			return err
+		})
+	}
+	require.NoError(t, g.Wait())
+	byAssistant := map[string]int{}
+	for _, c := range claimed {
+		byAssistant[c.Run.AssistantID]++
+	}
+	require.Equal(t, 3, byAssistant["limited"], "never more than the limit running")
+	// A saturated assistant at the head of the queue does not starve the others.
+	require.Equal(t, 10, byAssistant["free"])
+
+	// Finishing one limited run admits exactly one more.
+	var first *store.Claim
+	for _, c := range claimed {
+		if c.Run.AssistantID == "limited" {
+			first = c
+			break
+		}
+	}
+	_, err := st.FinishRun(t.Context(), store.FinishParams{RunID: first.Run.ID, Epoch: first.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{}})
+	require.NoError(t, err)
+	more := claim(t, st, "w9", "cpu", 10)
+	require.Len(t, more, 1)
+	require.Equal(t, "limited", more[0].Run.AssistantID)
+}
+
+// A worker whose lease was taken over cannot write: results, checkpoints and events
+// carrying the old epoch are refused.
+func TestFencingRefusesStaleEpoch(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	run := enqueue(t, st, store.NewRun{AssistantID: "a", Input: map[string]any{"n": 1.0}})[0]
+	first := claim(t, st, "old", "cpu", 1)[0]
+	require.NoError(t, st.Checkpoint(t.Context(), run.ID, first.Run.Epoch, "b", map[string]any{"step": "a"}))
+
+	// The old worker's lease expires; the run is requeued and claimed again.
+	_, err := st.Pool().Exec(t.Context(), `UPDATE runs SET lease_expire_time = now() - interval '1 second' WHERE id = $1`, run.ID)
+	require.NoError(t, err)
+	rec, err := st.RecoverRuns(t.Context(), store.RecoverParams{Batch: 100, TimeoutGrace: time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, 1, rec.Requeued)
+	second := claim(t, st, "new", "cpu", 1)[0]
+	require.Greater(t, second.Run.Epoch, first.Run.Epoch)
+	require.Equal(t, map[string]any{"step": "a"}, second.State, "resumes from the checkpoint")
+	require.Equal(t, "b", second.Step)
+	require.EqualValues(t, 1, second.Run.Attempt, "a lost worker does not use an attempt")
+
+	_, err = st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: first.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"by": "old"}})
+	require.ErrorIs(t, err, store.ErrStaleEpoch)
+	require.ErrorIs(t, st.Checkpoint(t.Context(), run.ID, first.Run.Epoch, "", map[string]any{"by": "old"}), store.ErrStaleEpoch)
+	require.ErrorIs(t, st.AppendRunEvent(t.Context(), run.ID, first.Run.Epoch, "x", nil), store.ErrStaleEpoch)
+
+	_, err = st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: second.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"by": "new"}})
+	require.NoError(t, err)
+	got, err := st.GetRun(t.Context(), tenant, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateSucceeded, got.State)
+	require.Equal(t, map[string]any{"by": "new"}, got.Output)
+	// A second result for the same claim is refused too: a run completes once.
+	_, err = st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: second.Run.Epoch, Outcome: store.OutcomeFailed})
+	require.ErrorIs(t, err, store.ErrStaleEpoch)
+}
+
+func TestRetryWithBackoffThenFail(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.MaxAttempts = 2 })
+	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	require.EqualValues(t, 2, run.MaxAttempts)
+	c := claim(t, st, "w", "cpu", 1)[0]
+	res, err := st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeFailed, Error: "boom", Retryable: true, RetryDelay: time.Hour})
+	require.NoError(t, err)
+	require.True(t, res.Retried)
+	got, err := st.GetRun(t.Context(), tenant, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateQueued, got.State)
+	require.EqualValues(t, 2, got.Attempt)
+	require.NotNil(t, got.NextAttemptTime)
+	require.WithinDuration(t, time.Now().Add(time.Hour), *got.NextAttemptTime, time.Minute)
+	require.Empty(t, claim(t, st, "w", "cpu", 1), "not before its backoff")
+
+	_, err = st.Pool().Exec(t.Context(), `UPDATE run_queue SET available_time = now() WHERE run_id = $1`, run.ID)
+	require.NoError(t, err)
+	c = claim(t, st, "w", "cpu", 1)[0]
+	require.EqualValues(t, 2, c.Run.Attempt)
+	res, err = st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeFailed, Error: "boom again", Retryable: true})
+	require.NoError(t, err)
+	require.False(t, res.Retried, "attempts exhausted")
+	got, err = st.GetRun(t.Context(), tenant, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateFailed, got.State)
+	require.Equal(t, "boom again", got.Error)
+}
+
+func TestNonRetryableFailureEndsAtOnce(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.MaxAttempts = 5 })
+	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	c := claim(t, st, "w", "cpu", 1)[0]
+	res, err := st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeFailed, Error: "bad input"})
+	require.NoError(t, err)
+	require.Equal(t, store.StateFailed, res.State)
+}
+
+func TestIdempotentCreate(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	first := enqueue(t, st, store.NewRun{AssistantID: "a", RequestID: "req-1"})[0]
+	again := enqueue(t, st, store.NewRun{AssistantID: "a", RequestID: "req-1"}, store.NewRun{AssistantID: "a", RequestID: "req-2"})
+	require.Equal(t, first.ID, again[0].ID)
+	require.NotEqual(t, first.ID, again[1].ID)
+	require.Len(t, claim(t, st, "w", "cpu", 10), 2, "the repeated request was not enqueued twice")
+}
+
+func TestCreateWithUnknownAssistantWritesNothing(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	_, err := st.CreateRuns(t.Context(), tenant, []store.NewRun{{AssistantID: "a"}, {AssistantID: "ghost"}}, defaults)
+	var nf *store.AssistantNotFoundError
+	require.ErrorAs(t, err, &nf)
+	require.Equal(t, "ghost", nf.ID)
+	runs, err := st.ListRuns(t.Context(), tenant, store.RunFilter{}, 10, nil)
+	require.NoError(t, err)
+	require.Empty(t, runs)
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	runs := enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
+	queued, running := runs[1], runs[0]
+	c := claim(t, st, "w", "cpu", 1)[0]
+	require.Equal(t, running.ID, c.Run.ID)
+
+	got, err := st.CancelRun(t.Context(), tenant, queued.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateCancelled, got.State)
+	require.Empty(t, claim(t, st, "w", "cpu", 1), "a cancelled run leaves the queue")
+
+	got, err = st.CancelRun(t.Context(), tenant, running.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateRunning, got.State)
+	require.True(t, got.CancelRequested)
+	reqs, err := st.CancelRequests(t.Context(), []string{"w"})
+	require.NoError(t, err)
+	require.Equal(t, []store.Lease{{RunID: running.ID, Epoch: c.Run.Epoch}}, reqs["w"])
+	// The worker stops it and reports; even a "failed" report ends CANCELLED.
+	_, err = st.FinishRun(t.Context(), store.FinishParams{RunID: running.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeFailed, Error: "killed", Retryable: true})
+	require.NoError(t, err)
+	got, err = st.CancelRun(t.Context(), tenant, running.ID)
+	require.NoError(t, err, "cancel is idempotent")
+	require.Equal(t, store.StateCancelled, got.State)
+
+	_, err = st.CancelRun(t.Context(), tenant, uuid.New())
+	require.ErrorIs(t, err, store.ErrNotFound)
+}
+
+func TestRecoverTimesOutOverdueRuns(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.Timeout = time.Second })
+	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	c := claim(t, st, "w", "cpu", 1)[0]
+	_, err := st.Pool().Exec(t.Context(), `UPDATE runs SET claim_time = now() - interval '1 minute' WHERE id = $1`, run.ID)
+	require.NoError(t, err)
+	rec, err := st.RecoverRuns(t.Context(), store.RecoverParams{Batch: 10, TimeoutGrace: time.Second})
+	require.NoError(t, err)
+	require.Equal(t, 1, rec.TimedOut)
+	require.Equal(t, []store.Lease{{RunID: run.ID, Epoch: c.Run.Epoch}}, rec.Stopped, "its live worker must be told to stop")
+	got, err := st.GetRun(t.Context(), tenant, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateTimedOut, got.State)
+	require.Contains(t, got.Error, "timeout")
+}
+
+func TestListRunsPaginatesAndFilters(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	newAssistant(t, st, "b", nil)
+	for range 5 {
+		enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "b"})
+	}
+	var all []*store.Run
+	var after *store.RunCursor
+	for {
+		page, err := st.ListRuns(t.Context(), tenant, store.RunFilter{AssistantID: "a"}, 2, after)
+		require.NoError(t, err)
+		all = append(all, page...)
+		if len(page) < 2 {
+			break
+		}
+		last := page[len(page)-1]
+		after = &store.RunCursor{CreateTime: last.CreateTime, ID: last.ID}
+	}
+	require.Len(t, all, 5)
+	for i, r := range all {
+		require.Equal(t, "a", r.AssistantID)
+		if i > 0 {
+			require.False(t, r.CreateTime.After(all[i-1].CreateTime), "newest first")
+		}
+	}
+	queued, err := st.ListRuns(t.Context(), tenant, store.RunFilter{State: store.StateQueued}, 100, nil)
+	require.NoError(t, err)
+	require.Len(t, queued, 10)
+}
+
+func TestAssistantVersions(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	run1 := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	const flow2 = "executors:\n  - name: v2\n    command: [\"true\"]\n"
+	a, err := st.UpdateAssistant(t.Context(), tenant, "a", func(a *store.Assistant) error { a.Flow = flow2; return nil })
+	require.NoError(t, err)
+	require.EqualValues(t, 2, a.Version)
+	run2 := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	require.EqualValues(t, 1, run1.AssistantVersion)
+	require.EqualValues(t, 2, run2.AssistantVersion)
+	cs := claim(t, st, "w", "cpu", 2)
+	require.Equal(t, echoFlow, cs[0].Flow, "a queued run keeps the flow it was created with")
+	require.Equal(t, flow2, cs[1].Flow)
+
+	_, err = st.CreateAssistant(t.Context(), &store.Assistant{TenantID: tenant, ID: "a", Flow: echoFlow, SlotType: "cpu"})
+	require.ErrorIs(t, err, store.ErrAlreadyExists)
+	require.NoError(t, st.DeleteAssistant(t.Context(), tenant, "a"))
+	require.ErrorIs(t, st.DeleteAssistant(t.Context(), tenant, "a"), store.ErrNotFound)
+	_, err = st.GetAssistant(t.Context(), tenant, "a")
+	require.ErrorIs(t, err, store.ErrNotFound)
+}
+

@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+)
+
+// retryServiceConfig retries calls that are safe to repeat when the gateway is briefly
+// unavailable (a restart, a rolling deploy): reads, WaitRun and the idempotent CancelRun.
+// Creates, updates and deletes are never retried here.
+const retryServiceConfig = `{
+  "methodConfig": [{
+    "name": [
+      {"service": "agentserver.v1.AssistantService", "method": "GetAssistant"},
+      {"service": "agentserver.v1.AssistantService", "method": "ListAssistants"},
+      {"service": "agentserver.v1.RunService", "method": "GetRun"},
+      {"service": "agentserver.v1.RunService", "method": "ListRuns"},
+      {"service": "agentserver.v1.RunService", "method": "WaitRun"},
+      {"service": "agentserver.v1.RunService", "method": "CancelRun"},
+      {"service": "agentserver.v1.ClusterService", "method": "ListWorkers"}
+    ],
+    "retryPolicy": {
+      "maxAttempts": 4,
+      "initialBackoff": "0.2s",
+      "maxBackoff": "2s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`
+
+// dial returns the connection to the gateway, creating it on first use. grpc.NewClient does
+// not connect; the first call does, so commands that fail before calling cost nothing.
+func (a *app) dial() (*grpc.ClientConn, error) {
+	if a.conn != nil {
+		return a.conn, nil
+	}
+	opts := []grpc.DialOption{
+		// The gateway's public gRPC port is plaintext today; TLS would be a flag here.
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(retryServiceConfig),
+		grpc.WithUserAgent("agentctl"),
+	}
+	if a.cfg.APIKey != "" {
+		opts = append(opts, grpc.WithUnaryInterceptor(bearerInterceptor(a.cfg.APIKey)))
+	}
+	conn, err := grpc.NewClient(a.cfg.Addr, opts...)
+	if err != nil {
+		return nil, usageErrorf("--addr %q: %v", a.cfg.Addr, err)
+	}
+	a.conn = conn
+	return conn, nil
+}
+
+// bearerInterceptor adds "authorization: Bearer <key>" to every call. It is an interceptor
+// rather than PerRPCCredentials because those refuse plaintext connections, and the key must
+// also reach a gateway on localhost without TLS.
+func bearerInterceptor(key string) grpc.UnaryClientInterceptor {
+	value := fmt.Sprintf("Bearer %s", key)
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", value)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}

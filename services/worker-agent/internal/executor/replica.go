@@ -1,0 +1,463 @@
+package executor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentserver/agentserver/pkg/flow"
+)
+
+// failure is a step that ended without a usable answer from its executor.
+type failure struct {
+	msg       string
+	retryable bool
+}
+
+func (f *failure) Error() string { return f.msg }
+
+// lineMsg is one line of a replica's stdout, or the error that ended it.
+type lineMsg struct {
+	line []byte
+	err  error
+}
+
+// replica is one executor process. A pool hands it to one request at a time.
+type replica struct {
+	executor string
+	index    int
+	pid      int
+	cfg      *Config
+	logger   *slog.Logger
+
+	stdin  *os.File
+	stdout *os.File
+	stderr *os.File
+
+	// lines carries stdout lines; it is closed after the error that ends stdout. Its buffer of
+	// one lets an idle replica's stray output be noticed before the replica is reused.
+	lines chan lineMsg
+	// exited is closed once the process has been reaped (and its process group killed).
+	exited     chan struct{}
+	exitState  *os.ProcessState
+	stderrDone chan struct{}
+	// stop is closed when the replica is torn down, so that readers never block on a send.
+	stop      chan struct{}
+	killOnce  sync.Once
+	errReader *trackedReader
+
+	mu       sync.Mutex
+	broken   bool // killed or broke the protocol: never reuse
+	sink     func(line string)
+	logBytes int64
+	logShut  bool
+	tail     []string
+	lastUsed time.Time // guarded by the owning pool's mu
+}
+
+// startReplica starts one executor process with the given environment.
+// Its stderr goes to sink from the first line on.
+func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int, env []string, sink func(string)) (*replica, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("creating stdin pipe: %w", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		closeAll(inR, inW)
+		return nil, fmt.Errorf("creating stdout pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		closeAll(inR, inW, outR, outW)
+		return nil, fmt.Errorf("creating stderr pipe: %w", err)
+	}
+
+	cmd := exec.Command(def.Command[0], def.Command[1:]...)
+	cmd.Dir = filepath.Join(cfg.Dir, def.Workdir)
+	cmd.Env = env
+	// Plain files rather than StdoutPipe: Wait then never waits for our readers, and a process
+	// that exits while a grandchild still holds its stdout is noticed at once.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// Its own process group, so that killing the replica kills everything it started.
+		Setpgid: true,
+		// Dies with the worker even when the worker is SIGKILLed.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	err = cmd.Start()
+	closeAll(inR, outW, errW) // the child holds its own copies
+	if err != nil {
+		closeAll(inW, outR, errR)
+		return nil, err
+	}
+
+	r := &replica{
+		executor:   def.Name,
+		index:      index,
+		pid:        cmd.Process.Pid,
+		cfg:        cfg,
+		logger:     logger,
+		stdin:      inW,
+		stdout:     outR,
+		stderr:     errR,
+		lines:      make(chan lineMsg, 1),
+		exited:     make(chan struct{}),
+		stderrDone: make(chan struct{}),
+		stop:       make(chan struct{}),
+		errReader:  &trackedReader{f: errR},
+		sink:       sink,
+	}
+	go func() {
+		_ = cmd.Wait()
+		r.exitState = cmd.ProcessState
+		// Whatever the replica left running in its group dies with it: no orphans.
+		_ = syscall.Kill(-r.pid, syscall.SIGKILL)
+		close(r.exited)
+	}()
+	go r.readStdout()
+	go r.readStderr()
+	return r, nil
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+func (r *replica) readStdout() {
+	defer close(r.lines)
+	br := bufio.NewReaderSize(r.stdout, 64<<10)
+	for {
+		line, _, err := readLine(br, r.cfg.MaxLineBytes, false)
+		select {
+		case r.lines <- lineMsg{line: line, err: err}:
+		case <-r.stop:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (r *replica) readStderr() {
+	defer close(r.stderrDone)
+	br := bufio.NewReaderSize(r.errReader, 16<<10)
+	for {
+		line, truncated, err := readLine(br, r.cfg.MaxLogLineBytes, true)
+		if err != nil {
+			return
+		}
+		s := string(line)
+		if truncated {
+			s += " … [line truncated]"
+		}
+		r.logLine(s)
+	}
+}
+
+// logLine keeps line in the stderr tail and hands it to the current request's log sink, within
+// the per-step log budget; with no request in flight it goes to the manager's logger.
+func (r *replica) logLine(line string) {
+	r.mu.Lock()
+	r.tail = append(r.tail, line)
+	if over := len(r.tail) - r.cfg.StderrTailLines; over > 0 {
+		r.tail = append(r.tail[:0], r.tail[over:]...)
+	}
+	sink := r.sink
+	idle := sink == nil
+	if sink != nil {
+		if r.logShut {
+			sink = nil
+		} else if r.logBytes += int64(len(line)) + 1; r.logBytes > r.cfg.MaxStepLogBytes {
+			r.logShut = true
+			line = fmt.Sprintf("[agentserver: further stderr of this step dropped after %d bytes]", r.cfg.MaxStepLogBytes)
+		}
+	}
+	r.mu.Unlock()
+	if sink != nil {
+		sink(line)
+		return
+	}
+	if idle {
+		r.logger.Debug("executor stderr while idle", "executor", r.executor, "replica", r.index, "pid", r.pid, "line", line)
+	}
+}
+
+// trackedReader lets settleStderr tell when the stderr reader is waiting for more input.
+type trackedReader struct {
+	f      *os.File
+	inRead atomic.Bool
+	reads  atomic.Uint64
+}
+
+func (t *trackedReader) Read(p []byte) (int, error) {
+	t.inRead.Store(true)
+	n, err := t.f.Read(p)
+	t.reads.Add(1)
+	t.inRead.Store(false)
+	return n, err
+}
+
+// pending returns how many bytes wait in the stderr pipe.
+func (t *trackedReader) pending() int {
+	n := 0
+	if rc, err := t.f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			// TIOCINQ is FIONREAD on Linux.
+			if v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
+				n = v
+			}
+		})
+	}
+	return n
+}
+
+// settleStderr waits, briefly, until the stderr reader has handed on every line the replica
+// wrote before its answer. stdout and stderr are separate pipes, so without this the last log
+// lines of a step (often the interesting ones) could arrive after the run has moved on. It is
+// best effort: at most settleTimeout.
+func (r *replica) settleStderr() {
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		select {
+		case <-r.stderrDone:
+			return
+		default:
+		}
+		t := r.errReader
+		before := t.reads.Load()
+		if t.inRead.Load() && t.pending() == 0 {
+			runtime.Gosched()
+			if t.inRead.Load() && t.pending() == 0 && t.reads.Load() == before {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// settleTimeout bounds settleStderr.
+const settleTimeout = 100 * time.Millisecond
+
+// stderrTail returns the last stderr lines, oldest first.
+func (r *replica) stderrTail() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.tail, "\n")
+}
+
+// attach directs stderr to sink for one request and resets the step's log budget.
+func (r *replica) attach(sink func(string)) {
+	r.mu.Lock()
+	r.sink, r.logBytes, r.logShut = sink, 0, false
+	r.mu.Unlock()
+}
+
+func (r *replica) detach() { r.attach(nil) }
+
+func (r *replica) hasExited() bool {
+	select {
+	case <-r.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *replica) markBroken() {
+	r.mu.Lock()
+	r.broken = true
+	r.mu.Unlock()
+}
+
+// reusable reports whether the replica can take another request. Output it wrote while idle
+// (which can never be an answer) makes it unusable; that output is logged.
+func (r *replica) reusable() bool {
+	r.mu.Lock()
+	broken := r.broken
+	r.mu.Unlock()
+	if broken || r.hasExited() {
+		return false
+	}
+	select {
+	case msg, ok := <-r.lines:
+		if ok && msg.err == nil {
+			r.logger.Warn("executor wrote to stdout while idle; replacing it",
+				"executor", r.executor, "replica", r.index, "pid", r.pid, "output", snippet(msg.line))
+		}
+		return false
+	default:
+		return true
+	}
+}
+
+// kill kills the replica's process group, reaps the process and releases its pipes. It is
+// idempotent and returns once the process is gone.
+func (r *replica) kill() {
+	r.killOnce.Do(func() {
+		r.markBroken()
+		_ = syscall.Kill(-r.pid, syscall.SIGKILL)
+		<-r.exited
+		close(r.stop)
+		// Closing the read ends also frees readers blocked on a pipe that a process which
+		// escaped the group (setsid) still holds open.
+		closeAll(r.stdin, r.stdout, r.stderr)
+	})
+}
+
+// exitFailure describes the replica's death, with the last lines of its stderr.
+func (r *replica) exitFailure() *failure {
+	// Its group is dead, so stderr ends promptly unless something escaped the group.
+	select {
+	case <-r.stderrDone:
+	case <-time.After(r.cfg.ExitGrace):
+	}
+	var how string
+	st := r.exitState
+	switch ws, ok := st.Sys().(syscall.WaitStatus); {
+	case ok && ws.Signaled():
+		how = fmt.Sprintf("was killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
+	default:
+		how = fmt.Sprintf("exited with status %d", st.ExitCode())
+	}
+	msg := fmt.Sprintf("executor %q %s", r.executor, how)
+	if tail := r.stderrTail(); tail != "" {
+		msg += ": " + tail
+	}
+	// A crash may well be transient (out of memory, a flaky dependency): let the caller retry.
+	return &failure{msg: msg, retryable: true}
+}
+
+// protocolFailure kills the replica for breaking protocol v1 and describes what it did.
+func (r *replica) protocolFailure(err error) *failure {
+	r.kill()
+	return &failure{msg: fmt.Sprintf("executor %q broke protocol v1: %v", r.executor, err)}
+}
+
+// call sends one request and reads the executor's answer, handing events to onEvent. It
+// returns a *failure when the executor crashed or broke the protocol (the replica is then
+// unusable), or context.Cause(ctx) when ctx ended first (the replica is then killed).
+func (r *replica) call(ctx context.Context, req *request, onEvent func(map[string]any)) (*reply, error) {
+	buf, err := json.Marshal(req)
+	if err != nil {
+		return nil, &failure{msg: fmt.Sprintf("encoding request: %v", err)}
+	}
+	buf = append(buf, '\n')
+
+	written := make(chan error, 1)
+	go func() {
+		_, err := r.stdin.Write(buf)
+		written <- err
+	}()
+
+	var (
+		total    int64
+		lines    = r.lines
+		exited   = r.exited
+		grace    <-chan time.Time
+		writeErr error
+	)
+	startGrace := func() {
+		if grace == nil {
+			grace = time.After(r.cfg.ExitGrace)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			r.kill()
+			return nil, context.Cause(ctx)
+
+		case err := <-written:
+			written = nil
+			if err != nil {
+				// Most likely the process died before reading its request: its exit, once
+				// seen, explains more than EPIPE.
+				writeErr = err
+				startGrace()
+			}
+
+		case <-exited:
+			exited = nil
+			if lines == nil {
+				// stdout had already ended: nothing more will come.
+				r.markBroken()
+				return nil, r.exitFailure()
+			}
+			// Keep reading: an answer written just before exiting still counts, and stdout
+			// ends promptly now that the process group is dead.
+			startGrace()
+
+		case <-grace:
+			if r.hasExited() {
+				r.markBroken()
+				return nil, r.exitFailure()
+			}
+			r.kill()
+			if writeErr != nil {
+				return nil, &failure{msg: fmt.Sprintf("executor %q: writing request: %v", r.executor, writeErr), retryable: true}
+			}
+			return nil, &failure{msg: fmt.Sprintf("executor %q closed its stdout", r.executor)}
+
+		case msg, ok := <-lines:
+			if !ok || (msg.err != nil && !errors.Is(msg.err, errLineTooLong)) {
+				lines = nil
+				if !ok || errors.Is(msg.err, io.EOF) || r.hasExited() {
+					if r.hasExited() {
+						r.markBroken()
+						return nil, r.exitFailure()
+					}
+					// stdout closed: the process is probably exiting; give it a moment.
+					startGrace()
+					continue
+				}
+				r.kill()
+				return nil, &failure{msg: fmt.Sprintf("executor %q: reading stdout: %v", r.executor, msg.err)}
+			}
+			if msg.err != nil {
+				return nil, r.protocolFailure(&protocolError{
+					what: fmt.Sprintf("output line longer than %d bytes", r.cfg.MaxLineBytes), line: msg.line})
+			}
+			total += int64(len(msg.line)) + 1
+			if total > r.cfg.MaxStepOutputBytes {
+				return nil, r.protocolFailure(&protocolError{
+					what: fmt.Sprintf("more than %d bytes of output for one request", r.cfg.MaxStepOutputBytes)})
+			}
+			data, rep, err := parseMessage(msg.line, req.ID)
+			if err != nil {
+				return nil, r.protocolFailure(err)
+			}
+			if rep == nil {
+				onEvent(data)
+				continue
+			}
+			r.settleStderr()
+			if writeErr != nil {
+				// It answered without reading the whole request; it cannot be trusted again.
+				r.markBroken()
+			}
+			return rep, nil
+		}
+	}
+}
