@@ -137,17 +137,6 @@ func parseStages(content []byte) ([]instructions.Stage, error) {
 // destination path in the image → source path relative to the context.
 type copied map[string]string
 
-// hasUnder reports whether any copied file lies under dir (an image path).
-func (c copied) hasUnder(dir string) bool {
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	for dst := range c {
-		if strings.HasPrefix(dst, prefix) {
-			return true
-		}
-	}
-	return false
-}
-
 // replayCopies replays the context COPY instructions of a stage (COPY --from is another
 // stage's output and is skipped) with Docker's rules: sources are globs relative to the
 // context root, a directory source copies its contents, .dockerignore removes files before

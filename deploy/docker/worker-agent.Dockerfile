@@ -10,8 +10,9 @@
 # 10001. Ship your executors by deriving an image, for example:
 #   FROM agentserver/worker-agent
 #   COPY --chown=10001:10001 executors/ /srv/agentserver/
-# (install extra Python packages in a virtual environment there). The runtime is Debian rather
-# than distroless because executors need an interpreter (python3) and a normal userland.
+#   RUN python3 -m venv /srv/agentserver/.venv && /srv/agentserver/.venv/bin/pip install -r requirements.txt
+# The runtime is Debian rather than distroless because executors need an interpreter (python3,
+# with venv for their packages) and a normal userland.
 
 FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
@@ -45,7 +46,7 @@ LABEL org.opencontainers.image.title="agentserver-worker-agent" \
 # tini is PID 1: it forwards SIGTERM (the worker drains on it) and reaps the executor processes
 # that the worker does not wait for itself.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates python3 tini \
+    && apt-get install -y --no-install-recommends ca-certificates python3 python3-venv tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 agentserver \
     && useradd --uid 10001 --gid 10001 --home-dir /srv/agentserver --create-home \

@@ -24,6 +24,8 @@ type Claim struct {
 	State map[string]any
 	// Step is the step to start at; empty means the first.
 	Step string
+	// Resume is the answer for the interrupted step (JSON), nil when not resuming.
+	Resume json.RawMessage
 }
 
 // ClaimParams says what to claim.
@@ -100,9 +102,11 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 				SELECT id, tenant_id, 'state', jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
 					'attempt', attempt, 'epoch', epoch) FROM u
 			)
-			SELECT `+runColumnsOf("u")+`, v.flow, v.config, u.checkpoint, coalesce(u.next_step, '')
+			SELECT `+runColumnsOf("u")+`, v.flow, v.config,
+				coalesce(u.checkpoint, CASE WHEN t.id IS NOT NULL THEN t.state || u.input END), u.resume
 			FROM u JOIN assistant_versions v
 				ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
+			LEFT JOIN threads t ON t.tenant_id = u.tenant_id AND t.id = u.thread_id
 			ORDER BY u.priority DESC, u.seq`,
 			admitted, p.WorkerID, p.LeaseTTL.Milliseconds())
 		if err != nil {
@@ -179,13 +183,15 @@ func scanClaim(row pgx.Row) (*Claim, error) {
 	var r Run
 	var c Claim
 	var timeoutMS int64
-	var input, output, config, checkpoint []byte
+	var input, output, config, checkpoint, prompt, resume []byte
 	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
 		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
 		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
-		&r.EndTime, &r.NextAttemptTime, &c.Flow, &config, &checkpoint, &c.Step); err != nil {
+		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step, &c.Flow, &config, &checkpoint, &resume); err != nil {
 		return nil, err
 	}
+	c.Step = r.Step
+	c.Resume = resume
 	r.Timeout = time.Duration(timeoutMS) * time.Millisecond
 	if err := json.Unmarshal(input, &r.Input); err != nil {
 		return nil, fmt.Errorf("decoding run input: %w", err)
@@ -328,8 +334,13 @@ func (s *Store) FinishRun(ctx context.Context, p FinishParams) (FinishResult, er
 				errMsg = "cancelled"
 			}
 			if res.State == StateInterrupted {
-				_, err = tx.Exec(ctx, `UPDATE runs SET state = 7, lease_expire_time = NULL,
-					checkpoint = coalesce($2, checkpoint), next_step = nullif($3, '') WHERE id = $1`, p.RunID, state, p.Step)
+				var prompt []byte
+				if prompt, err = json.Marshal(p.Prompt); err != nil {
+					return fmt.Errorf("encoding prompt: %w", err)
+				}
+				_, err = tx.Exec(ctx, `UPDATE runs SET state = 7, lease_expire_time = NULL, resume = NULL,
+					checkpoint = coalesce($2, checkpoint), next_step = nullif($3, ''), prompt = $4 WHERE id = $1`,
+					p.RunID, state, p.Step, prompt)
 			} else {
 				_, err = tx.Exec(ctx, `UPDATE runs SET state = $2, output = $3, error = $4, end_time = now(),
 					lease_expire_time = NULL WHERE id = $1`, p.RunID, res.State, out, errMsg)
@@ -406,7 +417,8 @@ func (s *Store) Checkpoint(ctx context.Context, runID uuid.UUID, epoch int64, ne
 	if err != nil {
 		return fmt.Errorf("encoding checkpoint: %w", err)
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE runs SET checkpoint = $3, next_step = nullif($4, '')
+	// The resume answer was for the step that just completed: clear it.
+	tag, err := s.pool.Exec(ctx, `UPDATE runs SET checkpoint = $3, next_step = nullif($4, ''), resume = NULL
 		WHERE id = $1 AND epoch = $2 AND state = 2`, runID, epoch, b, nextStep)
 	if err != nil {
 		return fmt.Errorf("checkpointing run %s: %w", runID, err)

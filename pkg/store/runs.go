@@ -54,6 +54,10 @@ type Run struct {
 	StartTime        *time.Time
 	EndTime          *time.Time
 	NextAttemptTime  *time.Time
+	// Prompt is what an interrupted step asks (decoded JSON), nil otherwise.
+	Prompt any
+	// Step is the step the run resumes at (interrupted step or next after a checkpoint).
+	Step string
 }
 
 // runColumnsOf lists the columns scanRun reads, qualified by table alias t when set.
@@ -65,7 +69,7 @@ func runColumnsOf(t string) string {
 	coalesce(%[1]sthread_id, ''), %[1]sstate, %[1]spriority, %[1]sslot_type, %[1]sinput, %[1]soutput,
 	%[1]serror, %[1]sattempt, %[1]smax_attempts, %[1]stimeout_ms, %[1]sepoch, coalesce(%[1]sworker_id, ''),
 	%[1]scancel_requested, coalesce(%[1]srequest_id, ''), %[1]screate_time, %[1]sstart_time,
-	%[1]send_time, %[1]snext_attempt_time`, t)
+	%[1]send_time, %[1]snext_attempt_time, %[1]sprompt, coalesce(%[1]snext_step, '')`, t)
 }
 
 var runColumns = runColumnsOf("")
@@ -73,12 +77,17 @@ var runColumns = runColumnsOf("")
 func scanRun(row pgx.Row) (*Run, error) {
 	var r Run
 	var timeoutMS int64
-	var input, output []byte
+	var input, output, prompt []byte
 	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
 		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
 		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
-		&r.EndTime, &r.NextAttemptTime); err != nil {
+		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step); err != nil {
 		return nil, err
+	}
+	if prompt != nil {
+		if err := json.Unmarshal(prompt, &r.Prompt); err != nil {
+			return nil, fmt.Errorf("decoding run prompt: %w", err)
+		}
 	}
 	r.Timeout = time.Duration(timeoutMS) * time.Millisecond
 	if err := json.Unmarshal(input, &r.Input); err != nil {
@@ -102,7 +111,22 @@ type NewRun struct {
 	// Timeout overrides the assistant's default when > 0.
 	Timeout   time.Duration
 	RequestID string
+	// Multitask says what to do when ThreadID already has an active run.
+	Multitask Multitask
 }
+
+// Multitask is the policy for a run created on a thread that already has an active run.
+type Multitask string
+
+// Multitask policies.
+const (
+	// MultitaskReject refuses the new run with ErrThreadBusy (the default).
+	MultitaskReject Multitask = "reject"
+	// MultitaskEnqueue queues the new run behind the active one.
+	MultitaskEnqueue Multitask = "enqueue"
+	// MultitaskInterrupt cancels the active run; the new one runs after it stops.
+	MultitaskInterrupt Multitask = "interrupt"
+)
 
 // RunDefaults are the cluster defaults applied where neither run nor assistant says.
 type RunDefaults struct {
@@ -198,7 +222,10 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 				RETURNING *
 			), q AS (
 				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-				SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins
+				SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins WHERE thread_id IS NULL
+			), e AS (
+				INSERT INTO run_events (run_id, tenant_id, type, data)
+				SELECT id, tenant_id, 'state', '{"state": "QUEUED"}' FROM ins
 			)
 			SELECT `+runColumns+` FROM ins`,
 			tenant, ids, assistants, inputs, priorities, timeouts, requestIDs, threads,
@@ -222,6 +249,11 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		}
 		for i := range runs {
 			if r, ok := byID[ids[i]]; ok {
+				if r.ThreadID != "" {
+					if err := joinThread(ctx, tx, r, runs[i].Multitask); err != nil {
+						return err
+					}
+				}
 				out[i] = r
 				continue
 			}
@@ -242,7 +274,8 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 	})
 	if err != nil {
 		var nf *AssistantNotFoundError
-		if errors.As(err, &nf) {
+		var tnf *ThreadNotFoundError
+		if errors.As(err, &nf) || errors.As(err, &tnf) || errors.Is(err, ErrThreadBusy) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("creating runs: %w", err)
@@ -309,10 +342,72 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit 
 func (s *Store) CancelRun(ctx context.Context, tenant string, id uuid.UUID) (*Run, error) {
 	var out *Run
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// Queue row first, then the run row: the order claims use, so the two never deadlock.
-		if _, err := tx.Exec(ctx, `DELETE FROM run_queue WHERE run_id = $1 AND tenant_id = $2`, id, tenant); err != nil {
-			return err
+		var err error
+		out, err = cancelInTx(ctx, tx, tenant, id)
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cancelling run %s: %w", id, err)
+	}
+	return out, nil
+}
+
+func cancelInTx(ctx context.Context, tx pgx.Tx, tenant string, id uuid.UUID) (*Run, error) {
+	// Queue row first, then the run row: the order claims use, so the two never deadlock.
+	if _, err := tx.Exec(ctx, `DELETE FROM run_queue WHERE run_id = $1 AND tenant_id = $2`, id, tenant); err != nil {
+		return nil, err
+	}
+	r, err := scanRun(tx.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch r.State {
+	case StateQueued, StateInterrupted:
+		r, err = scanRun(tx.QueryRow(ctx, `UPDATE runs SET state = 5, end_time = now(), error = 'cancelled',
+			next_attempt_time = NULL WHERE id = $1 RETURNING `+runColumns, id))
+		if err != nil {
+			return nil, err
 		}
+		return r, appendEvent(ctx, tx, tenant, id, "state", map[string]any{"state": "CANCELLED"})
+	case StateRunning:
+		if !r.CancelRequested {
+			if _, err := tx.Exec(ctx, `UPDATE runs SET cancel_requested = true WHERE id = $1`, id); err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, CancelChannel, id.String()); err != nil {
+				return nil, err
+			}
+			r.CancelRequested = true
+		}
+	}
+	return r, nil
+}
+
+// StateError reports a transition the run's state does not allow.
+type StateError struct {
+	State RunState
+	Want  RunState
+}
+
+func (e *StateError) Error() string {
+	return fmt.Sprintf("run is %s, not %s", stateName(e.State), stateName(e.Want))
+}
+
+// ResumeRun queues an INTERRUPTED run again; its interrupted step is called with value as
+// "resume". Any other state fails with *StateError.
+func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, value any) (*Run, error) {
+	b, err := json.Marshal(value)
+	if err != nil {
+		return nil, fmt.Errorf("encoding resume value: %w", err)
+	}
+	var out *Run
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		r, err := scanRun(tx.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
@@ -320,33 +415,29 @@ func (s *Store) CancelRun(ctx context.Context, tenant string, id uuid.UUID) (*Ru
 		if err != nil {
 			return err
 		}
-		switch r.State {
-		case StateQueued, StateInterrupted:
-			out, err = scanRun(tx.QueryRow(ctx, `UPDATE runs SET state = 5, end_time = now(), error = 'cancelled',
-				next_attempt_time = NULL WHERE id = $1 RETURNING `+runColumns, id))
-			if err != nil {
-				return err
-			}
-			return appendEvent(ctx, tx, tenant, id, "state", map[string]any{"state": "CANCELLED"})
-		case StateRunning:
-			if !r.CancelRequested {
-				if _, err := tx.Exec(ctx, `UPDATE runs SET cancel_requested = true WHERE id = $1`, id); err != nil {
-					return err
-				}
-				if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, CancelChannel, id.String()); err != nil {
-					return err
-				}
-				r.CancelRequested = true
-			}
+		if r.State != StateInterrupted {
+			return &StateError{State: r.State, Want: StateInterrupted}
 		}
-		out = r
-		return nil
+		out, err = scanRun(tx.QueryRow(ctx, `UPDATE runs SET state = 1, resume = $2, prompt = NULL, worker_id = NULL
+			WHERE id = $1 RETURNING `+runColumns, id, b))
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM runs WHERE id = $1`, id); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, QueueChannel, out.SlotType); err != nil {
+			return err
+		}
+		return appendEvent(ctx, tx, tenant, id, "state", map[string]any{"state": "QUEUED", "resumed": true})
 	})
-	if errors.Is(err, ErrNotFound) {
-		return nil, ErrNotFound
+	var se *StateError
+	if errors.Is(err, ErrNotFound) || errors.As(err, &se) {
+		return nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cancelling run %s: %w", id, err)
+		return nil, fmt.Errorf("resuming run %s: %w", id, err)
 	}
 	return out, nil
 }

@@ -408,4 +408,3 @@ func TestAssistantVersions(t *testing.T) {
 	_, err = st.GetAssistant(t.Context(), tenant, "a")
 	require.ErrorIs(t, err, store.ErrNotFound)
 }
-

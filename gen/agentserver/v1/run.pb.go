@@ -137,8 +137,15 @@ type Run struct {
 	MaxAttempts int32 `protobuf:"varint,17,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// Earliest time of the next attempt while a retry waits for its backoff. Output only.
 	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// What to do when the thread already has an active run: "reject" (default),
+	// "enqueue" (wait for it) or "interrupt" (cancel it). Input only.
+	Multitask string `protobuf:"bytes,19,opt,name=multitask,proto3" json:"multitask,omitempty"`
+	// What an INTERRUPTED run asks for. Output only.
+	Prompt *structpb.Value `protobuf:"bytes,20,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	// Step the run is at (the interrupted step, or the next one after a checkpoint). Output only.
+	Step          string `protobuf:"bytes,21,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Run) Reset() {
@@ -295,6 +302,27 @@ func (x *Run) GetNextAttemptTime() *timestamppb.Timestamp {
 		return x.NextAttemptTime
 	}
 	return nil
+}
+
+func (x *Run) GetMultitask() string {
+	if x != nil {
+		return x.Multitask
+	}
+	return ""
+}
+
+func (x *Run) GetPrompt() *structpb.Value {
+	if x != nil {
+		return x.Prompt
+	}
+	return nil
+}
+
+func (x *Run) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
 }
 
 // CreateRunRequest is the request of CreateRun.
@@ -719,11 +747,322 @@ func (x *WaitRunRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+// ResumeRunRequest is the request of ResumeRun.
+type ResumeRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs/{run}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The answer to the interrupted step's prompt.
+	Value         *structpb.Value `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRunRequest) Reset() {
+	*x = ResumeRunRequest{}
+	mi := &file_agentserver_v1_run_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRunRequest) ProtoMessage() {}
+
+func (x *ResumeRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_v1_run_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRunRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRunRequest) Descriptor() ([]byte, []int) {
+	return file_agentserver_v1_run_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResumeRunRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResumeRunRequest) GetValue() *structpb.Value {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+// RunEvent is one entry of a run's event log.
+type RunEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position in the run's log (1, 2, ...): resume a stream after it.
+	Seq int64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// runs/{run}
+	Run string `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
+	// "state", "step_started", "executor_event", "log", ...
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// Event data.
+	Data *structpb.Struct `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	// When it was recorded.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunEvent) Reset() {
+	*x = RunEvent{}
+	mi := &file_agentserver_v1_run_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunEvent) ProtoMessage() {}
+
+func (x *RunEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_v1_run_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunEvent.ProtoReflect.Descriptor instead.
+func (*RunEvent) Descriptor() ([]byte, []int) {
+	return file_agentserver_v1_run_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RunEvent) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RunEvent) GetRun() string {
+	if x != nil {
+		return x.Run
+	}
+	return ""
+}
+
+func (x *RunEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *RunEvent) GetData() *structpb.Struct {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *RunEvent) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+// ListRunEventsRequest is the request of ListRunEvents.
+type ListRunEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs/{run}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Maximum results (default 100, at most 1000). Must not be negative.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Token from a previous response.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRunEventsRequest) Reset() {
+	*x = ListRunEventsRequest{}
+	mi := &file_agentserver_v1_run_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRunEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRunEventsRequest) ProtoMessage() {}
+
+func (x *ListRunEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_v1_run_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRunEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListRunEventsRequest) Descriptor() ([]byte, []int) {
+	return file_agentserver_v1_run_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListRunEventsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ListRunEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRunEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListRunEventsResponse is the response of ListRunEvents.
+type ListRunEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events of this page, in order.
+	Events []*RunEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Token of the next page; empty when no more events are recorded yet.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRunEventsResponse) Reset() {
+	*x = ListRunEventsResponse{}
+	mi := &file_agentserver_v1_run_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRunEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRunEventsResponse) ProtoMessage() {}
+
+func (x *ListRunEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_v1_run_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRunEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListRunEventsResponse) Descriptor() ([]byte, []int) {
+	return file_agentserver_v1_run_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListRunEventsResponse) GetEvents() []*RunEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListRunEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// StreamRunEventsRequest is the request of StreamRunEvents.
+type StreamRunEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs/{run}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Send only events with seq greater than this (0 = from the start).
+	AfterSeq      int64 `protobuf:"varint,2,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRunEventsRequest) Reset() {
+	*x = StreamRunEventsRequest{}
+	mi := &file_agentserver_v1_run_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRunEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRunEventsRequest) ProtoMessage() {}
+
+func (x *StreamRunEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_v1_run_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRunEventsRequest.ProtoReflect.Descriptor instead.
+func (*StreamRunEventsRequest) Descriptor() ([]byte, []int) {
+	return file_agentserver_v1_run_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StreamRunEventsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamRunEventsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
 var File_agentserver_v1_run_proto protoreflect.FileDescriptor
 
 const file_agentserver_v1_run_proto_rawDesc = "" +
 	"\n" +
-	"\x18agentserver/v1/run.proto\x12\x0eagentserver.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x06\n" +
+	"\x18agentserver/v1/run.proto\x12\x0eagentserver.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\a\n" +
 	"\x03Run\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tassistant\x18\x02 \x01(\tR\tassistant\x12\x16\n" +
@@ -745,7 +1084,10 @@ const file_agentserver_v1_run_proto_rawDesc = "" +
 	"\x11assistant_version\x18\x0f \x01(\x03R\x10assistantVersion\x12\x1b\n" +
 	"\tslot_type\x18\x10 \x01(\tR\bslotType\x12!\n" +
 	"\fmax_attempts\x18\x11 \x01(\x05R\vmaxAttempts\x12F\n" +
-	"\x11next_attempt_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\"\x81\x01\n" +
+	"\x11next_attempt_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x12\x1c\n" +
+	"\tmultitask\x18\x13 \x01(\tR\tmultitask\x12.\n" +
+	"\x06prompt\x18\x14 \x01(\v2\x16.google.protobuf.ValueR\x06prompt\x12\x12\n" +
+	"\x04step\x18\x15 \x01(\tR\x04step\"\x81\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -781,7 +1123,28 @@ const file_agentserver_v1_run_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Y\n" +
 	"\x0eWaitRunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
-	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout2\xc5\x03\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"T\n" +
+	"\x10ResumeRunRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value\"\xac\x01\n" +
+	"\bRunEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x10\n" +
+	"\x03run\x18\x02 \x01(\tR\x03run\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12+\n" +
+	"\x04data\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x04data\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"f\n" +
+	"\x14ListRunEventsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"q\n" +
+	"\x15ListRunEventsResponse\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.agentserver.v1.RunEventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
+	"\x16StreamRunEventsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tafter_seq\x18\x02 \x01(\x03R\bafterSeq2\xbe\x05\n" +
 	"\n" +
 	"RunService\x12B\n" +
 	"\tCreateRun\x12 .agentserver.v1.CreateRunRequest\x1a\x13.agentserver.v1.Run\x12b\n" +
@@ -789,7 +1152,10 @@ const file_agentserver_v1_run_proto_rawDesc = "" +
 	"\x06GetRun\x12\x1d.agentserver.v1.GetRunRequest\x1a\x13.agentserver.v1.Run\x12M\n" +
 	"\bListRuns\x12\x1f.agentserver.v1.ListRunsRequest\x1a .agentserver.v1.ListRunsResponse\x12B\n" +
 	"\tCancelRun\x12 .agentserver.v1.CancelRunRequest\x1a\x13.agentserver.v1.Run\x12>\n" +
-	"\aWaitRun\x12\x1e.agentserver.v1.WaitRunRequest\x1a\x13.agentserver.v1.RunBEZCgithub.com/agentserver/agentserver/gen/agentserver/v1;agentserverv1b\x06proto3"
+	"\aWaitRun\x12\x1e.agentserver.v1.WaitRunRequest\x1a\x13.agentserver.v1.Run\x12B\n" +
+	"\tResumeRun\x12 .agentserver.v1.ResumeRunRequest\x1a\x13.agentserver.v1.Run\x12\\\n" +
+	"\rListRunEvents\x12$.agentserver.v1.ListRunEventsRequest\x1a%.agentserver.v1.ListRunEventsResponse\x12U\n" +
+	"\x0fStreamRunEvents\x12&.agentserver.v1.StreamRunEventsRequest\x1a\x18.agentserver.v1.RunEvent0\x01BEZCgithub.com/agentserver/agentserver/gen/agentserver/v1;agentserverv1b\x06proto3"
 
 var (
 	file_agentserver_v1_run_proto_rawDescOnce sync.Once
@@ -804,7 +1170,7 @@ func file_agentserver_v1_run_proto_rawDescGZIP() []byte {
 }
 
 var file_agentserver_v1_run_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentserver_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_agentserver_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_agentserver_v1_run_proto_goTypes = []any{
 	(Run_State)(0),                  // 0: agentserver.v1.Run.State
 	(*Run)(nil),                     // 1: agentserver.v1.Run
@@ -816,42 +1182,59 @@ var file_agentserver_v1_run_proto_goTypes = []any{
 	(*ListRunsResponse)(nil),        // 7: agentserver.v1.ListRunsResponse
 	(*CancelRunRequest)(nil),        // 8: agentserver.v1.CancelRunRequest
 	(*WaitRunRequest)(nil),          // 9: agentserver.v1.WaitRunRequest
-	(*structpb.Struct)(nil),         // 10: google.protobuf.Struct
-	(*durationpb.Duration)(nil),     // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
+	(*ResumeRunRequest)(nil),        // 10: agentserver.v1.ResumeRunRequest
+	(*RunEvent)(nil),                // 11: agentserver.v1.RunEvent
+	(*ListRunEventsRequest)(nil),    // 12: agentserver.v1.ListRunEventsRequest
+	(*ListRunEventsResponse)(nil),   // 13: agentserver.v1.ListRunEventsResponse
+	(*StreamRunEventsRequest)(nil),  // 14: agentserver.v1.StreamRunEventsRequest
+	(*structpb.Struct)(nil),         // 15: google.protobuf.Struct
+	(*durationpb.Duration)(nil),     // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*structpb.Value)(nil),          // 18: google.protobuf.Value
 }
 var file_agentserver_v1_run_proto_depIdxs = []int32{
-	10, // 0: agentserver.v1.Run.input:type_name -> google.protobuf.Struct
+	15, // 0: agentserver.v1.Run.input:type_name -> google.protobuf.Struct
 	0,  // 1: agentserver.v1.Run.state:type_name -> agentserver.v1.Run.State
-	10, // 2: agentserver.v1.Run.output:type_name -> google.protobuf.Struct
-	11, // 3: agentserver.v1.Run.timeout:type_name -> google.protobuf.Duration
-	12, // 4: agentserver.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	12, // 5: agentserver.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	12, // 6: agentserver.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	12, // 7: agentserver.v1.Run.next_attempt_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: agentserver.v1.CreateRunRequest.run:type_name -> agentserver.v1.Run
-	2,  // 9: agentserver.v1.BatchCreateRunsRequest.requests:type_name -> agentserver.v1.CreateRunRequest
-	1,  // 10: agentserver.v1.BatchCreateRunsResponse.runs:type_name -> agentserver.v1.Run
-	0,  // 11: agentserver.v1.ListRunsRequest.state:type_name -> agentserver.v1.Run.State
-	1,  // 12: agentserver.v1.ListRunsResponse.runs:type_name -> agentserver.v1.Run
-	11, // 13: agentserver.v1.WaitRunRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 14: agentserver.v1.RunService.CreateRun:input_type -> agentserver.v1.CreateRunRequest
-	3,  // 15: agentserver.v1.RunService.BatchCreateRuns:input_type -> agentserver.v1.BatchCreateRunsRequest
-	5,  // 16: agentserver.v1.RunService.GetRun:input_type -> agentserver.v1.GetRunRequest
-	6,  // 17: agentserver.v1.RunService.ListRuns:input_type -> agentserver.v1.ListRunsRequest
-	8,  // 18: agentserver.v1.RunService.CancelRun:input_type -> agentserver.v1.CancelRunRequest
-	9,  // 19: agentserver.v1.RunService.WaitRun:input_type -> agentserver.v1.WaitRunRequest
-	1,  // 20: agentserver.v1.RunService.CreateRun:output_type -> agentserver.v1.Run
-	4,  // 21: agentserver.v1.RunService.BatchCreateRuns:output_type -> agentserver.v1.BatchCreateRunsResponse
-	1,  // 22: agentserver.v1.RunService.GetRun:output_type -> agentserver.v1.Run
-	7,  // 23: agentserver.v1.RunService.ListRuns:output_type -> agentserver.v1.ListRunsResponse
-	1,  // 24: agentserver.v1.RunService.CancelRun:output_type -> agentserver.v1.Run
-	1,  // 25: agentserver.v1.RunService.WaitRun:output_type -> agentserver.v1.Run
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 2: agentserver.v1.Run.output:type_name -> google.protobuf.Struct
+	16, // 3: agentserver.v1.Run.timeout:type_name -> google.protobuf.Duration
+	17, // 4: agentserver.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	17, // 5: agentserver.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	17, // 6: agentserver.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	17, // 7: agentserver.v1.Run.next_attempt_time:type_name -> google.protobuf.Timestamp
+	18, // 8: agentserver.v1.Run.prompt:type_name -> google.protobuf.Value
+	1,  // 9: agentserver.v1.CreateRunRequest.run:type_name -> agentserver.v1.Run
+	2,  // 10: agentserver.v1.BatchCreateRunsRequest.requests:type_name -> agentserver.v1.CreateRunRequest
+	1,  // 11: agentserver.v1.BatchCreateRunsResponse.runs:type_name -> agentserver.v1.Run
+	0,  // 12: agentserver.v1.ListRunsRequest.state:type_name -> agentserver.v1.Run.State
+	1,  // 13: agentserver.v1.ListRunsResponse.runs:type_name -> agentserver.v1.Run
+	16, // 14: agentserver.v1.WaitRunRequest.timeout:type_name -> google.protobuf.Duration
+	18, // 15: agentserver.v1.ResumeRunRequest.value:type_name -> google.protobuf.Value
+	15, // 16: agentserver.v1.RunEvent.data:type_name -> google.protobuf.Struct
+	17, // 17: agentserver.v1.RunEvent.create_time:type_name -> google.protobuf.Timestamp
+	11, // 18: agentserver.v1.ListRunEventsResponse.events:type_name -> agentserver.v1.RunEvent
+	2,  // 19: agentserver.v1.RunService.CreateRun:input_type -> agentserver.v1.CreateRunRequest
+	3,  // 20: agentserver.v1.RunService.BatchCreateRuns:input_type -> agentserver.v1.BatchCreateRunsRequest
+	5,  // 21: agentserver.v1.RunService.GetRun:input_type -> agentserver.v1.GetRunRequest
+	6,  // 22: agentserver.v1.RunService.ListRuns:input_type -> agentserver.v1.ListRunsRequest
+	8,  // 23: agentserver.v1.RunService.CancelRun:input_type -> agentserver.v1.CancelRunRequest
+	9,  // 24: agentserver.v1.RunService.WaitRun:input_type -> agentserver.v1.WaitRunRequest
+	10, // 25: agentserver.v1.RunService.ResumeRun:input_type -> agentserver.v1.ResumeRunRequest
+	12, // 26: agentserver.v1.RunService.ListRunEvents:input_type -> agentserver.v1.ListRunEventsRequest
+	14, // 27: agentserver.v1.RunService.StreamRunEvents:input_type -> agentserver.v1.StreamRunEventsRequest
+	1,  // 28: agentserver.v1.RunService.CreateRun:output_type -> agentserver.v1.Run
+	4,  // 29: agentserver.v1.RunService.BatchCreateRuns:output_type -> agentserver.v1.BatchCreateRunsResponse
+	1,  // 30: agentserver.v1.RunService.GetRun:output_type -> agentserver.v1.Run
+	7,  // 31: agentserver.v1.RunService.ListRuns:output_type -> agentserver.v1.ListRunsResponse
+	1,  // 32: agentserver.v1.RunService.CancelRun:output_type -> agentserver.v1.Run
+	1,  // 33: agentserver.v1.RunService.WaitRun:output_type -> agentserver.v1.Run
+	1,  // 34: agentserver.v1.RunService.ResumeRun:output_type -> agentserver.v1.Run
+	13, // 35: agentserver.v1.RunService.ListRunEvents:output_type -> agentserver.v1.ListRunEventsResponse
+	11, // 36: agentserver.v1.RunService.StreamRunEvents:output_type -> agentserver.v1.RunEvent
+	28, // [28:37] is the sub-list for method output_type
+	19, // [19:28] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_v1_run_proto_init() }
@@ -866,7 +1249,7 @@ func file_agentserver_v1_run_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentserver_v1_run_proto_rawDesc), len(file_agentserver_v1_run_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,9 @@ const (
 	RunService_ListRuns_FullMethodName        = "/agentserver.v1.RunService/ListRuns"
 	RunService_CancelRun_FullMethodName       = "/agentserver.v1.RunService/CancelRun"
 	RunService_WaitRun_FullMethodName         = "/agentserver.v1.RunService/WaitRun"
+	RunService_ResumeRun_FullMethodName       = "/agentserver.v1.RunService/ResumeRun"
+	RunService_ListRunEvents_FullMethodName   = "/agentserver.v1.RunService/ListRunEvents"
+	RunService_StreamRunEvents_FullMethodName = "/agentserver.v1.RunService/StreamRunEvents"
 )
 
 // RunServiceClient is the client API for RunService service.
@@ -46,6 +49,14 @@ type RunServiceClient interface {
 	// WaitRun blocks until the run is terminal (or interrupted) or the timeout passes,
 	// and returns the run as it is then.
 	WaitRun(ctx context.Context, in *WaitRunRequest, opts ...grpc.CallOption) (*Run, error)
+	// ResumeRun continues an INTERRUPTED run: the interrupted step is called again with
+	// "resume": value.
+	ResumeRun(ctx context.Context, in *ResumeRunRequest, opts ...grpc.CallOption) (*Run, error)
+	// ListRunEvents returns a page of a run's event log, in order.
+	ListRunEvents(ctx context.Context, in *ListRunEventsRequest, opts ...grpc.CallOption) (*ListRunEventsResponse, error)
+	// StreamRunEvents sends a run's events after after_seq (the history first, then live)
+	// and ends after the run's terminal event.
+	StreamRunEvents(ctx context.Context, in *StreamRunEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RunEvent], error)
 }
 
 type runServiceClient struct {
@@ -116,6 +127,45 @@ func (c *runServiceClient) WaitRun(ctx context.Context, in *WaitRunRequest, opts
 	return out, nil
 }
 
+func (c *runServiceClient) ResumeRun(ctx context.Context, in *ResumeRunRequest, opts ...grpc.CallOption) (*Run, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Run)
+	err := c.cc.Invoke(ctx, RunService_ResumeRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *runServiceClient) ListRunEvents(ctx context.Context, in *ListRunEventsRequest, opts ...grpc.CallOption) (*ListRunEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRunEventsResponse)
+	err := c.cc.Invoke(ctx, RunService_ListRunEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *runServiceClient) StreamRunEvents(ctx context.Context, in *StreamRunEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RunEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RunService_ServiceDesc.Streams[0], RunService_StreamRunEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamRunEventsRequest, RunEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RunService_StreamRunEventsClient = grpc.ServerStreamingClient[RunEvent]
+
 // RunServiceServer is the server API for RunService service.
 // All implementations must embed UnimplementedRunServiceServer
 // for forward compatibility.
@@ -135,6 +185,14 @@ type RunServiceServer interface {
 	// WaitRun blocks until the run is terminal (or interrupted) or the timeout passes,
 	// and returns the run as it is then.
 	WaitRun(context.Context, *WaitRunRequest) (*Run, error)
+	// ResumeRun continues an INTERRUPTED run: the interrupted step is called again with
+	// "resume": value.
+	ResumeRun(context.Context, *ResumeRunRequest) (*Run, error)
+	// ListRunEvents returns a page of a run's event log, in order.
+	ListRunEvents(context.Context, *ListRunEventsRequest) (*ListRunEventsResponse, error)
+	// StreamRunEvents sends a run's events after after_seq (the history first, then live)
+	// and ends after the run's terminal event.
+	StreamRunEvents(*StreamRunEventsRequest, grpc.ServerStreamingServer[RunEvent]) error
 	mustEmbedUnimplementedRunServiceServer()
 }
 
@@ -162,6 +220,15 @@ func (UnimplementedRunServiceServer) CancelRun(context.Context, *CancelRunReques
 }
 func (UnimplementedRunServiceServer) WaitRun(context.Context, *WaitRunRequest) (*Run, error) {
 	return nil, status.Error(codes.Unimplemented, "method WaitRun not implemented")
+}
+func (UnimplementedRunServiceServer) ResumeRun(context.Context, *ResumeRunRequest) (*Run, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeRun not implemented")
+}
+func (UnimplementedRunServiceServer) ListRunEvents(context.Context, *ListRunEventsRequest) (*ListRunEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRunEvents not implemented")
+}
+func (UnimplementedRunServiceServer) StreamRunEvents(*StreamRunEventsRequest, grpc.ServerStreamingServer[RunEvent]) error {
+	return status.Error(codes.Unimplemented, "method StreamRunEvents not implemented")
 }
 func (UnimplementedRunServiceServer) mustEmbedUnimplementedRunServiceServer() {}
 func (UnimplementedRunServiceServer) testEmbeddedByValue()                    {}
@@ -292,6 +359,53 @@ func _RunService_WaitRun_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RunService_ResumeRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).ResumeRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_ResumeRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).ResumeRun(ctx, req.(*ResumeRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RunService_ListRunEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRunEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).ListRunEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_ListRunEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).ListRunEvents(ctx, req.(*ListRunEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RunService_StreamRunEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamRunEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RunServiceServer).StreamRunEvents(m, &grpc.GenericServerStream[StreamRunEventsRequest, RunEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RunService_StreamRunEventsServer = grpc.ServerStreamingServer[RunEvent]
+
 // RunService_ServiceDesc is the grpc.ServiceDesc for RunService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -323,7 +437,21 @@ var RunService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "WaitRun",
 			Handler:    _RunService_WaitRun_Handler,
 		},
+		{
+			MethodName: "ResumeRun",
+			Handler:    _RunService_ResumeRun_Handler,
+		},
+		{
+			MethodName: "ListRunEvents",
+			Handler:    _RunService_ListRunEvents_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "StreamRunEvents",
+			Handler:       _RunService_StreamRunEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "agentserver/v1/run.proto",
 }

@@ -28,6 +28,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 type server struct {
 	base string
 	http *http.Client
+	stop func()
 }
 
 func repoRoot(t *testing.T) string {
@@ -41,8 +42,15 @@ func repoRoot(t *testing.T) string {
 
 func startServer(t *testing.T) *server {
 	t.Helper()
+	return startServerOn(t, pgtest.NewDatabase(t))
+}
+
+// startServerOn starts an all-in-one on an existing database; stop (also run at cleanup)
+// shuts it down cleanly.
+func startServerOn(t *testing.T, dbURL string) *server {
+	t.Helper()
 	cfg := dev.Defaults()
-	cfg.DatabaseURL = pgtest.NewDatabase(t)
+	cfg.DatabaseURL = dbURL
 	cfg.Gateway.HTTPAddr = "127.0.0.1:0"
 	cfg.Gateway.GRPCAddr = "127.0.0.1:0"
 	cfg.Scheduler.GRPCAddr = "127.0.0.1:0"
@@ -65,16 +73,20 @@ func startServer(t *testing.T) *server {
 		cancel()
 		t.Fatalf("all-in-one did not start: %v", err)
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err, "clean shutdown")
-		case <-time.After(30 * time.Second):
-			t.Error("all-in-one did not stop within 30s")
-		}
-	})
-	return &server{base: "http://" + a.HTTP.String(), http: &http.Client{Timeout: 2 * time.Minute}}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				require.NoError(t, err, "clean shutdown")
+			case <-time.After(30 * time.Second):
+				t.Error("all-in-one did not stop within 30s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &server{base: "http://" + a.HTTP.String(), http: &http.Client{Timeout: 2 * time.Minute}, stop: stop}
 }
 
 // call sends a JSON request and decodes the JSON answer; it returns the HTTP status.

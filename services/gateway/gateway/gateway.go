@@ -115,6 +115,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{Store: st, Limits: limits, Log: log})
 	agentserverv1.RegisterRunServiceServer(s.grpc, &api.Runs{Store: st, Limits: limits, Log: log})
 	agentserverv1.RegisterClusterServiceServer(s.grpc, &api.Cluster{Store: st, Log: log})
+	agentserverv1.RegisterThreadServiceServer(s.grpc, &api.Threads{Store: st, Log: log})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 
 	s.conn, err = grpc.NewClient(loopback(grpcLis.Addr()),
@@ -137,10 +138,14 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		agentserverv1.RegisterAssistantServiceHandler,
 		agentserverv1.RegisterRunServiceHandler,
 		agentserverv1.RegisterClusterServiceHandler,
+		agentserverv1.RegisterThreadServiceHandler,
 	} {
 		if err := register(ctx, mux, s.conn); err != nil {
 			return nil, fmt.Errorf("registering REST handlers: %w", err)
 		}
+	}
+	if err := mux.HandlePath(http.MethodGet, "/v1/runs/{run}/events", eventsHandler(mux, s.conn)); err != nil {
+		return nil, fmt.Errorf("registering the events endpoint: %w", err)
 	}
 	s.http = &http.Server{Handler: limitBody(mux, int64(cfg.MaxRequestBytes)), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil

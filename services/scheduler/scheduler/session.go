@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -155,7 +156,18 @@ func assignmentOf(c *store.Claim) (*schedulerv1.Assignment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("assistant config: %w", err)
 	}
+	var resume *structpb.Value
+	if c.Resume != nil {
+		var v any
+		if err := json.Unmarshal(c.Resume, &v); err != nil {
+			return nil, fmt.Errorf("resume value: %w", err)
+		}
+		if resume, err = structpb.NewValue(v); err != nil {
+			return nil, fmt.Errorf("resume value: %w", err)
+		}
+	}
 	return &schedulerv1.Assignment{
+		Resume:           resume,
 		Run:              runName(c.Run.ID),
 		Epoch:            c.Run.Epoch,
 		Assistant:        "assistants/" + c.Run.AssistantID,

@@ -2,10 +2,12 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
@@ -21,7 +23,7 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 		w.mu.Unlock()
 		return
 	}
-	if w.draining || w.used[a.GetSlotType()] >= w.slots[a.GetSlotType()] {
+	if w.draining || w.used[a.GetSlotType()] >= w.slots[a.GetSlotType()] || !w.gpuFree(a.GetSlotType()) {
 		w.mu.Unlock()
 		w.log.Warn("no free slot for assignment; handing it back", "run", a.GetRun(), "slot_type", a.GetSlotType())
 		w.finish(&schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_RELEASED})
@@ -29,15 +31,17 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &activeRun{name: a.GetRun(), epoch: a.GetEpoch(), slotType: a.GetSlotType(), cancel: cancel, done: make(chan struct{})}
+	r.gpu = w.takeGPU(r.name, r.slotType) // GPU wiring (gpu.go): a gpu run holds one GPU until it ends
 	w.runs[r.name] = r
 	w.used[r.slotType]++
 	w.mu.Unlock()
 	go func() {
-		res := w.execute(ctx, a)
+		res := w.execute(ctx, a, runEnv(r))
 		cancel(nil)
 		w.mu.Lock()
 		delete(w.runs, r.name)
 		w.used[r.slotType]--
+		w.releaseGPU(r)
 		w.mu.Unlock()
 		close(r.done)
 		w.finish(res)
@@ -66,8 +70,9 @@ func (w *Worker) event(a *schedulerv1.Assignment, typ string, data map[string]an
 	}}})
 }
 
-// execute runs the assignment's flow and returns its result.
-func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment) *schedulerv1.RunResult {
+// execute runs the assignment's flow, its replicas getting env on top of the worker's
+// environment, and returns its result.
+func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []string) *schedulerv1.RunResult {
 	res := &schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch()}
 	f, err := flow.Parse([]byte(a.GetFlow()))
 	if err != nil {
@@ -83,15 +88,25 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment) *schedu
 	spec := executor.RunSpec{
 		RunName:   a.GetRun(),
 		Attempt:   int(a.GetAttempt()),
+		Epoch:     a.GetEpoch(),
 		FlowKey:   fmt.Sprintf("%s@%d", a.GetAssistant(), a.GetAssistantVersion()),
 		Flow:      f,
 		State:     a.GetState().AsMap(),
 		Config:    a.GetConfig().AsMap(),
 		StartStep: a.GetStep(),
+		Env:       env,
+	}
+	if a.GetResume() != nil {
+		// Raw JSON, so that a null answer is still sent as "resume": null.
+		if b, err := protojson.Marshal(a.GetResume()); err == nil {
+			spec.Resume = json.RawMessage(b)
+		}
 	}
 	out := w.exec.Run(ctx, spec, executor.Callbacks{
 		OnStepStart: func(step string) { w.event(a, "step_started", map[string]any{"step": step}) },
-		OnEvent:     func(step string, data map[string]any) { w.event(a, "executor_event", map[string]any{"step": step, "data": data}) },
+		OnEvent: func(step string, data map[string]any) {
+			w.event(a, "executor_event", map[string]any{"step": step, "data": data})
+		},
 		OnLog: func(executor, line string) {
 			w.event(a, "log", map[string]any{"executor": executor, "line": line})
 		},

@@ -14,7 +14,8 @@ const DefaultSlots = "cpu=4"
 var slotTypePattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
 
 // ParseSlots parses WORKER_SLOTS: "cpu=4,gpu=2" (typed), or a bare count "8" meaning
-// cpu=8. Counts are 1..1024; each type appears once.
+// cpu=8. Counts are 1..1024; each type appears once. "gpu=auto" gives gpu the count
+// AutoSlots, which New replaces with the number of GPUs found.
 func ParseSlots(s string) (map[string]int, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -33,12 +34,17 @@ func ParseSlots(s string) (map[string]int, error) {
 		if !slotTypePattern.MatchString(typ) {
 			return nil, fmt.Errorf("WORKER_SLOTS %q: slot type %q must be lower-case letters, digits, '_' or '-', starting with a letter", s, typ)
 		}
-		n, err := strconv.Atoi(strings.TrimSpace(count))
-		if err != nil || n < 1 || n > 1024 {
-			return nil, fmt.Errorf("WORKER_SLOTS %q: count of %q must be a whole number from 1 to 1024", s, typ)
-		}
 		if _, dup := out[typ]; dup {
 			return nil, fmt.Errorf("WORKER_SLOTS %q: slot type %q appears twice", s, typ)
+		}
+		// GPU wiring (gpu.go): gpu=auto is one slot per GPU found, resolved by New.
+		if typ == GPUSlotType && strings.TrimSpace(count) == "auto" {
+			out[typ] = AutoSlots
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(count))
+		if err != nil || n < 1 || n > 1024 {
+			return nil, fmt.Errorf("WORKER_SLOTS %q: count of %q must be a whole number from 1 to 1024%s", s, typ, autoHint(typ))
 		}
 		out[typ] = n
 	}
@@ -55,6 +61,9 @@ func FormatSlots(slots map[string]int) string {
 	parts := make([]string, len(types))
 	for i, t := range types {
 		parts[i] = fmt.Sprintf("%s=%d", t, slots[t])
+		if slots[t] == AutoSlots {
+			parts[i] = t + "=auto"
+		}
 	}
 	return strings.Join(parts, ",")
 }

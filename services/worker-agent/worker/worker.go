@@ -27,6 +27,7 @@ import (
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/config"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/executor"
+	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
 )
 
 // Config configures a worker.
@@ -47,11 +48,13 @@ type Config struct {
 	DrainGrace time.Duration
 	// Labels are free-form key=value pairs, comma separated.
 	Labels string
+	// GPU configures GPU discovery for gpu slots (gpu.go).
+	GPU GPUConfig
 }
 
 // Defaults returns the default configuration.
 func Defaults() Config {
-	return Config{Pool: "default", Slots: DefaultSlots, SchedulerAddrs: "localhost:9091", DrainGrace: 30 * time.Second}
+	return Config{Pool: "default", Slots: DefaultSlots, SchedulerAddrs: "localhost:9091", DrainGrace: 30 * time.Second, GPU: DefaultGPUConfig()}
 }
 
 // Bind registers the worker's settings on set, with cfg's values as defaults.
@@ -63,6 +66,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.String(&cfg.WorkDir, "workdir", "WORKER_WORKDIR", cfg.WorkDir, "working directory of executor processes (default: current)")
 	set.Duration(&cfg.DrainGrace, "drain-grace", "WORKER_DRAIN_GRACE", cfg.DrainGrace, "how long running runs may finish on shutdown")
 	set.String(&cfg.Labels, "labels", "WORKER_LABELS", cfg.Labels, "labels, e.g. zone=a,disk=ssd")
+	bindGPU(set, &cfg.GPU)
 }
 
 // errReleased ends a run the worker hands back to the queue while draining.
@@ -80,6 +84,8 @@ type Worker struct {
 	log      *slog.Logger
 	exec     *executor.Manager
 	hostname string
+	// gpus are the GPUs behind the gpu slots (gpu.go); its mutable fields are guarded by mu.
+	gpus *gpuState
 
 	mu       sync.Mutex
 	runs     map[string]*activeRun // by run name
@@ -100,10 +106,15 @@ type activeRun struct {
 	slotType string
 	cancel   context.CancelCauseFunc
 	done     chan struct{}
+
+	// gpu is the UUID of the GPU a gpu run holds (gpu.go); empty for other runs.
+	gpu string
 }
 
-// New validates cfg and builds a worker.
-func New(cfg Config, log *slog.Logger) (*Worker, error) {
+// New validates cfg and builds a worker. A worker with gpu slots reads its GPUs here and
+// refuses to start, saying what it found and what to check, when the NVIDIA driver cannot
+// back them.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 	slots, err := ParseSlots(cfg.Slots)
 	if err != nil {
 		return nil, err
@@ -135,17 +146,29 @@ func New(cfg Config, log *slog.Logger) (*Worker, error) {
 	if cfg.ID == "" {
 		cfg.ID = fmt.Sprintf("%s-%s", hostname, uuid.NewString()[:8])
 	}
+	// GPU wiring (gpu.go): resolves gpu=auto and refuses gpu slots the driver cannot back.
+	gpus, inv, err := setupGPUs(cfg.GPU, slots, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(gpus.devices) > 0 {
+		log.Info("GPUs found", "source", inv.Source, "driver", inv.DriverVersion, "found", len(inv.GPUs),
+			"used", len(gpus.devices), "gpus", gpu.Inventory{GPUs: gpus.devices}.Describe(), "warnings", inv.Warnings)
+	}
 	total := 0
 	for _, n := range slots {
 		total += n
 	}
 	mgr, err := executor.NewManager(executor.Config{Dir: cfg.WorkDir, MaxConcurrency: total, Logger: log})
 	if err != nil {
+		if gpus.closer != nil {
+			_ = gpus.closer.Close()
+		}
 		return nil, fmt.Errorf("executor manager: %w", err)
 	}
 	return &Worker{
 		cfg: cfg, slots: slots, labels: labels, addrs: addrs, log: log.With("worker", cfg.ID), exec: mgr,
-		hostname: hostname, runs: make(map[string]*activeRun), used: make(map[string]int),
+		hostname: hostname, gpus: gpus, runs: make(map[string]*activeRun), used: make(map[string]int),
 		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1),
 	}, nil
 }
@@ -160,6 +183,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.exec.Close()
 	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSessions()
+	// GPU wiring (gpu.go): keep GPU readings fresh for heartbeats while sessions run.
+	if w.gpus.closer != nil {
+		defer w.gpus.closer.Close()
+	}
+	if len(w.gpus.devices) > 0 {
+		gpuDone := make(chan struct{})
+		defer func() { <-gpuDone }()
+		go func() {
+			defer close(gpuDone)
+			w.gpuLoop(sessCtx)
+		}()
+	}
 	sessionsDone := make(chan struct{})
 	go func() {
 		defer close(sessionsDone)
@@ -263,7 +298,7 @@ func (w *Worker) heartbeat() *schedulerv1.ConnectRequest {
 	defer w.mu.Unlock()
 	_, free := memInfo()
 	return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Heartbeat{Heartbeat: &schedulerv1.Heartbeat{
-		MemoryFreeBytes: free, Slots: w.slotInventory(), Draining: w.draining,
+		MemoryFreeBytes: free, Slots: w.slotInventory(), Gpus: w.changedGPUs(), Draining: w.draining,
 	}}}
 }
 
@@ -286,7 +321,7 @@ func (w *Worker) session(ctx context.Context, addr string) error {
 	total, free := memInfo()
 	w.mu.Lock()
 	reg := &schedulerv1.Register{
-		WorkerId: w.cfg.ID, Pool: w.cfg.Pool, Slots: w.slotInventory(), MemoryTotalBytes: total,
+		WorkerId: w.cfg.ID, Pool: w.cfg.Pool, Slots: w.slotInventory(), Gpus: w.gpuInventory(), MemoryTotalBytes: total,
 		MemoryFreeBytes: free, Labels: w.labels, Hostname: w.hostname, Draining: w.draining,
 	}
 	for _, r := range w.runs {

@@ -714,7 +714,9 @@ type Assignment struct {
 	// Step to start at (empty = the first step).
 	Step string `protobuf:"bytes,11,opt,name=step,proto3" json:"step,omitempty"`
 	// W3C trace context of the run.
-	TraceContext  map[string]string `protobuf:"bytes,12,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TraceContext map[string]string `protobuf:"bytes,12,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Set when an interrupted step is resumed: the answer, sent as "resume" to that step.
+	Resume        *structpb.Value `protobuf:"bytes,13,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -829,6 +831,13 @@ func (x *Assignment) GetStep() string {
 func (x *Assignment) GetTraceContext() map[string]string {
 	if x != nil {
 		return x.TraceContext
+	}
+	return nil
+}
+
+func (x *Assignment) GetResume() *structpb.Value {
+	if x != nil {
+		return x.Resume
 	}
 	return nil
 }
@@ -1299,7 +1308,7 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x11memory_free_bytes\x18\x01 \x01(\x03R\x0fmemoryFreeBytes\x123\n" +
 	"\x05slots\x18\x02 \x03(\v2\x1d.agentserver.v1.SlotInventoryR\x05slots\x12'\n" +
 	"\x04gpus\x18\x03 \x03(\v2\x13.agentserver.v1.GpuR\x04gpus\x12\x1a\n" +
-	"\bdraining\x18\x04 \x01(\bR\bdraining\"\x91\x04\n" +
+	"\bdraining\x18\x04 \x01(\bR\bdraining\"\xc1\x04\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
@@ -1314,7 +1323,8 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\tslot_type\x18\n" +
 	" \x01(\tR\bslotType\x12\x12\n" +
 	"\x04step\x18\v \x01(\tR\x04step\x12[\n" +
-	"\rtrace_context\x18\f \x03(\v26.agentserver.scheduler.v1.Assignment.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\rtrace_context\x18\f \x03(\v26.agentserver.scheduler.v1.Assignment.TraceContextEntryR\ftraceContext\x12.\n" +
+	"\x06resume\x18\r \x01(\v2\x16.google.protobuf.ValueR\x06resume\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
@@ -1417,18 +1427,19 @@ var file_agentserver_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	19, // 19: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
 	18, // 20: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
 	15, // 21: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
-	0,  // 22: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
-	19, // 23: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
-	20, // 24: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
-	19, // 25: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
-	19, // 26: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
-	1,  // 27: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
-	2,  // 28: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
-	28, // [28:29] is the sub-list for method output_type
-	27, // [27:28] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	20, // 22: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
+	0,  // 23: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
+	19, // 24: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
+	20, // 25: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
+	19, // 26: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
+	19, // 27: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
+	1,  // 28: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
+	2,  // 29: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
+	29, // [29:30] is the sub-list for method output_type
+	28, // [28:29] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_scheduler_v1_scheduler_proto_init() }

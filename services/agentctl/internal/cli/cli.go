@@ -196,7 +196,7 @@ FAILED, was CANCELLED or TIMED_OUT), 2 usage error, 3 a waited run is INTERRUPTE
 	pf.StringVarP(&a.cfg.Output, "output", "o", def.Output, "output format: text or json")
 	pf.StringVar(&a.cfg.APIKey, "api-key", "", "API key, sent as a bearer token (env "+EnvAPIKey+")")
 
-	root.AddCommand(a.newAssistantsCommand(), a.newRunsCommand(), a.newWorkersCommand())
+	root.AddCommand(a.newAssistantsCommand(), a.newRunsCommand(), a.newWorkersCommand(), a.newBenchCommand())
 	return root
 }
 

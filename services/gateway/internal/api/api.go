@@ -96,6 +96,17 @@ func parseAssistantName(field, name string) (string, error) {
 	return id, nil
 }
 
+func parseThreadName(field, name string) (string, error) {
+	id, err := parseName(field, name, "threads")
+	if err != nil {
+		return "", err
+	}
+	if !idPattern.MatchString(id) {
+		return "", invalid(field, "thread id %q must be 1-63 characters of a-z, 0-9 and '-', starting with a letter", id)
+	}
+	return id, nil
+}
+
 func parseRunName(field, name string) (uuid.UUID, error) {
 	id, err := parseName(field, name, "runs")
 	if err != nil {

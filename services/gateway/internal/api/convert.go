@@ -78,6 +78,12 @@ func runToProto(r *store.Run) *agentserverv1.Run {
 	if r.ThreadID != "" {
 		out.Thread = "threads/" + r.ThreadID
 	}
+	out.Step = r.Step
+	if r.Prompt != nil {
+		if v, err := structpb.NewValue(r.Prompt); err == nil {
+			out.Prompt = v
+		}
+	}
 	if r.WorkerID != "" {
 		out.Worker = "workers/" + r.WorkerID
 	}
@@ -104,6 +110,19 @@ func workerToProto(w *store.Worker) *agentserverv1.Worker {
 		out.Gpus = append(out.Gpus, &agentserverv1.Gpu{Index: g.Index, Uuid: g.UUID, Model: g.Model,
 			MemoryTotalBytes: g.MemoryTotalBytes, MemoryUsedBytes: g.MemoryUsedBytes,
 			UtilizationPercent: g.UtilizationPercent, TemperatureCelsius: g.TemperatureCelsius})
+	}
+	return out
+}
+
+func threadToProto(t *store.Thread) *agentserverv1.Thread {
+	out := &agentserverv1.Thread{
+		Name:       "threads/" + t.ID,
+		Metadata:   toStruct(t.Metadata),
+		CreateTime: timestamppb.New(t.CreateTime),
+		UpdateTime: timestamppb.New(t.UpdateTime),
+	}
+	if t.ActiveRunID != nil {
+		out.ActiveRun = "runs/" + t.ActiveRunID.String()
 	}
 	return out
 }

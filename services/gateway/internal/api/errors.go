@@ -53,7 +53,16 @@ func toStatus(log *slog.Logger, method string, err error) error {
 	}
 	var fe *FieldError
 	var nf *store.AssistantNotFoundError
+	var tnf *store.ThreadNotFoundError
+	var se *store.StateError
 	switch {
+	case errors.As(err, &tnf):
+		return withDetails(codes.NotFound, "run.thread: "+tnf.Error(), "THREAD_NOT_FOUND",
+			&errdetails.ResourceInfo{ResourceType: "agentserver.dev/Thread", ResourceName: "threads/" + tnf.ID})
+	case errors.Is(err, store.ErrThreadBusy):
+		return withDetails(codes.FailedPrecondition, err.Error(), "THREAD_BUSY")
+	case errors.As(err, &se):
+		return withDetails(codes.FailedPrecondition, se.Error(), "RUN_STATE")
 	case errors.As(err, &fe):
 		return withDetails(codes.InvalidArgument, fe.Error(), "INVALID_ARGUMENT",
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Rule}}})

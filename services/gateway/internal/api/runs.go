@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/store"
 )
@@ -37,8 +39,19 @@ func (s *Runs) newRun(prefix string, req *agentserverv1.CreateRunRequest) (store
 	if err != nil {
 		return store.NewRun{}, err
 	}
+	var thread string
 	if r.GetThread() != "" {
-		return store.NewRun{}, invalid(prefix+"run.thread", "threads are not available on this server yet; leave it empty")
+		if thread, err = parseThreadName(prefix+"run.thread", r.GetThread()); err != nil {
+			return store.NewRun{}, err
+		}
+	}
+	multitask := store.Multitask(r.GetMultitask())
+	switch multitask {
+	case "":
+		multitask = store.MultitaskReject
+	case store.MultitaskReject, store.MultitaskEnqueue, store.MultitaskInterrupt:
+	default:
+		return store.NewRun{}, invalid(prefix+"run.multitask", "must be \"reject\", \"enqueue\" or \"interrupt\" (got %q)", r.GetMultitask())
 	}
 	var timeout time.Duration
 	if t := r.GetTimeout(); t != nil {
@@ -59,6 +72,8 @@ func (s *Runs) newRun(prefix string, req *agentserverv1.CreateRunRequest) (store
 		Priority:    r.Priority,
 		Timeout:     timeout,
 		RequestID:   req.GetRequestId(),
+		ThreadID:    thread,
+		Multitask:   multitask,
 	}, nil
 }
 
@@ -204,5 +219,116 @@ func (s *Runs) WaitRun(ctx context.Context, req *agentserverv1.WaitRunRequest) (
 		case <-t.C:
 		}
 		delay = min(delay*2, 200*time.Millisecond)
+	}
+}
+
+// ResumeRun continues an INTERRUPTED run with the answer to its prompt.
+func (s *Runs) ResumeRun(ctx context.Context, req *agentserverv1.ResumeRunRequest) (*agentserverv1.Run, error) {
+	id, err := parseRunName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.Store.ResumeRun(ctx, tenant(ctx), id, req.GetValue().AsInterface())
+	if err != nil {
+		return nil, notFound(err, "run", req.GetName())
+	}
+	return runToProto(r), nil
+}
+
+const (
+	defaultEventPage = 100
+	eventPoll        = 150 * time.Millisecond
+)
+
+func eventToProto(run string, e store.RunEvent) *agentserverv1.RunEvent {
+	return &agentserverv1.RunEvent{Seq: e.Seq, Run: run, Type: e.Type, Data: toStruct(e.Data), CreateTime: timestamppb.New(e.CreateTime)}
+}
+
+// ListRunEvents returns a page of a run's event log.
+func (s *Runs) ListRunEvents(ctx context.Context, req *agentserverv1.ListRunEventsRequest) (*agentserverv1.ListRunEventsResponse, error) {
+	id, err := parseRunName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	n := defaultEventPage
+	if req.GetPageSize() != 0 {
+		if n, err = pageSize(req.GetPageSize()); err != nil {
+			return nil, err
+		}
+	}
+	var after int64
+	if req.GetPageToken() != "" {
+		if err := decodeToken(req.GetPageToken(), &after); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := s.Store.GetRun(ctx, tenant(ctx), id); err != nil {
+		return nil, notFound(err, "run", req.GetName())
+	}
+	events, err := s.Store.ListRunEvents(ctx, tenant(ctx), id, after, n)
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentserverv1.ListRunEventsResponse{}
+	for _, e := range events {
+		resp.Events = append(resp.Events, eventToProto(req.GetName(), e))
+	}
+	if len(events) == n {
+		resp.NextPageToken = encodeToken(events[n-1].Seq)
+	}
+	return resp, nil
+}
+
+// terminalEvent reports whether e records the run's end.
+func terminalEvent(e store.RunEvent) bool {
+	if e.Type != "state" {
+		return false
+	}
+	switch e.Data["state"] {
+	case "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT":
+		return true
+	}
+	return false
+}
+
+// StreamRunEvents sends the run's events after after_seq, history first, then live (by
+// polling the durable log), and returns after the terminal event.
+func (s *Runs) StreamRunEvents(req *agentserverv1.StreamRunEventsRequest, stream agentserverv1.RunService_StreamRunEventsServer) error {
+	ctx := stream.Context()
+	id, err := parseRunName("name", req.GetName())
+	if err != nil {
+		return err
+	}
+	if req.GetAfterSeq() < 0 {
+		return invalid("after_seq", "must not be negative")
+	}
+	if _, err := s.Store.GetRun(ctx, tenant(ctx), id); err != nil {
+		return notFound(err, "run", req.GetName())
+	}
+	after := req.GetAfterSeq()
+	t := time.NewTicker(eventPoll)
+	defer t.Stop()
+	for {
+		events, err := s.Store.ListRunEvents(ctx, tenant(ctx), id, after, 500)
+		if err != nil {
+			return err
+		}
+		for _, e := range events {
+			if err := stream.Send(eventToProto(req.GetName(), e)); err != nil {
+				return err
+			}
+			after = e.Seq
+			if terminalEvent(e) {
+				return nil
+			}
+		}
+		if len(events) == 500 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
 }

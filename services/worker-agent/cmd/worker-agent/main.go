@@ -1,9 +1,13 @@
 // Command worker-agent runs a worker: it connects to a scheduler, reports its slots and
 // executes runs through executor processes. It needs no database credentials.
+//
+// `worker-agent --probe` prints the inventory the worker would register (slots, GPUs,
+// memory) as JSON and exits: 0, or 1 with the reason when its GPU slots cannot be backed.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -25,8 +29,19 @@ func run() error {
 	cfg := worker.Defaults()
 	set := config.New("worker-agent")
 	worker.Bind(set, &cfg)
+	var probe bool
+	set.Bool(&probe, "probe", "", false, "print the inventory this worker would report (slots, GPUs, memory) as JSON and exit")
 	if err := set.Parse(os.Args[1:]); err != nil {
 		return err
+	}
+	if probe {
+		report, err := worker.Probe(cfg)
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(report)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	w, err := worker.New(cfg, log)

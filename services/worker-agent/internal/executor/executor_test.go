@@ -736,3 +736,12 @@ func TestCloseDuringRun(t *testing.T) {
 		requireGone(t, pid)
 	}
 }
+
+func TestLargeStateRoundTrips(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, executor.Config{MaxLineBytes: 8 << 20})
+	big := strings.Repeat("x", 3<<20) // far beyond a pipe's buffer
+	out, _ := run(t, m, oneStep(t, ""), map[string]any{"big": big})
+	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
+	require.Equal(t, big, out.State["big"])
+}

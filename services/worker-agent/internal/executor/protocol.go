@@ -25,6 +25,9 @@ type request struct {
 	Index *int            `json:"index,omitempty"`
 	// Resume is set when an interrupted step is called again; it may be JSON null.
 	Resume json.RawMessage `json:"resume,omitempty"`
+	// Epoch is the fencing epoch of the worker's claim of the run (optional v1 extension):
+	// executions of one run with different epochs are different claims.
+	Epoch int64 `json:"epoch,omitempty"`
 }
 
 // message is any executor → worker line of protocol v1. Unknown fields are ignored so that v1

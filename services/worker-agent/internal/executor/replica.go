@@ -453,8 +453,18 @@ func (r *replica) call(ctx context.Context, req *request, onEvent func(map[strin
 				continue
 			}
 			r.settleStderr()
+			if written != nil {
+				// The answer can overtake the report of a write that did complete; a write
+				// still blocked after the grace means the request was never read in full.
+				select {
+				case writeErr = <-written:
+				case <-time.After(r.cfg.ExitGrace):
+					writeErr = errors.New("request still unread")
+				}
+			}
 			if writeErr != nil {
-				// It answered without reading the whole request; it cannot be trusted again.
+				// It answered without reading its whole request: the rest would be taken
+				// for the next one. Never reuse it.
 				r.markBroken()
 			}
 			return rep, nil

@@ -27,6 +27,9 @@ type RunSpec struct {
 	RunName string
 	// Attempt is the run's attempt number, sent in every request; 0 means 1.
 	Attempt int
+	// Epoch is the fencing epoch of this claim of the run, sent in every request as
+	// "epoch" (an optional extension of protocol v1).
+	Epoch int64
 	// FlowKey identifies the flow's immutable version (e.g. "assistants/x@3"); replicas are
 	// pooled and reused per flow key and executor.
 	FlowKey string
@@ -364,6 +367,7 @@ func (rs *runState) call(ctx context.Context, p *pool, step flow.Step, state, it
 		Item:    item,
 		Index:   index,
 		Resume:  rs.resume,
+		Epoch:   rs.spec.Epoch,
 	}
 	return r.call(ctx, req, func(data map[string]any) { rs.g.event(step.Name, data) })
 }

@@ -1,0 +1,3 @@
+module github.com/agentserver/agentserver/examples/noop
+
+go 1.26.7

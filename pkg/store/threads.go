@@ -1,0 +1,178 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrThreadBusy means the thread has an active run and the policy refuses another.
+var ErrThreadBusy = errors.New("thread has an active run")
+
+// ThreadNotFoundError reports a thread a run referred to that does not exist.
+type ThreadNotFoundError struct {
+	// ID is the thread id.
+	ID string
+}
+
+func (e *ThreadNotFoundError) Error() string {
+	return fmt.Sprintf("thread %q does not exist", "threads/"+e.ID)
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *ThreadNotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// Thread is a stored thread.
+type Thread struct {
+	TenantID    string
+	ID          string
+	Metadata    map[string]any
+	State       map[string]any
+	StateRunID  *uuid.UUID
+	StateTime   *time.Time
+	ActiveRunID *uuid.UUID
+	CreateTime  time.Time
+	UpdateTime  time.Time
+}
+
+const threadColumns = `tenant_id, id, metadata, state, state_run_id, state_time, active_run_id, create_time, update_time`
+
+func scanThread(row pgx.Row) (*Thread, error) {
+	var t Thread
+	var metadata, state []byte
+	if err := row.Scan(&t.TenantID, &t.ID, &metadata, &state, &t.StateRunID, &t.StateTime, &t.ActiveRunID,
+		&t.CreateTime, &t.UpdateTime); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(metadata, &t.Metadata); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(state, &t.State); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// joinThread applies the multitask policy to a run just inserted on a thread: an idle
+// thread makes it active and queues it; a busy one rejects it, or keeps it waiting
+// (enqueue), or cancels the active run first (interrupt). Waiting runs are promoted by the
+// runs_thread_settle trigger when the active run ends.
+func joinThread(ctx context.Context, tx pgx.Tx, r *Run, policy Multitask) error {
+	var active *uuid.UUID
+	err := tx.QueryRow(ctx, `SELECT active_run_id FROM threads WHERE tenant_id = $1 AND id = $2 FOR UPDATE`,
+		r.TenantID, r.ThreadID).Scan(&active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return &ThreadNotFoundError{ID: r.ThreadID}
+	}
+	if err != nil {
+		return err
+	}
+	if active == nil {
+		if _, err := tx.Exec(ctx, `UPDATE threads SET active_run_id = $3, update_time = now() WHERE tenant_id = $1 AND id = $2`,
+			r.TenantID, r.ThreadID, r.ID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM runs WHERE id = $1`, r.ID)
+		return err
+	}
+	switch policy {
+	case MultitaskEnqueue:
+		return nil
+	case MultitaskInterrupt:
+		_, err := cancelInTx(ctx, tx, r.TenantID, *active)
+		return err
+	default:
+		return fmt.Errorf("%w (runs/%s); wait for it, cancel it, or create the run with multitask \"enqueue\" or \"interrupt\"", ErrThreadBusy, active)
+	}
+}
+
+// CreateThread stores a thread with an initial state.
+func (s *Store) CreateThread(ctx context.Context, tenant, id string, metadata, state map[string]any) (*Thread, error) {
+	md, err := configJSON(metadata)
+	if err != nil {
+		return nil, err
+	}
+	st, err := configJSON(state)
+	if err != nil {
+		return nil, err
+	}
+	t, err := scanThread(s.pool.QueryRow(ctx, `INSERT INTO threads (tenant_id, id, metadata, state)
+		VALUES ($1, $2, $3, $4) RETURNING `+threadColumns, tenant, id, md, st))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return nil, ErrAlreadyExists
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating thread %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// GetThread returns a thread.
+func (s *Store) GetThread(ctx context.Context, tenant, id string) (*Thread, error) {
+	t, err := scanThread(s.pool.QueryRow(ctx, `SELECT `+threadColumns+` FROM threads WHERE tenant_id = $1 AND id = $2`, tenant, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading thread %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// ThreadCursor is the position after which a page of ListThreads starts.
+type ThreadCursor struct {
+	CreateTime time.Time
+	ID         string
+}
+
+// ListThreads returns up to limit threads, newest first, after the cursor.
+func (s *Store) ListThreads(ctx context.Context, tenant string, limit int, after *ThreadCursor) ([]*Thread, error) {
+	var afterTime *time.Time
+	var afterID *string
+	if after != nil {
+		afterTime, afterID = &after.CreateTime, &after.ID
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+threadColumns+` FROM threads
+		WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (create_time, id) < ($2, $3::text))
+		ORDER BY create_time DESC, id DESC LIMIT $4`, tenant, afterTime, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing threads: %w", err)
+	}
+	defer rows.Close()
+	var out []*Thread
+	for rows.Next() {
+		t, err := scanThread(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// DeleteThread deletes a thread without an active run (ErrThreadBusy otherwise).
+func (s *Store) DeleteThread(ctx context.Context, tenant, id string) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var active *uuid.UUID
+		err := tx.QueryRow(ctx, `SELECT active_run_id FROM threads WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id).Scan(&active)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("deleting thread %s: %w", id, err)
+		}
+		if active != nil {
+			return fmt.Errorf("%w (runs/%s); cancel it or wait for it first", ErrThreadBusy, active)
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM threads WHERE tenant_id = $1 AND id = $2`, tenant, id)
+		return err
+	})
+}
