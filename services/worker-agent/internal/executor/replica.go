@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,9 @@ type replica struct {
 	killOnce  sync.Once
 	errReader *trackedReader
 
+	// memLimit is the executor's resources.memory in bytes (0 = none).
+	memLimit int64
+
 	mu       sync.Mutex
 	broken   bool // killed or broke the protocol: never reuse
 	sink     func(line string)
@@ -89,6 +93,13 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 	}
 
 	cmd := exec.Command(def.Command[0], def.Command[1:]...)
+	if def.Resources.Memory > 0 {
+		// resources.memory is an address-space limit on the replica and everything it
+		// starts, set by the shell before it execs the command: no window in which the
+		// process runs unlimited. (ulimit -v counts KiB.)
+		kib := strconv.FormatInt((def.Resources.Memory+1023)/1024, 10)
+		cmd = exec.Command("/bin/sh", append([]string{"-c", `ulimit -v "$0" && exec "$@"`, kib}, def.Command...)...)
+	}
 	cmd.Dir = filepath.Join(cfg.Dir, def.Workdir)
 	cmd.Env = env
 	// Plain files rather than StdoutPipe: Wait then never waits for our readers, and a process
@@ -108,6 +119,7 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 	}
 
 	r := &replica{
+		memLimit:   def.Resources.Memory,
 		executor:   def.Name,
 		index:      index,
 		pid:        cmd.Process.Pid,
@@ -342,6 +354,9 @@ func (r *replica) exitFailure() *failure {
 		how = fmt.Sprintf("exited with status %d", st.ExitCode())
 	}
 	msg := fmt.Sprintf("executor %q %s", r.executor, how)
+	if r.memLimit > 0 {
+		msg += fmt.Sprintf(" (its memory limit, resources.memory, is %s: allocations beyond it fail)", formatBytes(r.memLimit))
+	}
 	if tail := r.stderrTail(); tail != "" {
 		msg += ": " + tail
 	}
@@ -470,4 +485,17 @@ func (r *replica) call(ctx context.Context, req *request, onEvent func(map[strin
 			return rep, nil
 		}
 	}
+}
+
+// formatBytes writes n the way flows do (2Gi, 512Mi, 100Ki, 1000).
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
 }
