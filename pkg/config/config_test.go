@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -36,4 +38,43 @@ func TestBadEnvNamesTheVariable(t *testing.T) {
 	s.Int(&n, "n", "N", 1, "")
 	err := s.Parse(nil)
 	require.ErrorContains(t, err, `LEASE="soon": must be a duration`)
+}
+
+func TestConfigFileBelowEnvAndFlags(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "worker.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("slots: cpu=4,gpu=1\npool: gpu\ndrain-grace: 45s\nworkers: 3\n"), 0o644))
+	var slots, pool string
+	var grace time.Duration
+	var workers int
+	s := New("x").WithLookup(env(map[string]string{"WORKER_POOL": "from-env"}))
+	s.String(&slots, "slots", "WORKER_SLOTS", "cpu=4", "")
+	s.String(&pool, "pool", "WORKER_POOL", "default", "")
+	s.Duration(&grace, "drain-grace", "", time.Second, "")
+	s.Int(&workers, "workers", "", 1, "")
+	require.NoError(t, s.Parse([]string{"-config", path, "-workers", "2"}))
+	require.Equal(t, "cpu=4,gpu=1", slots, "from the file")
+	require.Equal(t, "from-env", pool, "the variable wins over the file")
+	require.Equal(t, 45*time.Second, grace)
+	require.Equal(t, 2, workers, "the flag wins over the file")
+}
+
+func TestConfigFileErrorsNameTheSetting(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for content, msg := range map[string]string{
+		"slotz: cpu=4\n":        `"slotz" is not a setting`,
+		"drain-grace: soon\n":   "drain-grace",
+		"- a\n- b\n":            "not a YAML mapping",
+		"drain-grace: {a: 1}\n": "must be a single value",
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
+		var grace time.Duration
+		var slots string
+		s := New("x").WithLookup(env(nil))
+		s.Duration(&grace, "drain-grace", "", time.Second, "")
+		s.String(&slots, "slots", "", "", "")
+		require.ErrorContains(t, s.Parse([]string{"-config", path}), msg, content)
+	}
 }
