@@ -408,3 +408,28 @@ func TestAssistantVersions(t *testing.T) {
 	_, err = st.GetAssistant(t.Context(), tenant, "a")
 	require.ErrorIs(t, err, store.ErrNotFound)
 }
+
+func TestClusterStats(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	newAssistant(t, st, "g", func(a *store.Assistant) { a.SlotType = "gpu" })
+	enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "g"})
+	claim(t, st, "w1", "cpu", 1)
+	for _, w := range []*store.Worker{
+		{ID: "w1", Pool: "cpu", State: store.WorkerReady, Slots: []store.SlotCount{{Type: "cpu", Total: 4, Used: 1}}},
+		{ID: "w2", Pool: "cpu", State: store.WorkerDraining, Slots: []store.SlotCount{{Type: "cpu", Total: 4, Used: 2}}},
+		{ID: "w3", Pool: "gpu", State: store.WorkerReady, Slots: []store.SlotCount{{Type: "cpu", Total: 2}, {Type: "gpu", Total: 1}}},
+		{ID: "w4", Pool: "cpu", State: store.WorkerLost, Slots: []store.SlotCount{{Type: "cpu", Total: 4}}},
+	} {
+		w.ConnectTime = time.Now()
+		require.NoError(t, st.UpsertWorker(t.Context(), w))
+	}
+	types, pools, err := st.ClusterStats(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, []store.SlotTypeStats{{SlotType: "cpu", Queued: 2, Running: 1}, {SlotType: "gpu", Queued: 1}}, types)
+	require.Equal(t, []store.PoolStats{
+		{Pool: "cpu", WorkersReady: 1, WorkersDraining: 1, Slots: []store.SlotCount{{Type: "cpu", Total: 8, Used: 3}}},
+		{Pool: "gpu", WorkersReady: 1, Slots: []store.SlotCount{{Type: "cpu", Total: 2}, {Type: "gpu", Total: 1}}},
+	}, pools)
+}

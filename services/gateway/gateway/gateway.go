@@ -22,10 +22,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	gatewayv1 "github.com/agentserver/agentserver/gen/agentserver/gateway/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/config"
 	"github.com/agentserver/agentserver/pkg/store"
 	"github.com/agentserver/agentserver/services/gateway/internal/api"
+	"github.com/agentserver/agentserver/services/gateway/internal/latency"
 )
 
 // Config configures a gateway.
@@ -107,9 +109,10 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listening for HTTP on %s (port taken? set GATEWAY_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
 	s := &Server{cfg: cfg, log: log, grpcLis: grpcLis, httpLis: httpLis, health: health.NewServer()}
+	window := latency.NewWindow(time.Minute, 1<<16)
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(api.UnaryErrors(log)),
+		grpc.ChainUnaryInterceptor(window.Interceptor(), api.UnaryErrors(log)),
 		grpc.ChainStreamInterceptor(api.StreamErrors(log)),
 	)
 	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{Store: st, Limits: limits, Log: log})
@@ -117,6 +120,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	agentserverv1.RegisterClusterServiceServer(s.grpc, &api.Cluster{Store: st, Log: log})
 	agentserverv1.RegisterThreadServiceServer(s.grpc, &api.Threads{Store: st, Log: log})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
+	gatewayv1.RegisterGatewayStatsServiceServer(s.grpc, window)
 
 	s.conn, err = grpc.NewClient(loopback(grpcLis.Addr()),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

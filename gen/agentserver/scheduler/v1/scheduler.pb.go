@@ -12,6 +12,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	structpb "google.golang.org/protobuf/types/known/structpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -90,7 +91,254 @@ func (x RunResult_Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RunResult_Outcome.Descriptor instead.
 func (RunResult_Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10, 0}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14, 0}
+}
+
+// GetClusterStatsRequest is the request of GetClusterStats.
+type GetClusterStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClusterStatsRequest) Reset() {
+	*x = GetClusterStatsRequest{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterStatsRequest) ProtoMessage() {}
+
+func (x *GetClusterStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetClusterStatsRequest) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0}
+}
+
+// GetClusterStatsResponse is the cluster's load.
+type GetClusterStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the figures were read.
+	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// Queue depth and running runs per slot type.
+	SlotTypes []*SlotTypeStats `protobuf:"bytes,2,rep,name=slot_types,json=slotTypes,proto3" json:"slot_types,omitempty"`
+	// Workers and slot use per pool.
+	Pools         []*PoolStats `protobuf:"bytes,3,rep,name=pools,proto3" json:"pools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClusterStatsResponse) Reset() {
+	*x = GetClusterStatsResponse{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterStatsResponse) ProtoMessage() {}
+
+func (x *GetClusterStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetClusterStatsResponse) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetClusterStatsResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *GetClusterStatsResponse) GetSlotTypes() []*SlotTypeStats {
+	if x != nil {
+		return x.SlotTypes
+	}
+	return nil
+}
+
+func (x *GetClusterStatsResponse) GetPools() []*PoolStats {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+// SlotTypeStats counts the runs of one slot type.
+type SlotTypeStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Slot type.
+	SlotType string `protobuf:"bytes,1,opt,name=slot_type,json=slotType,proto3" json:"slot_type,omitempty"`
+	// Runs waiting in the queue, runnable now.
+	Queued int64 `protobuf:"varint,2,opt,name=queued,proto3" json:"queued,omitempty"`
+	// Runs waiting for a retry backoff to pass.
+	Delayed int64 `protobuf:"varint,3,opt,name=delayed,proto3" json:"delayed,omitempty"`
+	// Runs executing.
+	Running       int64 `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SlotTypeStats) Reset() {
+	*x = SlotTypeStats{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SlotTypeStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SlotTypeStats) ProtoMessage() {}
+
+func (x *SlotTypeStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SlotTypeStats.ProtoReflect.Descriptor instead.
+func (*SlotTypeStats) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SlotTypeStats) GetSlotType() string {
+	if x != nil {
+		return x.SlotType
+	}
+	return ""
+}
+
+func (x *SlotTypeStats) GetQueued() int64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *SlotTypeStats) GetDelayed() int64 {
+	if x != nil {
+		return x.Delayed
+	}
+	return 0
+}
+
+func (x *SlotTypeStats) GetRunning() int64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+// PoolStats describes one worker pool.
+type PoolStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pool name.
+	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Workers taking work.
+	WorkersReady int32 `protobuf:"varint,2,opt,name=workers_ready,json=workersReady,proto3" json:"workers_ready,omitempty"`
+	// Workers draining.
+	WorkersDraining int32 `protobuf:"varint,3,opt,name=workers_draining,json=workersDraining,proto3" json:"workers_draining,omitempty"`
+	// Slots by type across the pool's ready and draining workers.
+	Slots         []*v1.SlotInventory `protobuf:"bytes,4,rep,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolStats) Reset() {
+	*x = PoolStats{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolStats) ProtoMessage() {}
+
+func (x *PoolStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolStats.ProtoReflect.Descriptor instead.
+func (*PoolStats) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PoolStats) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *PoolStats) GetWorkersReady() int32 {
+	if x != nil {
+		return x.WorkersReady
+	}
+	return 0
+}
+
+func (x *PoolStats) GetWorkersDraining() int32 {
+	if x != nil {
+		return x.WorkersDraining
+	}
+	return 0
+}
+
+func (x *PoolStats) GetSlots() []*v1.SlotInventory {
+	if x != nil {
+		return x.Slots
+	}
+	return nil
 }
 
 // ConnectRequest is a message from a worker to its scheduler.
@@ -112,7 +360,7 @@ type ConnectRequest struct {
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[0]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -124,7 +372,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[0]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -137,7 +385,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConnectRequest) GetMsg() isConnectRequest_Msg {
@@ -250,7 +498,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[1]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +510,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[1]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +523,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{1}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConnectResponse) GetMsg() isConnectResponse_Msg {
@@ -398,7 +646,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[2]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +658,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[2]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +671,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{2}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Register) GetWorkerId() string {
@@ -509,7 +757,7 @@ type RunLease struct {
 
 func (x *RunLease) Reset() {
 	*x = RunLease{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +769,7 @@ func (x *RunLease) String() string {
 func (*RunLease) ProtoMessage() {}
 
 func (x *RunLease) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +782,7 @@ func (x *RunLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunLease.ProtoReflect.Descriptor instead.
 func (*RunLease) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RunLease) GetRun() string {
@@ -566,7 +814,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +826,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +839,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Registered) GetSchedulerId() string {
@@ -632,7 +880,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +892,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +905,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Heartbeat) GetMemoryFreeBytes() int64 {
@@ -723,7 +971,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +983,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +996,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetRun() string {
@@ -857,7 +1105,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1117,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1130,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Cancel) GetRun() string {
@@ -915,7 +1163,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1175,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1188,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 // ResultAck confirms that a result was recorded (or refused for good because the lease
@@ -958,7 +1206,7 @@ type ResultAck struct {
 
 func (x *ResultAck) Reset() {
 	*x = ResultAck{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1218,7 @@ func (x *ResultAck) String() string {
 func (*ResultAck) ProtoMessage() {}
 
 func (x *ResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1231,7 @@ func (x *ResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
 func (*ResultAck) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResultAck) GetRun() string {
@@ -1025,7 +1273,7 @@ type RunResult struct {
 
 func (x *RunResult) Reset() {
 	*x = RunResult{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1285,7 @@ func (x *RunResult) String() string {
 func (*RunResult) ProtoMessage() {}
 
 func (x *RunResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1298,7 @@ func (x *RunResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResult.ProtoReflect.Descriptor instead.
 func (*RunResult) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RunResult) GetRun() string {
@@ -1126,7 +1374,7 @@ type RunEvent struct {
 
 func (x *RunEvent) Reset() {
 	*x = RunEvent{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1386,7 @@ func (x *RunEvent) String() string {
 func (*RunEvent) ProtoMessage() {}
 
 func (x *RunEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1399,7 @@ func (x *RunEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunEvent.ProtoReflect.Descriptor instead.
 func (*RunEvent) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunEvent) GetRun() string {
@@ -1199,7 +1447,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1459,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1472,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Checkpoint) GetRun() string {
@@ -1259,7 +1507,23 @@ var File_agentserver_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"(agentserver/scheduler/v1/scheduler.proto\x12\x18agentserver.scheduler.v1\x1a\x1cagentserver/v1/cluster.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xe1\x02\n" +
+	"(agentserver/scheduler/v1/scheduler.proto\x12\x18agentserver.scheduler.v1\x1a\x1cagentserver/v1/cluster.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n" +
+	"\x16GetClusterStatsRequest\"\xcc\x01\n" +
+	"\x17GetClusterStatsResponse\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12F\n" +
+	"\n" +
+	"slot_types\x18\x02 \x03(\v2'.agentserver.scheduler.v1.SlotTypeStatsR\tslotTypes\x129\n" +
+	"\x05pools\x18\x03 \x03(\v2#.agentserver.scheduler.v1.PoolStatsR\x05pools\"x\n" +
+	"\rSlotTypeStats\x12\x1b\n" +
+	"\tslot_type\x18\x01 \x01(\tR\bslotType\x12\x16\n" +
+	"\x06queued\x18\x02 \x01(\x03R\x06queued\x12\x18\n" +
+	"\adelayed\x18\x03 \x01(\x03R\adelayed\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\x03R\arunning\"\xa4\x01\n" +
+	"\tPoolStats\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12#\n" +
+	"\rworkers_ready\x18\x02 \x01(\x05R\fworkersReady\x12)\n" +
+	"\x10workers_draining\x18\x03 \x01(\x05R\x0fworkersDraining\x123\n" +
+	"\x05slots\x18\x04 \x03(\v2\x1d.agentserver.v1.SlotInventoryR\x05slots\"\xe1\x02\n" +
 	"\x0eConnectRequest\x12@\n" +
 	"\bregister\x18\x01 \x01(\v2\".agentserver.scheduler.v1.RegisterH\x00R\bregister\x12C\n" +
 	"\theartbeat\x18\x02 \x01(\v2#.agentserver.scheduler.v1.HeartbeatH\x00R\theartbeat\x12=\n" +
@@ -1363,9 +1627,10 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x1b\n" +
 	"\tnext_step\x18\x03 \x01(\tR\bnextStep\x12-\n" +
-	"\x05state\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x05state2v\n" +
+	"\x05state\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x05state2\xee\x01\n" +
 	"\x10SchedulerService\x12b\n" +
-	"\aConnect\x12(.agentserver.scheduler.v1.ConnectRequest\x1a).agentserver.scheduler.v1.ConnectResponse(\x010\x01BMZKgithub.com/agentserver/agentserver/gen/agentserver/scheduler/v1;schedulerv1b\x06proto3"
+	"\aConnect\x12(.agentserver.scheduler.v1.ConnectRequest\x1a).agentserver.scheduler.v1.ConnectResponse(\x010\x01\x12v\n" +
+	"\x0fGetClusterStats\x120.agentserver.scheduler.v1.GetClusterStatsRequest\x1a1.agentserver.scheduler.v1.GetClusterStatsResponseBMZKgithub.com/agentserver/agentserver/gen/agentserver/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_agentserver_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -1380,66 +1645,77 @@ func file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_agentserver_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
-	(RunResult_Outcome)(0),      // 0: agentserver.scheduler.v1.RunResult.Outcome
-	(*ConnectRequest)(nil),      // 1: agentserver.scheduler.v1.ConnectRequest
-	(*ConnectResponse)(nil),     // 2: agentserver.scheduler.v1.ConnectResponse
-	(*Register)(nil),            // 3: agentserver.scheduler.v1.Register
-	(*RunLease)(nil),            // 4: agentserver.scheduler.v1.RunLease
-	(*Registered)(nil),          // 5: agentserver.scheduler.v1.Registered
-	(*Heartbeat)(nil),           // 6: agentserver.scheduler.v1.Heartbeat
-	(*Assignment)(nil),          // 7: agentserver.scheduler.v1.Assignment
-	(*Cancel)(nil),              // 8: agentserver.scheduler.v1.Cancel
-	(*Drain)(nil),               // 9: agentserver.scheduler.v1.Drain
-	(*ResultAck)(nil),           // 10: agentserver.scheduler.v1.ResultAck
-	(*RunResult)(nil),           // 11: agentserver.scheduler.v1.RunResult
-	(*RunEvent)(nil),            // 12: agentserver.scheduler.v1.RunEvent
-	(*Checkpoint)(nil),          // 13: agentserver.scheduler.v1.Checkpoint
-	nil,                         // 14: agentserver.scheduler.v1.Register.LabelsEntry
-	nil,                         // 15: agentserver.scheduler.v1.Assignment.TraceContextEntry
-	(*v1.SlotInventory)(nil),    // 16: agentserver.v1.SlotInventory
-	(*v1.Gpu)(nil),              // 17: agentserver.v1.Gpu
-	(*durationpb.Duration)(nil), // 18: google.protobuf.Duration
-	(*structpb.Struct)(nil),     // 19: google.protobuf.Struct
-	(*structpb.Value)(nil),      // 20: google.protobuf.Value
+	(RunResult_Outcome)(0),          // 0: agentserver.scheduler.v1.RunResult.Outcome
+	(*GetClusterStatsRequest)(nil),  // 1: agentserver.scheduler.v1.GetClusterStatsRequest
+	(*GetClusterStatsResponse)(nil), // 2: agentserver.scheduler.v1.GetClusterStatsResponse
+	(*SlotTypeStats)(nil),           // 3: agentserver.scheduler.v1.SlotTypeStats
+	(*PoolStats)(nil),               // 4: agentserver.scheduler.v1.PoolStats
+	(*ConnectRequest)(nil),          // 5: agentserver.scheduler.v1.ConnectRequest
+	(*ConnectResponse)(nil),         // 6: agentserver.scheduler.v1.ConnectResponse
+	(*Register)(nil),                // 7: agentserver.scheduler.v1.Register
+	(*RunLease)(nil),                // 8: agentserver.scheduler.v1.RunLease
+	(*Registered)(nil),              // 9: agentserver.scheduler.v1.Registered
+	(*Heartbeat)(nil),               // 10: agentserver.scheduler.v1.Heartbeat
+	(*Assignment)(nil),              // 11: agentserver.scheduler.v1.Assignment
+	(*Cancel)(nil),                  // 12: agentserver.scheduler.v1.Cancel
+	(*Drain)(nil),                   // 13: agentserver.scheduler.v1.Drain
+	(*ResultAck)(nil),               // 14: agentserver.scheduler.v1.ResultAck
+	(*RunResult)(nil),               // 15: agentserver.scheduler.v1.RunResult
+	(*RunEvent)(nil),                // 16: agentserver.scheduler.v1.RunEvent
+	(*Checkpoint)(nil),              // 17: agentserver.scheduler.v1.Checkpoint
+	nil,                             // 18: agentserver.scheduler.v1.Register.LabelsEntry
+	nil,                             // 19: agentserver.scheduler.v1.Assignment.TraceContextEntry
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*v1.SlotInventory)(nil),        // 21: agentserver.v1.SlotInventory
+	(*v1.Gpu)(nil),                  // 22: agentserver.v1.Gpu
+	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
+	(*structpb.Struct)(nil),         // 24: google.protobuf.Struct
+	(*structpb.Value)(nil),          // 25: google.protobuf.Value
 }
 var file_agentserver_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	3,  // 0: agentserver.scheduler.v1.ConnectRequest.register:type_name -> agentserver.scheduler.v1.Register
-	6,  // 1: agentserver.scheduler.v1.ConnectRequest.heartbeat:type_name -> agentserver.scheduler.v1.Heartbeat
-	11, // 2: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
-	12, // 3: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
-	13, // 4: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
-	5,  // 5: agentserver.scheduler.v1.ConnectResponse.registered:type_name -> agentserver.scheduler.v1.Registered
-	7,  // 6: agentserver.scheduler.v1.ConnectResponse.assignment:type_name -> agentserver.scheduler.v1.Assignment
-	8,  // 7: agentserver.scheduler.v1.ConnectResponse.cancel:type_name -> agentserver.scheduler.v1.Cancel
-	9,  // 8: agentserver.scheduler.v1.ConnectResponse.drain:type_name -> agentserver.scheduler.v1.Drain
-	10, // 9: agentserver.scheduler.v1.ConnectResponse.result_ack:type_name -> agentserver.scheduler.v1.ResultAck
-	16, // 10: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
-	17, // 11: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
-	14, // 12: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
-	4,  // 13: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
-	18, // 14: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
-	4,  // 15: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
-	16, // 16: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
-	17, // 17: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
-	19, // 18: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
-	19, // 19: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
-	18, // 20: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
-	15, // 21: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
-	20, // 22: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
-	0,  // 23: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
-	19, // 24: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
-	20, // 25: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
-	19, // 26: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
-	19, // 27: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
-	1,  // 28: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
-	2,  // 29: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
-	29, // [29:30] is the sub-list for method output_type
-	28, // [28:29] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	20, // 0: agentserver.scheduler.v1.GetClusterStatsResponse.time:type_name -> google.protobuf.Timestamp
+	3,  // 1: agentserver.scheduler.v1.GetClusterStatsResponse.slot_types:type_name -> agentserver.scheduler.v1.SlotTypeStats
+	4,  // 2: agentserver.scheduler.v1.GetClusterStatsResponse.pools:type_name -> agentserver.scheduler.v1.PoolStats
+	21, // 3: agentserver.scheduler.v1.PoolStats.slots:type_name -> agentserver.v1.SlotInventory
+	7,  // 4: agentserver.scheduler.v1.ConnectRequest.register:type_name -> agentserver.scheduler.v1.Register
+	10, // 5: agentserver.scheduler.v1.ConnectRequest.heartbeat:type_name -> agentserver.scheduler.v1.Heartbeat
+	15, // 6: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
+	16, // 7: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
+	17, // 8: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
+	9,  // 9: agentserver.scheduler.v1.ConnectResponse.registered:type_name -> agentserver.scheduler.v1.Registered
+	11, // 10: agentserver.scheduler.v1.ConnectResponse.assignment:type_name -> agentserver.scheduler.v1.Assignment
+	12, // 11: agentserver.scheduler.v1.ConnectResponse.cancel:type_name -> agentserver.scheduler.v1.Cancel
+	13, // 12: agentserver.scheduler.v1.ConnectResponse.drain:type_name -> agentserver.scheduler.v1.Drain
+	14, // 13: agentserver.scheduler.v1.ConnectResponse.result_ack:type_name -> agentserver.scheduler.v1.ResultAck
+	21, // 14: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
+	22, // 15: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
+	18, // 16: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
+	8,  // 17: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
+	23, // 18: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
+	8,  // 19: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
+	21, // 20: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
+	22, // 21: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
+	24, // 22: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
+	24, // 23: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
+	23, // 24: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
+	19, // 25: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
+	25, // 26: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
+	0,  // 27: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
+	24, // 28: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
+	25, // 29: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
+	24, // 30: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
+	24, // 31: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
+	5,  // 32: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
+	1,  // 33: agentserver.scheduler.v1.SchedulerService.GetClusterStats:input_type -> agentserver.scheduler.v1.GetClusterStatsRequest
+	6,  // 34: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
+	2,  // 35: agentserver.scheduler.v1.SchedulerService.GetClusterStats:output_type -> agentserver.scheduler.v1.GetClusterStatsResponse
+	34, // [34:36] is the sub-list for method output_type
+	32, // [32:34] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_scheduler_v1_scheduler_proto_init() }
@@ -1447,14 +1723,14 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 	if File_agentserver_scheduler_v1_scheduler_proto != nil {
 		return
 	}
-	file_agentserver_scheduler_v1_scheduler_proto_msgTypes[0].OneofWrappers = []any{
+	file_agentserver_scheduler_v1_scheduler_proto_msgTypes[4].OneofWrappers = []any{
 		(*ConnectRequest_Register)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Result)(nil),
 		(*ConnectRequest_Event)(nil),
 		(*ConnectRequest_Checkpoint)(nil),
 	}
-	file_agentserver_scheduler_v1_scheduler_proto_msgTypes[1].OneofWrappers = []any{
+	file_agentserver_scheduler_v1_scheduler_proto_msgTypes[5].OneofWrappers = []any{
 		(*ConnectResponse_Registered)(nil),
 		(*ConnectResponse_Assignment)(nil),
 		(*ConnectResponse_Cancel)(nil),
@@ -1467,7 +1743,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentserver_scheduler_v1_scheduler_proto_rawDesc), len(file_agentserver_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SchedulerService_Connect_FullMethodName = "/agentserver.scheduler.v1.SchedulerService/Connect"
+	SchedulerService_Connect_FullMethodName         = "/agentserver.scheduler.v1.SchedulerService/Connect"
+	SchedulerService_GetClusterStats_FullMethodName = "/agentserver.scheduler.v1.SchedulerService/GetClusterStats"
 )
 
 // SchedulerServiceClient is the client API for SchedulerService service.
@@ -32,6 +33,9 @@ type SchedulerServiceClient interface {
 	// message must be a Register; the scheduler answers with Registered, then pushes
 	// assignments and cancellations while the worker sends heartbeats, events and results.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
+	// GetClusterStats reports queue depth per slot type and slot use per worker pool,
+	// cluster-wide (any scheduler answers for all); the autoscaler's input.
+	GetClusterStats(ctx context.Context, in *GetClusterStatsRequest, opts ...grpc.CallOption) (*GetClusterStatsResponse, error)
 }
 
 type schedulerServiceClient struct {
@@ -55,6 +59,16 @@ func (c *schedulerServiceClient) Connect(ctx context.Context, opts ...grpc.CallO
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SchedulerService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, ConnectResponse]
 
+func (c *schedulerServiceClient) GetClusterStats(ctx context.Context, in *GetClusterStatsRequest, opts ...grpc.CallOption) (*GetClusterStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetClusterStatsResponse)
+	err := c.cc.Invoke(ctx, SchedulerService_GetClusterStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServiceServer is the server API for SchedulerService service.
 // All implementations must embed UnimplementedSchedulerServiceServer
 // for forward compatibility.
@@ -65,6 +79,9 @@ type SchedulerServiceServer interface {
 	// message must be a Register; the scheduler answers with Registered, then pushes
 	// assignments and cancellations while the worker sends heartbeats, events and results.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
+	// GetClusterStats reports queue depth per slot type and slot use per worker pool,
+	// cluster-wide (any scheduler answers for all); the autoscaler's input.
+	GetClusterStats(context.Context, *GetClusterStatsRequest) (*GetClusterStatsResponse, error)
 	mustEmbedUnimplementedSchedulerServiceServer()
 }
 
@@ -77,6 +94,9 @@ type UnimplementedSchedulerServiceServer struct{}
 
 func (UnimplementedSchedulerServiceServer) Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error {
 	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedSchedulerServiceServer) GetClusterStats(context.Context, *GetClusterStatsRequest) (*GetClusterStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetClusterStats not implemented")
 }
 func (UnimplementedSchedulerServiceServer) mustEmbedUnimplementedSchedulerServiceServer() {}
 func (UnimplementedSchedulerServiceServer) testEmbeddedByValue()                          {}
@@ -106,13 +126,36 @@ func _SchedulerService_Connect_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SchedulerService_ConnectServer = grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]
 
+func _SchedulerService_GetClusterStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetClusterStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServiceServer).GetClusterStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SchedulerService_GetClusterStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServiceServer).GetClusterStats(ctx, req.(*GetClusterStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SchedulerService_ServiceDesc is the grpc.ServiceDesc for SchedulerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var SchedulerService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "agentserver.scheduler.v1.SchedulerService",
 	HandlerType: (*SchedulerServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetClusterStats",
+			Handler:    _SchedulerService_GetClusterStats_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Connect",
