@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -102,7 +103,7 @@ func setupGPUs(cfg GPUConfig, slots map[string]int, opts []Option) (*gpuState, g
 		opt(&o)
 	}
 	if cfg.ProbeInterval < 0 {
-		return nil, gpu.Inventory{}, fmt.Errorf("WORKER_GPU_PROBE_INTERVAL must not be negative")
+		return nil, gpu.Inventory{}, errors.New("WORKER_GPU_PROBE_INTERVAL must not be negative")
 	}
 	st := &gpuState{detector: o.detector, interval: cfg.ProbeInterval, holder: make(map[string]string), missing: make(map[string]bool)}
 	if st.interval == 0 {
@@ -116,6 +117,7 @@ func setupGPUs(cfg GPUConfig, slots map[string]int, opts []Option) (*gpuState, g
 			return nil, gpu.Inventory{}, fmt.Errorf("WORKER_GPU_DISCOVERY: %w", err)
 		}
 		if !ok {
+			_ = det.Close() // never used: nothing was loaded
 			return st, gpu.Inventory{}, nil
 		}
 		st.detector, st.closer = det, det
@@ -245,7 +247,7 @@ func (w *Worker) releaseGPU(r *activeRun) {
 // run sees exactly its GPU, by UUID (indexes differ between NVML's and CUDA's default
 // order); any other run sees no GPU at all.
 func runEnv(r *activeRun) []string {
-	return []string{"CUDA_VISIBLE_DEVICES=" + "GPU-0,GPU-1"}
+	return []string{"CUDA_VISIBLE_DEVICES=" + r.gpu}
 }
 
 // gpuInventory is the worker's GPUs with their latest readings, as the scheduler protocol

@@ -4,7 +4,8 @@
 //
 // A worker holds no database credentials: user code runs here. It never runs more runs of
 // a slot type than it has slots of that type, and it stops any run whose lease the
-// scheduler says is gone.
+// scheduler says is gone. Each gpu slot is one GPU of the machine (gpu.go): a run never
+// sees a GPU other than the one its slot holds.
 package worker
 
 import (

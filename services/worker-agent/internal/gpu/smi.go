@@ -14,8 +14,8 @@ import (
 // SMIQuery is the field list SMI asks nvidia-smi for, in the order ParseSMI reads it.
 const SMIQuery = "index,uuid,name,memory.total,memory.used,utilization.gpu,temperature.gpu"
 
-// SMIArgs are the arguments SMI runs nvidia-smi with.
-var SMIArgs = []string{"--query-gpu=" + SMIQuery, "--format=csv,noheader,nounits"}
+// smiArgs are the arguments SMI runs nvidia-smi with.
+var smiArgs = []string{"--query-gpu=" + SMIQuery, "--format=csv,noheader,nounits"}
 
 // DefaultSMITimeout bounds one nvidia-smi run: a wedged driver can make it hang.
 const DefaultSMITimeout = 15 * time.Second
@@ -45,7 +45,7 @@ func (s *SMI) Detect(ctx context.Context) (Inventory, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, path, SMIArgs...)
+	cmd := exec.CommandContext(ctx, path, smiArgs...)
 	cmd.WaitDelay = time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -63,7 +63,7 @@ func (s *SMI) Detect(ctx context.Context) (Inventory, error) {
 	inv := Inventory{Source: SourceSMI}
 	gpus, notes, err := ParseSMI(stdout.Bytes())
 	if err != nil {
-		return Inventory{}, fmt.Errorf("reading the output of %s %s: %w", path, strings.Join(SMIArgs, " "), err)
+		return Inventory{}, fmt.Errorf("reading the output of %s %s: %w", path, strings.Join(smiArgs, " "), err)
 	}
 	inv.GPUs = gpus
 	said := strings.TrimSpace(strings.Join(append(notes, strings.TrimSpace(stderr.String())), "\n"))

@@ -105,11 +105,11 @@ func TestParseSMIVariants(t *testing.T) {
 	require.Empty(t, notes)
 
 	for in, msg := range map[string]string{
-		"0, [N/A], NVIDIA L4, 23034, 0, 0, 30":       "has no UUID",
-		"0, GPU-x, NVIDIA L4, lots, 0, 0, 30":        `memory.total "lots" is not a whole number of MiB`,
-		"0, GPU-x, NVIDIA L4, 23034, -1, 0, 30":      `memory.used "-1"`,
-		"0, GPU-x, NVIDIA L4, 23034, 0, 12.5, 30":    `utilization.gpu "12.5"`,
-		"0, GPU-x, NVIDIA L4, 23034, 0, 0, 30 F":     `temperature.gpu "30 F"`,
+		"0, [N/A], NVIDIA L4, 23034, 0, 0, 30":                                        "has no UUID",
+		"0, GPU-x, NVIDIA L4, lots, 0, 0, 30":                                         `memory.total "lots" is not a whole number of MiB`,
+		"0, GPU-x, NVIDIA L4, 23034, -1, 0, 30":                                       `memory.used "-1"`,
+		"0, GPU-x, NVIDIA L4, 23034, 0, 12.5, 30":                                     `utilization.gpu "12.5"`,
+		"0, GPU-x, NVIDIA L4, 23034, 0, 0, 30 F":                                      `temperature.gpu "30 F"`,
 		"1, GPU-y, NVIDIA L4, 23034, 0, 0, 30\n-1, GPU-x, NVIDIA L4, 23034, 0, 0, 30": `line 2 "-1, GPU-x`,
 	} {
 		_, _, err := gpu.ParseSMI([]byte(in))
