@@ -378,3 +378,16 @@ func TestParseQuantity(t *testing.T) {
 		require.Error(t, err, in)
 	}
 }
+
+func TestFormatQuantityRoundTrips(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"2Gi", "512Mi", "100Ki", "3Ti", "1000"} {
+		n, err := flow.ParseQuantity(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := flow.FormatQuantity(n); got != s {
+			t.Errorf("FormatQuantity(ParseQuantity(%q)) = %q", s, got)
+		}
+	}
+}

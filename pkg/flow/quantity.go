@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/big"
 	"regexp"
+	"strconv"
 )
 
 var quantityRE = regexp.MustCompile(`^([0-9]+)(?:\.([0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$`)
@@ -40,4 +41,18 @@ func ParseQuantity(s string) (int64, error) {
 		return 0, fmt.Errorf("quantity %q is too large", s)
 	}
 	return n.Int64(), nil
+}
+
+// FormatQuantity writes n bytes the way flows write quantities: the largest binary unit
+// that divides it exactly (2Gi, 512Mi, 100Ki), else plain bytes.
+func FormatQuantity(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }

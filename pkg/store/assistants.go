@@ -24,19 +24,22 @@ type Assistant struct {
 	Timeout          time.Duration
 	MaxAttempts      int32
 	Config           map[string]any
-	CreateTime       time.Time
-	UpdateTime       time.Time
+	// GPUMemoryBytes is the free GPU memory a run needs (0 = any GPU).
+	GPUMemoryBytes int64
+	CreateTime     time.Time
+	UpdateTime     time.Time
 }
 
 const assistantColumns = `tenant_id, id, version, display_name, flow, slot_type, priority,
-	concurrency_limit, timeout_ms, max_attempts, config, create_time, update_time`
+	concurrency_limit, timeout_ms, max_attempts, config, create_time, update_time, gpu_memory_bytes`
 
 func scanAssistant(row pgx.Row) (*Assistant, error) {
 	var a Assistant
 	var timeoutMS int64
 	var config []byte
 	if err := row.Scan(&a.TenantID, &a.ID, &a.Version, &a.DisplayName, &a.Flow, &a.SlotType,
-		&a.Priority, &a.ConcurrencyLimit, &timeoutMS, &a.MaxAttempts, &config, &a.CreateTime, &a.UpdateTime); err != nil {
+		&a.Priority, &a.ConcurrencyLimit, &timeoutMS, &a.MaxAttempts, &config, &a.CreateTime, &a.UpdateTime,
+		&a.GPUMemoryBytes); err != nil {
 		return nil, err
 	}
 	a.Timeout = time.Duration(timeoutMS) * time.Millisecond
@@ -63,11 +66,11 @@ func (s *Store) CreateAssistant(ctx context.Context, a *Assistant) (*Assistant, 
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		out, err = scanAssistant(tx.QueryRow(ctx, `
 			INSERT INTO assistants (tenant_id, id, version, display_name, flow, slot_type, priority,
-				concurrency_limit, timeout_ms, max_attempts, config)
-			VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10)
+				concurrency_limit, timeout_ms, max_attempts, config, gpu_memory_bytes)
+			VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 			RETURNING `+assistantColumns,
 			a.TenantID, a.ID, a.DisplayName, a.Flow, a.SlotType, a.Priority, a.ConcurrencyLimit,
-			a.Timeout.Milliseconds(), a.MaxAttempts, config))
+			a.Timeout.Milliseconds(), a.MaxAttempts, config, a.GPUMemoryBytes))
 		if err != nil {
 			return err
 		}
@@ -162,11 +165,11 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 		out, err = scanAssistant(tx.QueryRow(ctx, `
 			UPDATE assistants SET version = version + 1, display_name = $3, flow = $4, slot_type = $5,
 				priority = $6, concurrency_limit = $7, timeout_ms = $8, max_attempts = $9, config = $10,
-				update_time = now()
+				gpu_memory_bytes = $11, update_time = now()
 			WHERE tenant_id = $1 AND id = $2
 			RETURNING `+assistantColumns,
 			tenant, id, a.DisplayName, a.Flow, a.SlotType, a.Priority, a.ConcurrencyLimit,
-			a.Timeout.Milliseconds(), a.MaxAttempts, config))
+			a.Timeout.Milliseconds(), a.MaxAttempts, config, a.GPUMemoryBytes))
 		if err != nil {
 			return err
 		}

@@ -38,6 +38,9 @@ type ClaimParams struct {
 	Limit int
 	// LeaseTTL is how long the lease lasts unless renewed.
 	LeaseTTL time.Duration
+	// MaxGPUMemory, when set, claims only runs needing at most that much free GPU memory
+	// (the free memory of the GPU being filled).
+	MaxGPUMemory *int64
 }
 
 type candidate struct {
@@ -66,9 +69,10 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 				AND NOT EXISTS (SELECT 1 FROM assistant_load l
 					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id
 						AND l.running >= l.concurrency_limit)
+				AND ($3::bigint IS NULL OR (SELECT r.gpu_memory_bytes FROM runs r WHERE r.id = q.run_id) <= $3)
 			ORDER BY q.priority DESC, q.seq
 			LIMIT $2
-			FOR UPDATE OF q SKIP LOCKED`, p.SlotType, p.Limit)
+			FOR UPDATE OF q SKIP LOCKED`, p.SlotType, p.Limit, p.MaxGPUMemory)
 		if err != nil {
 			return err
 		}

@@ -210,12 +210,12 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 					WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
 			), ins AS (
 				INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
-					slot_type, input, max_attempts, timeout_ms, request_id)
+					slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes)
 				SELECT i.id, $1, a.id, a.version, nullif(i.thread_id, ''), nextval('run_seq'), 1,
 					coalesce(i.priority, a.priority), a.slot_type, i.input,
 					CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
 					least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
-					nullif(i.request_id, '')
+					nullif(i.request_id, ''), a.gpu_memory_bytes
 				FROM input i JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
 				ORDER BY i.ord
 				ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING

@@ -433,3 +433,21 @@ func TestClusterStats(t *testing.T) {
 		{Pool: "gpu", WorkersReady: 1, Slots: []store.SlotCount{{Type: "cpu", Total: 2}, {Type: "gpu", Total: 1}}},
 	}, pools)
 }
+
+func TestClaimByFreeGPUMemory(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "big", func(a *store.Assistant) { a.SlotType = "gpu"; a.GPUMemoryBytes = 40 << 30 })
+	newAssistant(t, st, "small", func(a *store.Assistant) { a.SlotType = "gpu"; a.GPUMemoryBytes = 8 << 30 })
+	big := enqueue(t, st, store.NewRun{AssistantID: "big", Priority: prio(9)})[0]
+	small := enqueue(t, st, store.NewRun{AssistantID: "small"})[0]
+	free := int64(16 << 30)
+	cs, err := st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: "w", SlotType: "gpu", Limit: 1, LeaseTTL: time.Minute, MaxGPUMemory: &free})
+	require.NoError(t, err)
+	require.Len(t, cs, 1)
+	require.Equal(t, small.ID, cs[0].Run.ID, "the big run does not fit a GPU with 16Gi free; the small one does")
+	free = 80 << 30
+	cs, err = st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: "w", SlotType: "gpu", Limit: 1, LeaseTTL: time.Minute, MaxGPUMemory: &free})
+	require.NoError(t, err)
+	require.Equal(t, big.ID, cs[0].Run.ID)
+}

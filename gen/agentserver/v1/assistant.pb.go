@@ -52,7 +52,9 @@ type Assistant struct {
 	// Output only.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Default configuration passed to every step as "config".
-	Config        *structpb.Struct `protobuf:"bytes,12,opt,name=config,proto3" json:"config,omitempty"`
+	Config *structpb.Struct `protobuf:"bytes,12,opt,name=config,proto3" json:"config,omitempty"`
+	// What a run of this assistant needs besides its slot.
+	Resources     *AssistantResources `protobuf:"bytes,13,opt,name=resources,proto3" json:"resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -171,6 +173,60 @@ func (x *Assistant) GetConfig() *structpb.Struct {
 	return nil
 }
 
+func (x *Assistant) GetResources() *AssistantResources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// AssistantResources are what a run needs besides its slot.
+type AssistantResources struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Free GPU memory a run needs on its GPU, as a quantity ("8Gi", "512Mi"); only with
+	// slot_type "gpu". Runs wait until a GPU with that much free memory is available.
+	GpuMemory     string `protobuf:"bytes,1,opt,name=gpu_memory,json=gpuMemory,proto3" json:"gpu_memory,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssistantResources) Reset() {
+	*x = AssistantResources{}
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssistantResources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssistantResources) ProtoMessage() {}
+
+func (x *AssistantResources) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssistantResources.ProtoReflect.Descriptor instead.
+func (*AssistantResources) Descriptor() ([]byte, []int) {
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AssistantResources) GetGpuMemory() string {
+	if x != nil {
+		return x.GpuMemory
+	}
+	return ""
+}
+
 // CreateAssistantRequest is the request of CreateAssistant.
 type CreateAssistantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -184,7 +240,7 @@ type CreateAssistantRequest struct {
 
 func (x *CreateAssistantRequest) Reset() {
 	*x = CreateAssistantRequest{}
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[1]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +252,7 @@ func (x *CreateAssistantRequest) String() string {
 func (*CreateAssistantRequest) ProtoMessage() {}
 
 func (x *CreateAssistantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[1]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +265,7 @@ func (x *CreateAssistantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAssistantRequest.ProtoReflect.Descriptor instead.
 func (*CreateAssistantRequest) Descriptor() ([]byte, []int) {
-	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{1}
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateAssistantRequest) GetAssistant() *Assistant {
@@ -237,7 +293,7 @@ type GetAssistantRequest struct {
 
 func (x *GetAssistantRequest) Reset() {
 	*x = GetAssistantRequest{}
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[2]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +305,7 @@ func (x *GetAssistantRequest) String() string {
 func (*GetAssistantRequest) ProtoMessage() {}
 
 func (x *GetAssistantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[2]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +318,7 @@ func (x *GetAssistantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssistantRequest.ProtoReflect.Descriptor instead.
 func (*GetAssistantRequest) Descriptor() ([]byte, []int) {
-	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{2}
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetAssistantRequest) GetName() string {
@@ -285,7 +341,7 @@ type ListAssistantsRequest struct {
 
 func (x *ListAssistantsRequest) Reset() {
 	*x = ListAssistantsRequest{}
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[3]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +353,7 @@ func (x *ListAssistantsRequest) String() string {
 func (*ListAssistantsRequest) ProtoMessage() {}
 
 func (x *ListAssistantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[3]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +366,7 @@ func (x *ListAssistantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssistantsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssistantsRequest) Descriptor() ([]byte, []int) {
-	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{3}
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListAssistantsRequest) GetPageSize() int32 {
@@ -340,7 +396,7 @@ type ListAssistantsResponse struct {
 
 func (x *ListAssistantsResponse) Reset() {
 	*x = ListAssistantsResponse{}
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[4]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +408,7 @@ func (x *ListAssistantsResponse) String() string {
 func (*ListAssistantsResponse) ProtoMessage() {}
 
 func (x *ListAssistantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[4]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +421,7 @@ func (x *ListAssistantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssistantsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssistantsResponse) Descriptor() ([]byte, []int) {
-	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{4}
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListAssistantsResponse) GetAssistants() []*Assistant {
@@ -395,7 +451,7 @@ type UpdateAssistantRequest struct {
 
 func (x *UpdateAssistantRequest) Reset() {
 	*x = UpdateAssistantRequest{}
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[5]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +463,7 @@ func (x *UpdateAssistantRequest) String() string {
 func (*UpdateAssistantRequest) ProtoMessage() {}
 
 func (x *UpdateAssistantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[5]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +476,7 @@ func (x *UpdateAssistantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAssistantRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAssistantRequest) Descriptor() ([]byte, []int) {
-	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{5}
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateAssistantRequest) GetAssistant() *Assistant {
@@ -448,7 +504,7 @@ type DeleteAssistantRequest struct {
 
 func (x *DeleteAssistantRequest) Reset() {
 	*x = DeleteAssistantRequest{}
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[6]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +516,7 @@ func (x *DeleteAssistantRequest) String() string {
 func (*DeleteAssistantRequest) ProtoMessage() {}
 
 func (x *DeleteAssistantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_v1_assistant_proto_msgTypes[6]
+	mi := &file_agentserver_v1_assistant_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +529,7 @@ func (x *DeleteAssistantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssistantRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssistantRequest) Descriptor() ([]byte, []int) {
-	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{6}
+	return file_agentserver_v1_assistant_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteAssistantRequest) GetName() string {
@@ -487,7 +543,7 @@ var File_agentserver_v1_assistant_proto protoreflect.FileDescriptor
 
 const file_agentserver_v1_assistant_proto_rawDesc = "" +
 	"\n" +
-	"\x1eagentserver/v1/assistant.proto\x12\x0eagentserver.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x03\n" +
+	"\x1eagentserver/v1/assistant.proto\x12\x0eagentserver.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x04\n" +
 	"\tAssistant\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -503,7 +559,11 @@ const file_agentserver_v1_assistant_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12/\n" +
-	"\x06config\x18\f \x01(\v2\x17.google.protobuf.StructR\x06config\"t\n" +
+	"\x06config\x18\f \x01(\v2\x17.google.protobuf.StructR\x06config\x12@\n" +
+	"\tresources\x18\r \x01(\v2\".agentserver.v1.AssistantResourcesR\tresources\"3\n" +
+	"\x12AssistantResources\x12\x1d\n" +
+	"\n" +
+	"gpu_memory\x18\x01 \x01(\tR\tgpuMemory\"t\n" +
 	"\x16CreateAssistantRequest\x127\n" +
 	"\tassistant\x18\x01 \x01(\v2\x19.agentserver.v1.AssistantR\tassistant\x12!\n" +
 	"\fassistant_id\x18\x02 \x01(\tR\vassistantId\")\n" +
@@ -543,45 +603,47 @@ func file_agentserver_v1_assistant_proto_rawDescGZIP() []byte {
 	return file_agentserver_v1_assistant_proto_rawDescData
 }
 
-var file_agentserver_v1_assistant_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_agentserver_v1_assistant_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_agentserver_v1_assistant_proto_goTypes = []any{
 	(*Assistant)(nil),              // 0: agentserver.v1.Assistant
-	(*CreateAssistantRequest)(nil), // 1: agentserver.v1.CreateAssistantRequest
-	(*GetAssistantRequest)(nil),    // 2: agentserver.v1.GetAssistantRequest
-	(*ListAssistantsRequest)(nil),  // 3: agentserver.v1.ListAssistantsRequest
-	(*ListAssistantsResponse)(nil), // 4: agentserver.v1.ListAssistantsResponse
-	(*UpdateAssistantRequest)(nil), // 5: agentserver.v1.UpdateAssistantRequest
-	(*DeleteAssistantRequest)(nil), // 6: agentserver.v1.DeleteAssistantRequest
-	(*durationpb.Duration)(nil),    // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 8: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),        // 9: google.protobuf.Struct
-	(*fieldmaskpb.FieldMask)(nil),  // 10: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),          // 11: google.protobuf.Empty
+	(*AssistantResources)(nil),     // 1: agentserver.v1.AssistantResources
+	(*CreateAssistantRequest)(nil), // 2: agentserver.v1.CreateAssistantRequest
+	(*GetAssistantRequest)(nil),    // 3: agentserver.v1.GetAssistantRequest
+	(*ListAssistantsRequest)(nil),  // 4: agentserver.v1.ListAssistantsRequest
+	(*ListAssistantsResponse)(nil), // 5: agentserver.v1.ListAssistantsResponse
+	(*UpdateAssistantRequest)(nil), // 6: agentserver.v1.UpdateAssistantRequest
+	(*DeleteAssistantRequest)(nil), // 7: agentserver.v1.DeleteAssistantRequest
+	(*durationpb.Duration)(nil),    // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),        // 10: google.protobuf.Struct
+	(*fieldmaskpb.FieldMask)(nil),  // 11: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),          // 12: google.protobuf.Empty
 }
 var file_agentserver_v1_assistant_proto_depIdxs = []int32{
-	7,  // 0: agentserver.v1.Assistant.timeout:type_name -> google.protobuf.Duration
-	8,  // 1: agentserver.v1.Assistant.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 2: agentserver.v1.Assistant.update_time:type_name -> google.protobuf.Timestamp
-	9,  // 3: agentserver.v1.Assistant.config:type_name -> google.protobuf.Struct
-	0,  // 4: agentserver.v1.CreateAssistantRequest.assistant:type_name -> agentserver.v1.Assistant
-	0,  // 5: agentserver.v1.ListAssistantsResponse.assistants:type_name -> agentserver.v1.Assistant
-	0,  // 6: agentserver.v1.UpdateAssistantRequest.assistant:type_name -> agentserver.v1.Assistant
-	10, // 7: agentserver.v1.UpdateAssistantRequest.update_mask:type_name -> google.protobuf.FieldMask
-	1,  // 8: agentserver.v1.AssistantService.CreateAssistant:input_type -> agentserver.v1.CreateAssistantRequest
-	2,  // 9: agentserver.v1.AssistantService.GetAssistant:input_type -> agentserver.v1.GetAssistantRequest
-	3,  // 10: agentserver.v1.AssistantService.ListAssistants:input_type -> agentserver.v1.ListAssistantsRequest
-	5,  // 11: agentserver.v1.AssistantService.UpdateAssistant:input_type -> agentserver.v1.UpdateAssistantRequest
-	6,  // 12: agentserver.v1.AssistantService.DeleteAssistant:input_type -> agentserver.v1.DeleteAssistantRequest
-	0,  // 13: agentserver.v1.AssistantService.CreateAssistant:output_type -> agentserver.v1.Assistant
-	0,  // 14: agentserver.v1.AssistantService.GetAssistant:output_type -> agentserver.v1.Assistant
-	4,  // 15: agentserver.v1.AssistantService.ListAssistants:output_type -> agentserver.v1.ListAssistantsResponse
-	0,  // 16: agentserver.v1.AssistantService.UpdateAssistant:output_type -> agentserver.v1.Assistant
-	11, // 17: agentserver.v1.AssistantService.DeleteAssistant:output_type -> google.protobuf.Empty
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	8,  // 0: agentserver.v1.Assistant.timeout:type_name -> google.protobuf.Duration
+	9,  // 1: agentserver.v1.Assistant.create_time:type_name -> google.protobuf.Timestamp
+	9,  // 2: agentserver.v1.Assistant.update_time:type_name -> google.protobuf.Timestamp
+	10, // 3: agentserver.v1.Assistant.config:type_name -> google.protobuf.Struct
+	1,  // 4: agentserver.v1.Assistant.resources:type_name -> agentserver.v1.AssistantResources
+	0,  // 5: agentserver.v1.CreateAssistantRequest.assistant:type_name -> agentserver.v1.Assistant
+	0,  // 6: agentserver.v1.ListAssistantsResponse.assistants:type_name -> agentserver.v1.Assistant
+	0,  // 7: agentserver.v1.UpdateAssistantRequest.assistant:type_name -> agentserver.v1.Assistant
+	11, // 8: agentserver.v1.UpdateAssistantRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 9: agentserver.v1.AssistantService.CreateAssistant:input_type -> agentserver.v1.CreateAssistantRequest
+	3,  // 10: agentserver.v1.AssistantService.GetAssistant:input_type -> agentserver.v1.GetAssistantRequest
+	4,  // 11: agentserver.v1.AssistantService.ListAssistants:input_type -> agentserver.v1.ListAssistantsRequest
+	6,  // 12: agentserver.v1.AssistantService.UpdateAssistant:input_type -> agentserver.v1.UpdateAssistantRequest
+	7,  // 13: agentserver.v1.AssistantService.DeleteAssistant:input_type -> agentserver.v1.DeleteAssistantRequest
+	0,  // 14: agentserver.v1.AssistantService.CreateAssistant:output_type -> agentserver.v1.Assistant
+	0,  // 15: agentserver.v1.AssistantService.GetAssistant:output_type -> agentserver.v1.Assistant
+	5,  // 16: agentserver.v1.AssistantService.ListAssistants:output_type -> agentserver.v1.ListAssistantsResponse
+	0,  // 17: agentserver.v1.AssistantService.UpdateAssistant:output_type -> agentserver.v1.Assistant
+	12, // 18: agentserver.v1.AssistantService.DeleteAssistant:output_type -> google.protobuf.Empty
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_v1_assistant_proto_init() }
@@ -595,7 +657,7 @@ func file_agentserver_v1_assistant_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentserver_v1_assistant_proto_rawDesc), len(file_agentserver_v1_assistant_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -227,6 +227,10 @@ func (s *Server) dispatch(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			if slotType == gpuSlotType && sess.hasGPUs() {
+				s.dispatchGPUs(ctx, sess, free)
+				continue
+			}
 			claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
 				WorkerID: sess.workerID, SlotType: slotType, Limit: free, LeaseTTL: s.cfg.LeaseTTL,
 			})
@@ -237,8 +241,32 @@ func (s *Server) dispatch(ctx context.Context) {
 				continue
 			}
 			for _, c := range claims {
-				sess.assign(c)
+				sess.assign(c, "")
 			}
+		}
+	}
+}
+
+// gpuSlotType is the slot type whose slots are GPUs, placed one run per GPU.
+const gpuSlotType = "gpu"
+
+// dispatchGPUs fills free GPUs one run each, choosing for every GPU a run that needs no
+// more GPU memory than the GPU has free (largest free memory first).
+func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int) {
+	gpus := sess.freeGPUs()
+	for _, g := range gpus[:min(free, len(gpus))] {
+		mem := max(g.MemoryTotalBytes-g.MemoryUsedBytes, 0)
+		claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
+			WorkerID: sess.workerID, SlotType: gpuSlotType, Limit: 1, LeaseTTL: s.cfg.LeaseTTL, MaxGPUMemory: &mem,
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("claiming gpu runs", "worker", sess.workerID, "gpu", g.UUID, "err", err)
+			}
+			return
+		}
+		for _, c := range claims {
+			sess.assign(c, g.UUID)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,8 @@ type inflight struct {
 	attempt  int32
 	// since is when the scheduler assigned or adopted it.
 	since time.Time
+	// gpu is the UUID of the GPU the scheduler chose for it (gpu slots).
+	gpu string
 	// cancelSent records that a Cancel went out, so it is sent once.
 	cancelSent bool
 }
@@ -42,6 +45,7 @@ type session struct {
 
 	mu        sync.Mutex
 	slots     map[string]int32
+	gpus      []store.GPU
 	runs      map[uuid.UUID]*inflight
 	draining  bool
 	heartbeat time.Time
@@ -106,17 +110,47 @@ func (s *session) send(m *schedulerv1.ConnectResponse) bool {
 	}
 }
 
-// assign records a claim as in flight and pushes it to the worker. If the stream is gone
-// the run keeps its lease until it expires and is requeued: nothing is lost.
-func (s *session) assign(c *store.Claim) {
+// freeGPUs returns the GPUs no in-flight run holds, most free memory first.
+func (s *session) freeGPUs() []store.GPU {
 	s.mu.Lock()
-	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now()}
+	defer s.mu.Unlock()
+	held := make(map[string]bool)
+	for _, r := range s.runs {
+		if r.gpu != "" {
+			held[r.gpu] = true
+		}
+	}
+	var out []store.GPU
+	for _, g := range s.gpus {
+		if !held[g.UUID] {
+			out = append(out, g)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].MemoryTotalBytes-out[i].MemoryUsedBytes > out[j].MemoryTotalBytes-out[j].MemoryUsedBytes
+	})
+	return out
+}
+
+func (s *session) hasGPUs() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.gpus) > 0
+}
+
+// assign records a claim as in flight (on gpu, when set) and pushes it to the worker. If
+// the stream is gone the run keeps its lease until it expires and is requeued: nothing is
+// lost.
+func (s *session) assign(c *store.Claim, gpu string) {
+	s.mu.Lock()
+	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu}
 	s.mu.Unlock()
 	a, err := assignmentOf(c)
 	if err != nil {
 		s.srv.log.Error("encoding assignment", "run", c.Run.ID, "err", err)
 		return
 	}
+	a.GpuUuid = gpu
 	s.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_Assignment{Assignment: a}})
 }
 
@@ -247,6 +281,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 		done:      make(chan struct{}),
 		slots:     slots,
 		runs:      make(map[uuid.UUID]*inflight),
+		gpus:      storeGPUs(reg.GetGpus()),
 		draining:  reg.GetDraining(),
 		heartbeat: time.Now(),
 	}
@@ -356,6 +391,9 @@ func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.Conne
 		sess.heartbeat = time.Now()
 		wasDraining := sess.draining
 		sess.draining = hb.GetDraining()
+		if len(hb.GetGpus()) > 0 {
+			sess.gpus = storeGPUs(hb.GetGpus())
+		}
 		w := *sess.worker
 		sess.mu.Unlock()
 		w.MemoryFreeBytes = hb.GetMemoryFreeBytes()

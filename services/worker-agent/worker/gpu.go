@@ -207,17 +207,29 @@ func pickDevices(gpus []gpu.GPU, spec string) ([]gpu.GPU, error) {
 
 // gpuFree reports whether a run of slotType can get its GPU now: always for other slot
 // types. Call with w.mu held.
-func (w *Worker) gpuFree(slotType string) bool {
-	return slotType != GPUSlotType || len(w.gpus.holder) < len(w.gpus.devices)
+func (w *Worker) gpuFree(slotType, want string) bool {
+	if slotType != GPUSlotType {
+		return true
+	}
+	if want != "" {
+		// The scheduler chose this GPU (by its free memory): it must exist and be free.
+		_, busy := w.gpus.holder[want]
+		return !busy && slices.ContainsFunc(w.gpus.devices, func(d gpu.GPU) bool { return d.UUID == want })
+	}
+	return len(w.gpus.holder) < len(w.gpus.devices)
 }
 
 // takeGPU gives run a free GPU when slotType is GPUSlotType and returns its UUID: the free
 // GPU with the most free memory by the latest reading (other processes may hold some), the
-// lowest index among equals. It returns "" for other slot types. Call with w.mu held, after
-// gpuFree said yes.
-func (w *Worker) takeGPU(run, slotType string) string {
+// lowest index among equals; or the GPU want when the scheduler chose one. It returns ""
+// for other slot types. Call with w.mu held, after gpuFree said yes.
+func (w *Worker) takeGPU(run, slotType, want string) string {
 	if slotType != GPUSlotType {
 		return ""
+	}
+	if want != "" {
+		w.gpus.holder[want] = run
+		return want
 	}
 	best := -1
 	for i, d := range w.gpus.devices {

@@ -23,7 +23,7 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 		w.mu.Unlock()
 		return
 	}
-	if w.draining || w.used[a.GetSlotType()] >= w.slots[a.GetSlotType()] || !w.gpuFree(a.GetSlotType()) {
+	if w.draining || w.used[a.GetSlotType()] >= w.slots[a.GetSlotType()] || !w.gpuFree(a.GetSlotType(), a.GetGpuUuid()) {
 		w.mu.Unlock()
 		w.log.Warn("no free slot for assignment; handing it back", "run", a.GetRun(), "slot_type", a.GetSlotType())
 		w.finish(&schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_RELEASED})
@@ -31,7 +31,7 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &activeRun{name: a.GetRun(), epoch: a.GetEpoch(), slotType: a.GetSlotType(), cancel: cancel, done: make(chan struct{})}
-	r.gpu = w.takeGPU(r.name, r.slotType) // GPU wiring (gpu.go): a gpu run holds one GPU until it ends
+	r.gpu = w.takeGPU(r.name, r.slotType, a.GetGpuUuid()) // GPU wiring (gpu.go): a gpu run holds one GPU until it ends
 	w.runs[r.name] = r
 	w.used[r.slotType]++
 	w.mu.Unlock()

@@ -964,7 +964,10 @@ type Assignment struct {
 	// W3C trace context of the run.
 	TraceContext map[string]string `protobuf:"bytes,12,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Set when an interrupted step is resumed: the answer, sent as "resume" to that step.
-	Resume        *structpb.Value `protobuf:"bytes,13,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume *structpb.Value `protobuf:"bytes,13,opt,name=resume,proto3" json:"resume,omitempty"`
+	// The GPU (UUID) the scheduler chose for a gpu-slot run; the worker gives the run
+	// exactly that GPU, or hands the run back when it is not free.
+	GpuUuid       string `protobuf:"bytes,14,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1088,6 +1091,13 @@ func (x *Assignment) GetResume() *structpb.Value {
 		return x.Resume
 	}
 	return nil
+}
+
+func (x *Assignment) GetGpuUuid() string {
+	if x != nil {
+		return x.GpuUuid
+	}
+	return ""
 }
 
 // Cancel asks the worker to stop a run.
@@ -1572,7 +1582,7 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x11memory_free_bytes\x18\x01 \x01(\x03R\x0fmemoryFreeBytes\x123\n" +
 	"\x05slots\x18\x02 \x03(\v2\x1d.agentserver.v1.SlotInventoryR\x05slots\x12'\n" +
 	"\x04gpus\x18\x03 \x03(\v2\x13.agentserver.v1.GpuR\x04gpus\x12\x1a\n" +
-	"\bdraining\x18\x04 \x01(\bR\bdraining\"\xc1\x04\n" +
+	"\bdraining\x18\x04 \x01(\bR\bdraining\"\xdc\x04\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
@@ -1588,7 +1598,8 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	" \x01(\tR\bslotType\x12\x12\n" +
 	"\x04step\x18\v \x01(\tR\x04step\x12[\n" +
 	"\rtrace_context\x18\f \x03(\v26.agentserver.scheduler.v1.Assignment.TraceContextEntryR\ftraceContext\x12.\n" +
-	"\x06resume\x18\r \x01(\v2\x16.google.protobuf.ValueR\x06resume\x1a?\n" +
+	"\x06resume\x18\r \x01(\v2\x16.google.protobuf.ValueR\x06resume\x12\x19\n" +
+	"\bgpu_uuid\x18\x0e \x01(\tR\agpuUuid\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +

@@ -70,10 +70,31 @@ func (s *Assistants) validateAssistant(a *agentserverv1.Assistant, paths map[str
 			}
 		}
 	}
+	if all || paths["resources"] {
+		if _, err := gpuMemory(a); err != nil {
+			return err
+		}
+	}
 	if len(a.GetDisplayName()) > 256 {
 		return invalid("assistant.display_name", "must be at most 256 bytes")
 	}
 	return nil
+}
+
+// gpuMemory parses resources.gpu_memory (0 when unset); it needs slot_type "gpu".
+func gpuMemory(a *agentserverv1.Assistant) (int64, error) {
+	q := a.GetResources().GetGpuMemory()
+	if q == "" {
+		return 0, nil
+	}
+	n, err := flow.ParseQuantity(q)
+	if err != nil || n <= 0 {
+		return 0, invalid("assistant.resources.gpu_memory", "must be a positive quantity such as 8Gi or 512Mi (got %q)", q)
+	}
+	if a.GetSlotType() != "gpu" {
+		return 0, invalid("assistant.resources.gpu_memory", "needs slot_type \"gpu\" (got %q)", a.GetSlotType())
+	}
+	return n, nil
 }
 
 // CreateAssistant creates an assistant at version 1.
@@ -95,8 +116,10 @@ func (s *Assistants) CreateAssistant(ctx context.Context, req *agentserverv1.Cre
 	if slotType == "" {
 		slotType = "cpu"
 	}
+	gpuMem, _ := gpuMemory(a)
 	out, err := s.Store.CreateAssistant(ctx, &store.Assistant{
-		TenantID: tenant(ctx), ID: id, DisplayName: a.GetDisplayName(), Flow: a.GetFlow(), SlotType: slotType,
+		GPUMemoryBytes: gpuMem,
+		TenantID:       tenant(ctx), ID: id, DisplayName: a.GetDisplayName(), Flow: a.GetFlow(), SlotType: slotType,
 		Priority: a.GetPriority(), ConcurrencyLimit: a.GetConcurrencyLimit(), Timeout: a.GetTimeout().AsDuration(),
 		MaxAttempts: a.GetMaxAttempts(), Config: a.GetConfig().AsMap(),
 	})
@@ -151,7 +174,7 @@ func (s *Assistants) ListAssistants(ctx context.Context, req *agentserverv1.List
 
 var updatable = map[string]bool{
 	"display_name": true, "flow": true, "slot_type": true, "priority": true, "concurrency_limit": true,
-	"timeout": true, "max_attempts": true, "config": true,
+	"timeout": true, "max_attempts": true, "config": true, "resources": true,
 }
 
 // UpdateAssistant updates the fields in update_mask (all set fields when empty) and
@@ -178,6 +201,7 @@ func (s *Assistants) UpdateAssistant(ctx context.Context, req *agentserverv1.Upd
 			"display_name": a.GetDisplayName() != "", "flow": a.GetFlow() != "", "slot_type": a.GetSlotType() != "",
 			"priority": a.GetPriority() != 0, "concurrency_limit": a.GetConcurrencyLimit() != 0,
 			"timeout": a.GetTimeout() != nil, "max_attempts": a.GetMaxAttempts() != 0, "config": a.GetConfig() != nil,
+			"resources": a.GetResources() != nil,
 		} {
 			if set {
 				paths[p] = true
@@ -214,6 +238,12 @@ func (s *Assistants) UpdateAssistant(ctx context.Context, req *agentserverv1.Upd
 		}
 		if paths["config"] {
 			cur.Config = a.GetConfig().AsMap()
+		}
+		if paths["resources"] {
+			cur.GPUMemoryBytes, _ = gpuMemory(a)
+		}
+		if cur.GPUMemoryBytes > 0 && cur.SlotType != "gpu" {
+			return invalid("assistant.resources.gpu_memory", "needs slot_type \"gpu\" (the assistant's is %q)", cur.SlotType)
 		}
 		return nil
 	})

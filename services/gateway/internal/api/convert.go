@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/flow"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -52,7 +53,15 @@ func assistantToProto(a *store.Assistant) *agentserverv1.Assistant {
 		CreateTime:       timestamppb.New(a.CreateTime),
 		UpdateTime:       timestamppb.New(a.UpdateTime),
 		Config:           toStruct(a.Config),
+		Resources:        resourcesToProto(a),
 	}
+}
+
+func resourcesToProto(a *store.Assistant) *agentserverv1.AssistantResources {
+	if a.GPUMemoryBytes == 0 {
+		return nil
+	}
+	return &agentserverv1.AssistantResources{GpuMemory: flow.FormatQuantity(a.GPUMemoryBytes)}
 }
 
 func runToProto(r *store.Run) *agentserverv1.Run {

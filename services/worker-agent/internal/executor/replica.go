@@ -355,7 +355,7 @@ func (r *replica) exitFailure() *failure {
 	}
 	msg := fmt.Sprintf("executor %q %s", r.executor, how)
 	if r.memLimit > 0 {
-		msg += fmt.Sprintf(" (its memory limit, resources.memory, is %s: allocations beyond it fail)", formatBytes(r.memLimit))
+		msg += fmt.Sprintf(" (its memory limit, resources.memory, is %s: allocations beyond it fail)", flow.FormatQuantity(r.memLimit))
 	}
 	if tail := r.stderrTail(); tail != "" {
 		msg += ": " + tail
@@ -485,17 +485,4 @@ func (r *replica) call(ctx context.Context, req *request, onEvent func(map[strin
 			return rep, nil
 		}
 	}
-}
-
-// formatBytes writes n the way flows do (2Gi, 512Mi, 100Ki, 1000).
-func formatBytes(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		size   int64
-	}{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return strconv.FormatInt(n/u.size, 10) + u.suffix
-		}
-	}
-	return strconv.FormatInt(n, 10) + " bytes"
 }

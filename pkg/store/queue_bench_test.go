@@ -1,0 +1,192 @@
+package store_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/pgtest"
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// The hot paths of the queue against a real PostgreSQL (pgtest's, or
+// AGENTSERVER_TEST_DATABASE_URL's):
+//
+//	go test -run '^$' -bench . ./store/                 # enqueue, claim+finish, claim with 0/10k/100k queued
+//	go test -run '^$' -bench 'ClaimLatency/queued=1M' ./store/   # claim with 1,000,000 queued (builds it: ~1 min)
+//
+// Each benchmark gets its own database. Figures are per operation; runs/s is reported where
+// an operation handles several runs.
+
+var benchRunDefaults = store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: 24 * time.Hour}
+
+const benchAssistant = "bench"
+
+// benchStore opens a migrated store on a fresh database with one cpu assistant.
+func benchStore(b *testing.B) *store.Store {
+	b.Helper()
+	url := pgtest.NewDatabase(b)
+	require.NoError(b, store.Migrate(b.Context(), url))
+	st, err := store.Open(b.Context(), url)
+	require.NoError(b, err)
+	b.Cleanup(st.Close)
+	_, err = st.CreateAssistant(b.Context(), &store.Assistant{
+		TenantID: store.DefaultTenant, ID: benchAssistant, SlotType: "cpu",
+		Flow: "executors:\n  - name: noop\n    command: [\"true\"]\n",
+	})
+	require.NoError(b, err)
+	return st
+}
+
+func newRuns(n int) []store.NewRun {
+	runs := make([]store.NewRun, n)
+	for i := range runs {
+		runs[i] = store.NewRun{AssistantID: benchAssistant, Input: map[string]any{"i": i}}
+	}
+	return runs
+}
+
+// fillQueue queues n runs of the bench assistant with one INSERT … SELECT generate_series
+// per table (seconds for a million, where CreateRuns would take minutes), then vacuums and
+// analyses so that the claim plans against settled statistics.
+func fillQueue(b *testing.B, st *store.Store, n int) {
+	b.Helper()
+	if n == 0 {
+		return
+	}
+	ctx := b.Context()
+	pool := st.Pool()
+	_, err := pool.Exec(ctx, `
+		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority,
+			slot_type, input, max_attempts, timeout_ms)
+		SELECT gen_random_uuid(), $1, $2, 1, nextval('run_seq'), 1, 0, 'cpu', '{}', 1, 3600000
+		FROM generate_series(1, $3)`, store.DefaultTenant, benchAssistant, n)
+	require.NoError(b, err)
+	_, err = pool.Exec(ctx, `
+		INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+		SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM runs WHERE state = 1`)
+	require.NoError(b, err)
+	_, err = pool.Exec(ctx, `VACUUM ANALYZE runs, run_queue`)
+	require.NoError(b, err)
+}
+
+func claimOne(ctx context.Context, b *testing.B, st *store.Store, limit int) []*store.Claim {
+	claims, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: limit, LeaseTTL: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return claims
+}
+
+func finish(ctx context.Context, b *testing.B, st *store.Store, c *store.Claim) {
+	if _, err := st.FinishRun(ctx, store.FinishParams{
+		RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: c.State,
+	}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkEnqueue measures CreateRuns: one run per call (alone and from 8 goroutines, the
+// shape of concurrent CreateRun calls) and 1000 per call (BatchCreateRuns).
+func BenchmarkEnqueue(b *testing.B) {
+	b.Run("single", func(b *testing.B) {
+		st := benchStore(b)
+		one := newRuns(1)
+		for b.Loop() {
+			if _, err := st.CreateRuns(b.Context(), store.DefaultTenant, one, benchRunDefaults); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "runs/s")
+	})
+	b.Run("single-parallel8", func(b *testing.B) {
+		st := benchStore(b)
+		// RunParallel starts GOMAXPROCS × parallelism goroutines: 8 in all.
+		b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+		b.RunParallel(func(pb *testing.PB) {
+			one := newRuns(1)
+			for pb.Next() {
+				if _, err := st.CreateRuns(context.Background(), store.DefaultTenant, one, benchRunDefaults); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "runs/s")
+	})
+	b.Run("batch1000", func(b *testing.B) {
+		st := benchStore(b)
+		batch := newRuns(1000)
+		for b.Loop() {
+			if _, err := st.CreateRuns(b.Context(), store.DefaultTenant, batch, benchRunDefaults); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "runs/s")
+	})
+}
+
+// BenchmarkClaimFinish measures the scheduler's per-run database work: claim runs, then
+// finish each, as one worker would, with claim batches of 1 and of 64 (64 free slots).
+func BenchmarkClaimFinish(b *testing.B) {
+	for _, limit := range []int{1, 64} {
+		b.Run(fmt.Sprintf("limit=%d", limit), func(b *testing.B) {
+			st := benchStore(b)
+			ctx := b.Context()
+			// Enough queued runs for every iteration; each iteration handles limit runs.
+			fillQueue(b, st, b.N*limit)
+			b.ResetTimer()
+			handled := 0
+			for range b.N {
+				for _, c := range claimOne(ctx, b, st, limit) {
+					finish(ctx, b, st, c)
+					handled++
+				}
+			}
+			b.StopTimer()
+			require.Equal(b, b.N*limit, handled)
+			b.ReportMetric(float64(handled)/b.Elapsed().Seconds(), "runs/s")
+		})
+	}
+}
+
+// BenchmarkClaimLatency measures one ClaimRuns call (limit 1) with a deep queue: the
+// target is a flat line from 0 to 1,000,000 queued runs. queued=1M runs only when named
+// (-bench 'ClaimLatency/queued=1M'): building it takes about a minute.
+func BenchmarkClaimLatency(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		queued int
+	}{
+		{"0", 0}, {"10k", 10_000}, {"100k", 100_000}, {"1M", 1_000_000},
+	} {
+		b.Run("queued="+tc.name, func(b *testing.B) {
+			if tc.queued >= 1_000_000 && !benchNamed("1M") {
+				b.Skip("queued=1M runs only when -bench names it: -bench 'ClaimLatency/queued=1M'")
+			}
+			st := benchStore(b)
+			ctx := b.Context()
+			// b.N more than the depth, so the queue holds tc.queued runs at the last claim.
+			fillQueue(b, st, tc.queued+b.N)
+			b.ResetTimer()
+			for range b.N {
+				if len(claimOne(ctx, b, st, 1)) != 1 {
+					b.Fatal("claimed nothing from a full queue")
+				}
+			}
+		})
+	}
+}
+
+// benchNamed reports whether the -test.bench pattern names s literally, so that costly
+// cases run only when asked for and never under -bench . .
+func benchNamed(s string) bool {
+	f := flag.Lookup("test.bench")
+	return f != nil && strings.Contains(f.Value.String(), s)
+}
