@@ -243,7 +243,7 @@ func TestPoolBeingScaledIsHeldWhileOthersGoOn(t *testing.T) {
 		map[string]int{"cpu": 3, "gpu": 1}, 0)
 	release := make(chan struct{})
 	f.drv.hold["cpu"] = release
-	busyGPU := policy.PoolMetrics{QueueDepth: 9, Workers: 1, Ready: 1, SlotsTotal: 4, SlotsUsed: 4}
+	busyGPU := policy.PoolMetrics{QueueDepth: 100, Workers: 1, Ready: 1, SlotsTotal: 4, SlotsUsed: 4}
 	// cpu idles for the minute the policy asks, then shrinks: the drain hangs.
 	for range 4 {
 		require.Empty(t, f.eval(t, map[string]policy.PoolMetrics{"cpu": idle(3), "gpu": idle(1)}, nil))

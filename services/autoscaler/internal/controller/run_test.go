@@ -78,6 +78,14 @@ func TestRunScalesLocalProcessesUpAndDrainsThemDown(t *testing.T) {
 	eventually(t, "the burst to grow the pool to max", settledAt(3))
 	started := drv.PIDs("cpu")
 	require.Len(t, started, 3)
+	// A process that gets SIGTERM before it installs its handler just dies; the real
+	// worker-agent too, but with no run to lose. Wait for the stand-ins to be up.
+	for _, pid := range started {
+		eventually(t, "the stand-in to start", func() bool {
+			_, err := os.Stat(standin.Marker(dir, pid, standin.Started))
+			return err == nil
+		})
+	}
 
 	src.setBusy(0)
 	eventually(t, "idleness to shrink the pool to min", settledAt(1))

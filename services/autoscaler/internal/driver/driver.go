@@ -54,6 +54,7 @@ func (c Cmd) String() string {
 // Runner executes a command to completion and returns its standard output. Compose and
 // Command run everything through one, so tests can record the exact command lines.
 type Runner interface {
+	// Run runs c and returns its standard output; a non-zero exit is an error.
 	Run(ctx context.Context, c Cmd) ([]byte, error)
 }
 
