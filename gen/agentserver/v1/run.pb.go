@@ -805,7 +805,7 @@ func (x *ResumeRunRequest) GetValue() *structpb.Value {
 // RunEvent is one entry of a run's event log.
 type RunEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Position in the run's log (1, 2, ...): resume a stream after it.
+	// Position in the run's log: increasing (with gaps); resume a stream after it.
 	Seq int64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// runs/{run}
 	Run string `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`

@@ -92,10 +92,11 @@ type cpuTimes struct {
 }
 
 // cpuSampler reads the CPU time of process groups from /proc. A group is a set of root
-// processes with their descendants of the same command name (postgres's backends); other
-// descendants (a server's executor processes) form the group "<name>-children". Without
-// explicit roots it finds processes named agentserver and postgres whose parent has another
-// name. It also reports its own process as agentctl.
+// processes with their descendants of the same command name (postgres's backends);
+// descendants named agentserver or postgres (the private PostgreSQL of agentserver dev) go
+// to the group of that name, and other descendants (a server's executor processes) to the
+// group "<name>-children". Without explicit roots it finds processes named agentserver and
+// postgres whose parent has another name. It also reports its own process as agentctl.
 type cpuSampler struct {
 	procRoot string
 	// roots maps a group name to its root pids; nil means discover them by name.
@@ -144,6 +145,12 @@ func (s *cpuSampler) sample() (map[string]cpuTimes, error) {
 			}
 		}
 	}
+	isRoot := make(map[int]bool)
+	for _, pids := range roots {
+		for _, pid := range pids {
+			isRoot[pid] = true
+		}
+	}
 	out := make(map[string]cpuTimes)
 	add := func(name string, p procStat, reaped bool) {
 		t := out[name]
@@ -170,9 +177,15 @@ func (s *cpuSampler) sample() (map[string]cpuTimes, error) {
 				pid := stack[len(stack)-1]
 				stack = stack[:len(stack)-1]
 				p := byPID[pid]
-				if p.comm == rp.comm {
+				switch {
+				case isRoot[pid]:
+					continue // a group of its own, with its descendants
+				case p.comm == rp.comm:
 					add(name, p, true)
-				} else {
+				case slices.Contains(autoGroups, p.comm):
+					// A PostgreSQL the server started itself: its own group.
+					add(p.comm, p, true)
+				default:
 					add(name+"-children", p, true)
 				}
 				stack = append(stack, children[pid]...)

@@ -1,5 +1,5 @@
-// Package cli implements agentctl's command tree: assistants, runs and workers, spoken to a
-// gateway over its public gRPC API (agentserver.v1).
+// Package cli implements agentctl's command tree: assistants, runs, threads and workers,
+// spoken to a gateway over its public gRPC API (agentserver.v1).
 //
 // It owns flag parsing, output formatting (text tables or protojson), error reporting and exit
 // codes. It must never reach past the public API: no database, scheduler or worker access, and
@@ -116,6 +116,8 @@ type app struct {
 	// waitPace is the least time between two WaitRun calls that return early with an
 	// unchanged state, so that a server which does not block cannot make us spin.
 	waitPace time.Duration
+	// watch is how `runs watch` reconnects a broken event stream; zero fields mean defaults.
+	watch watchPolicy
 
 	conn *grpc.ClientConn
 }
@@ -175,8 +177,8 @@ func (a *app) newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "agentctl",
 		Short: "Command-line client of agentserver",
-		Long: `agentctl manages assistants, creates and waits for runs and shows the workers of an
-agentserver cluster, talking gRPC to a gateway.
+		Long: `agentctl manages assistants and threads, creates, waits for, watches and resumes runs
+and shows the workers of an agentserver cluster, talking gRPC to a gateway.
 
 Exit codes: 0 success (a waited run SUCCEEDED), 1 failure (a call failed, or a waited run
 FAILED, was CANCELLED or TIMED_OUT), 2 usage error, 3 a waited run is INTERRUPTED.`,
@@ -196,7 +198,7 @@ FAILED, was CANCELLED or TIMED_OUT), 2 usage error, 3 a waited run is INTERRUPTE
 	pf.StringVarP(&a.cfg.Output, "output", "o", def.Output, "output format: text or json")
 	pf.StringVar(&a.cfg.APIKey, "api-key", "", "API key, sent as a bearer token (env "+EnvAPIKey+")")
 
-	root.AddCommand(a.newAssistantsCommand(), a.newRunsCommand(), a.newWorkersCommand(), a.newBenchCommand())
+	root.AddCommand(a.newAssistantsCommand(), a.newRunsCommand(), a.newThreadsCommand(), a.newWorkersCommand(), a.newBenchCommand())
 	return root
 }
 

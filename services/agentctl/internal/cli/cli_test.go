@@ -135,6 +135,11 @@ func TestUsageErrorsExitTwoAndSendNothing(t *testing.T) {
 		{[]string{"workers", "list", "extra"}, "takes no arguments"},
 		{[]string{"assistants", "list", "--page-size", "-1"}, "--page-size must not be negative"},
 		{[]string{"runs", "wait", "r1", "--timeout", "-1s"}, "--timeout must not be negative"},
+		{[]string{"runs", "watch", "r1", "--timeout", "-1s"}, "--timeout must not be negative"},
+		{[]string{"runs", "watch"}, "missing ID"},
+		{[]string{"runs", "events", "r1", "--page-size", "-1"}, "--page-size must not be negative"},
+		{[]string{"threads", "get", "runs/r1"}, `"runs/r1" is not a thread id`},
+		{[]string{"threads", "state"}, "missing ID"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -11,7 +11,8 @@ import (
 
 // retryServiceConfig retries calls that are safe to repeat when the gateway is briefly
 // unavailable (a restart, a rolling deploy): reads, WaitRun and the idempotent CancelRun.
-// Creates, updates and deletes are never retried here.
+// Creates, updates, deletes and ResumeRun are never retried here. StreamRunEvents is not
+// either: `runs watch` resumes a broken stream itself, after the last event it received.
 const retryServiceConfig = `{
   "methodConfig": [{
     "name": [
@@ -21,6 +22,10 @@ const retryServiceConfig = `{
       {"service": "agentserver.v1.RunService", "method": "ListRuns"},
       {"service": "agentserver.v1.RunService", "method": "WaitRun"},
       {"service": "agentserver.v1.RunService", "method": "CancelRun"},
+      {"service": "agentserver.v1.RunService", "method": "ListRunEvents"},
+      {"service": "agentserver.v1.ThreadService", "method": "GetThread"},
+      {"service": "agentserver.v1.ThreadService", "method": "ListThreads"},
+      {"service": "agentserver.v1.ThreadService", "method": "GetThreadState"},
       {"service": "agentserver.v1.ClusterService", "method": "ListWorkers"}
     ],
     "retryPolicy": {
@@ -46,7 +51,9 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 		grpc.WithUserAgent("agentctl"),
 	}
 	if a.cfg.APIKey != "" {
-		opts = append(opts, grpc.WithUnaryInterceptor(bearerInterceptor(a.cfg.APIKey)))
+		opts = append(opts,
+			grpc.WithUnaryInterceptor(bearerInterceptor(a.cfg.APIKey)),
+			grpc.WithStreamInterceptor(bearerStreamInterceptor(a.cfg.APIKey)))
 	}
 	conn, err := grpc.NewClient(a.cfg.Addr, opts...)
 	if err != nil {
@@ -64,5 +71,14 @@ func bearerInterceptor(key string) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", value)
 		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+// bearerStreamInterceptor is bearerInterceptor for streaming calls (StreamRunEvents).
+func bearerStreamInterceptor(key string) grpc.StreamClientInterceptor {
+	value := fmt.Sprintf("Bearer %s", key)
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", value)
+		return streamer(ctx, desc, cc, method, opts...)
 	}
 }

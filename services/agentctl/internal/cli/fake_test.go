@@ -22,13 +22,14 @@ import (
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 )
 
-// fakeAPI is a test stand-in for the gateway: it serves the three public services on a
+// fakeAPI is a test stand-in for the gateway: it serves the four public services on a
 // loopback port, records every request with its metadata, and answers with what a test put in
 // its fields (or a plain echo when a field is nil). It holds no state beyond that script.
 type fakeAPI struct {
 	agentserverv1.UnimplementedAssistantServiceServer
 	agentserverv1.UnimplementedRunServiceServer
 	agentserverv1.UnimplementedClusterServiceServer
+	agentserverv1.UnimplementedThreadServiceServer
 
 	// err, when set, answers every call.
 	err error
@@ -44,6 +45,22 @@ type fakeAPI struct {
 	runPages       map[string]*agentserverv1.ListRunsResponse
 	assistantPages map[string]*agentserverv1.ListAssistantsResponse
 	workerPages    map[string]*agentserverv1.ListWorkersResponse
+	threadPages    map[string]*agentserverv1.ListThreadsResponse
+	eventPages     map[string]*agentserverv1.ListRunEventsResponse
+	// runs, when set, answers successive GetRun calls instead of run; the last one repeats.
+	runs []*agentserverv1.Run
+	// thread answers GetThread; threadState answers GetThreadState.
+	thread      *agentserverv1.Thread
+	threadState *agentserverv1.ThreadState
+	// events is the run's event log that StreamRunEvents sends from, after the request's
+	// after_seq, as the real gateway does.
+	events []*agentserverv1.RunEvent
+	// streams scripts successive StreamRunEvents calls; once they are used up, a call sends
+	// every event after after_seq and ends the stream.
+	streams []streamScript
+	// streaming, when set, receives the request of each stream that blocks (see
+	// streamScript.block) once it has sent its events.
+	streaming chan *agentserverv1.StreamRunEventsRequest
 
 	mu    sync.Mutex
 	calls []fakeCall
@@ -61,10 +78,11 @@ func startFake(t *testing.T, f *fakeAPI) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := grpc.NewServer(grpc.UnaryInterceptor(f.record))
+	srv := grpc.NewServer(grpc.UnaryInterceptor(f.record), grpc.StreamInterceptor(f.recordStream))
 	agentserverv1.RegisterAssistantServiceServer(srv, f)
 	agentserverv1.RegisterRunServiceServer(srv, f)
 	agentserverv1.RegisterClusterServiceServer(srv, f)
+	agentserverv1.RegisterThreadServiceServer(srv, f)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String()
@@ -83,6 +101,32 @@ func (f *fakeAPI) record(ctx context.Context, req any, info *grpc.UnaryServerInf
 		return nil, f.err
 	}
 	return handler(ctx, req)
+}
+
+// recordStream records a server-streaming call with its one request, then hands it on.
+func (f *fakeAPI) recordStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if f.err != nil {
+		return f.err
+	}
+	return handler(srv, &recordingStream{ServerStream: ss, f: f, method: info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]})
+}
+
+// recordingStream records the request of a server-streaming call as the handler reads it.
+type recordingStream struct {
+	grpc.ServerStream
+	f      *fakeAPI
+	method string
+}
+
+func (s *recordingStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	md, _ := metadata.FromIncomingContext(s.Context())
+	s.f.mu.Lock()
+	s.f.calls = append(s.f.calls, fakeCall{method: s.method, req: proto.Clone(m.(proto.Message)), md: md.Copy()})
+	s.f.mu.Unlock()
+	return nil
 }
 
 // requests returns the recorded requests of method, in order.
@@ -168,6 +212,16 @@ func (f *fakeAPI) CreateRun(_ context.Context, req *agentserverv1.CreateRunReque
 }
 
 func (f *fakeAPI) GetRun(_ context.Context, req *agentserverv1.GetRunRequest) (*agentserverv1.Run, error) {
+	f.mu.Lock()
+	if len(f.runs) > 0 {
+		next := f.runs[0]
+		if len(f.runs) > 1 {
+			f.runs = f.runs[1:]
+		}
+		f.mu.Unlock()
+		return next, nil
+	}
+	f.mu.Unlock()
 	if f.run == nil {
 		return nil, status.Errorf(codes.NotFound, "%s not found", req.GetName())
 	}
@@ -208,6 +262,90 @@ func (f *fakeAPI) WaitRun(ctx context.Context, req *agentserverv1.WaitRunRequest
 	}
 }
 
+func (f *fakeAPI) ResumeRun(_ context.Context, req *agentserverv1.ResumeRunRequest) (*agentserverv1.Run, error) {
+	return &agentserverv1.Run{Name: req.GetName(), State: agentserverv1.Run_QUEUED}, nil
+}
+
+func (f *fakeAPI) ListRunEvents(_ context.Context, req *agentserverv1.ListRunEventsRequest) (*agentserverv1.ListRunEventsResponse, error) {
+	if p, ok := f.eventPages[req.GetPageToken()]; ok {
+		return p, nil
+	}
+	return nil, status.Errorf(codes.InvalidArgument, "bad page token %q", req.GetPageToken())
+}
+
+// streamScript is what one StreamRunEvents call does.
+type streamScript struct {
+	// send is how many events after after_seq it sends (fewer if the log has fewer).
+	send int
+	// rewind makes it start this many events before after_seq, as a faulty server would.
+	rewind int
+	// err ends the call after the events are sent; nil ends the stream cleanly.
+	err error
+	// block, instead, keeps the stream open until the client goes away, like the gateway
+	// does while a run is live (or INTERRUPTED).
+	block bool
+}
+
+func (f *fakeAPI) StreamRunEvents(req *agentserverv1.StreamRunEventsRequest, stream grpc.ServerStreamingServer[agentserverv1.RunEvent]) error {
+	f.mu.Lock()
+	script := streamScript{send: len(f.events)}
+	if len(f.streams) > 0 {
+		script, f.streams = f.streams[0], f.streams[1:]
+	}
+	f.mu.Unlock()
+	first := len(f.events)
+	for i, ev := range f.events {
+		if ev.GetSeq() > req.GetAfterSeq() {
+			first = i
+			break
+		}
+	}
+	for _, ev := range f.events[max(first-script.rewind, 0):min(first+script.send, len(f.events))] {
+		if err := stream.Send(ev); err != nil {
+			return err
+		}
+	}
+	if script.block {
+		if f.streaming != nil {
+			f.streaming <- req
+		}
+		<-stream.Context().Done()
+		return stream.Context().Err()
+	}
+	return script.err
+}
+
+func (f *fakeAPI) CreateThread(_ context.Context, req *agentserverv1.CreateThreadRequest) (*agentserverv1.Thread, error) {
+	t := proto.CloneOf(req.GetThread())
+	t.Name = "threads/t1"
+	return t, nil
+}
+
+func (f *fakeAPI) GetThread(_ context.Context, req *agentserverv1.GetThreadRequest) (*agentserverv1.Thread, error) {
+	if f.thread == nil {
+		return nil, status.Errorf(codes.NotFound, "%s not found", req.GetName())
+	}
+	return f.thread, nil
+}
+
+func (f *fakeAPI) ListThreads(_ context.Context, req *agentserverv1.ListThreadsRequest) (*agentserverv1.ListThreadsResponse, error) {
+	if p, ok := f.threadPages[req.GetPageToken()]; ok {
+		return p, nil
+	}
+	return nil, status.Errorf(codes.InvalidArgument, "bad page token %q", req.GetPageToken())
+}
+
+func (f *fakeAPI) DeleteThread(context.Context, *agentserverv1.DeleteThreadRequest) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
+}
+
+func (f *fakeAPI) GetThreadState(_ context.Context, req *agentserverv1.GetThreadStateRequest) (*agentserverv1.ThreadState, error) {
+	if f.threadState == nil {
+		return nil, status.Errorf(codes.NotFound, "%s not found", req.GetName())
+	}
+	return f.threadState, nil
+}
+
 func (f *fakeAPI) ListWorkers(_ context.Context, req *agentserverv1.ListWorkersRequest) (*agentserverv1.ListWorkersResponse, error) {
 	if p, ok := f.workerPages[req.GetPageToken()]; ok {
 		return p, nil
@@ -243,6 +381,12 @@ func newHarness(t *testing.T, f *fakeAPI) *harness {
 // that tests can still pass their own.
 func (h *harness) run(args ...string) result {
 	h.t.Helper()
+	return h.runContext(h.t.Context(), args...)
+}
+
+// runContext is run under ctx, which a test cancels to play Ctrl-C.
+func (h *harness) runContext(ctx context.Context, args ...string) result {
+	h.t.Helper()
 	var stdout, stderr bytes.Buffer
 	a := newApp(Env{
 		Stdin:  strings.NewReader(h.stdin),
@@ -261,7 +405,8 @@ func (h *harness) run(args ...string) result {
 		IsTerminal: func(io.Writer) bool { return h.terminal },
 	})
 	a.waitPace = 0
-	code := a.run(h.t.Context(), args)
+	a.watch = watchPolicy{backoff: time.Millisecond, maxBackoff: time.Millisecond}
+	code := a.run(ctx, args)
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
 
@@ -269,4 +414,14 @@ func (h *harness) run(args ...string) result {
 func requireProtoEqual(t *testing.T, want, got proto.Message) {
 	t.Helper()
 	require.True(t, proto.Equal(want, got), "want:\n%s\ngot:\n%s", prototext.Format(want), prototext.Format(got))
+}
+
+// requireJSONOf fails unless got is want as -o json prints it: every field present, so an
+// unset google.protobuf.Value (Run.prompt) is null, which would read back as a set
+// NULL_VALUE and make a comparison of messages fail.
+func requireJSONOf(t *testing.T, want proto.Message, got string) {
+	t.Helper()
+	b, err := jsonOptions.Marshal(want)
+	require.NoError(t, err)
+	require.JSONEq(t, string(b), got)
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,13 +15,16 @@ import (
 )
 
 func (a *app) newRunsCommand() *cobra.Command {
-	cmd := newGroup("runs", "Create, list, wait for and cancel runs", "run")
+	cmd := newGroup("runs", "Create, list, wait for, watch, resume and cancel runs", "run")
 	cmd.AddCommand(
 		a.newRunsCreateCommand(),
 		a.newRunsGetCommand(),
 		a.newRunsListCommand(),
 		a.newRunsCancelCommand(),
 		a.newRunsWaitCommand(),
+		a.newRunsWatchCommand(),
+		a.newRunsEventsCommand(),
+		a.newRunsResumeCommand(),
 	)
 	return cmd
 }
@@ -28,6 +32,7 @@ func (a *app) newRunsCommand() *cobra.Command {
 func (a *app) newRunsCreateCommand() *cobra.Command {
 	var (
 		assistant, input, inputFile, requestID string
+		thread, multitask                      string
 		priority                               int32
 		timeout                                time.Duration
 		wait                                   bool
@@ -36,9 +41,15 @@ func (a *app) newRunsCreateCommand() *cobra.Command {
 		Use:   "create --assistant ID [--input JSON | --input-file FILE] [flags]",
 		Short: "Enqueue a run of an assistant; with --wait, wait for its result",
 		Long: `Create enqueues a run and returns at once with state QUEUED. With --wait it then waits
-until the run ends (or is INTERRUPTED), printing its output and exiting like 'runs wait'.`,
+until the run ends (or is INTERRUPTED), printing its output and exiting like 'runs wait'.
+
+With --thread the run starts from the thread's state and writes its output back to it.
+--multitask says what happens when the thread already has an active run: reject (the
+server's default: this create fails), enqueue (this run waits for it) or interrupt (it is
+cancelled).`,
 		Example: `  agentctl runs create --assistant summarizer --input '{"text":"..."}' --wait
-  agentctl runs create --assistant summarizer --input-file input.json --priority 10 --request-id job-42`,
+  agentctl runs create --assistant summarizer --input-file input.json --priority 10 --request-id job-42
+  agentctl runs create --assistant chat --thread t1 --multitask enqueue --input '{"message":"hi"}'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !changed(cmd, "assistant") {
@@ -62,6 +73,19 @@ until the run ends (or is INTERRUPTED), printing its output and exiting like 'ru
 					return err
 				}
 				if run.Input, err = parseObject("--input-file", b); err != nil {
+					return err
+				}
+			}
+			if changed(cmd, "thread") {
+				if run.Thread, err = resourceName("threads", "a thread id", thread); err != nil {
+					return err
+				}
+			}
+			if changed(cmd, "multitask") {
+				if !changed(cmd, "thread") {
+					return usageErrorf("--multitask needs --thread")
+				}
+				if run.Multitask, err = parseMultitask(multitask); err != nil {
 					return err
 				}
 			}
@@ -102,6 +126,8 @@ until the run ends (or is INTERRUPTED), printing its output and exiting like 'ru
 	fs.StringVar(&assistant, "assistant", "", "assistant to run: ID or assistants/ID (required)")
 	fs.StringVar(&input, "input", "", `initial state, a JSON object, e.g. '{"text":"hello"}'`)
 	fs.StringVar(&inputFile, "input-file", "", "file with the initial state as a JSON object (- reads stdin)")
+	fs.StringVar(&thread, "thread", "", "thread to run on: ID or threads/ID")
+	fs.StringVar(&multitask, "multitask", "", "when the thread has an active run: reject, enqueue or interrupt (needs --thread)")
 	fs.Int32Var(&priority, "priority", 0, "priority (higher runs first); unset = the assistant's default")
 	fs.DurationVar(&timeout, "timeout", 0, "execution timeout of the run, e.g. 10m; unset = the assistant's default")
 	fs.StringVar(&requestID, "request-id", "", "idempotency key: creating again with the same key returns the first run")
@@ -132,7 +158,13 @@ func (a *app) newRunsGetCommand() *cobra.Command {
 			if a.jsonOutput() {
 				return a.printJSON(run)
 			}
-			return a.describeRun(run)
+			if err := a.describeRun(run); err != nil {
+				return err
+			}
+			if run.GetState() == agentserverv1.Run_INTERRUPTED {
+				fmt.Fprintf(a.env.Stderr, "It waits for input. %s\n", resumeHint(run.GetName()))
+			}
+			return nil
 		},
 	}
 }
@@ -152,6 +184,12 @@ func (a *app) describeRun(run *agentserverv1.Run) error {
 	f.add("State", "%s", run.GetState())
 	if run.GetError() != "" {
 		f.add("Error", "%s", run.GetError())
+	}
+	if run.GetStep() != "" {
+		f.add("Step", "%s", run.GetStep())
+	}
+	if run.GetPrompt() != nil {
+		f.add("Prompt", "%s", valueJSON(run.GetPrompt()))
 	}
 	f.add("Attempt", "%s", attempt(run))
 	if run.GetNextAttemptTime() != nil {
@@ -196,6 +234,18 @@ func parseState(s string) (agentserverv1.Run_State, error) {
 		}
 	}
 	return 0, usageErrorf("--state %q: want one of %s", s, strings.Join(names, ", "))
+}
+
+// multitaskPolicies are the values of --multitask, as the server spells them.
+var multitaskPolicies = []string{"reject", "enqueue", "interrupt"}
+
+// parseMultitask reads a --multitask policy in any case.
+func parseMultitask(s string) (string, error) {
+	p := strings.ToLower(s)
+	if !slices.Contains(multitaskPolicies, p) {
+		return "", usageErrorf("--multitask %q: want one of %s", s, strings.Join(multitaskPolicies, ", "))
+	}
+	return p, nil
 }
 
 func (a *app) newRunsListCommand() *cobra.Command {
@@ -351,7 +401,14 @@ func (a *app) waitAndReport(ctx context.Context, c agentserverv1.RunServiceClien
 		}
 		return err
 	}
-	if a.jsonOutput() {
+	return a.reportOutcome(run, name, limit, false)
+}
+
+// reportOutcome tells how a waited or watched run stopped and returns the error that sets
+// the exit code. A wait prints the run (-o json) or its output (text) on stdout; a watch
+// (watched) has printed the run's events there instead, and adds nothing to them.
+func (a *app) reportOutcome(run *agentserverv1.Run, name string, limit time.Duration, watched bool) error {
+	if a.jsonOutput() && !watched {
 		if err := a.printJSON(run); err != nil {
 			return err
 		}
@@ -362,6 +419,10 @@ func (a *app) waitAndReport(ctx context.Context, c agentserverv1.RunServiceClien
 		if a.jsonOutput() {
 			return nil
 		}
+		if watched {
+			fmt.Fprintf(a.env.Stderr, "%s SUCCEEDED; see its output with `agentctl runs get %s`.\n", name, id)
+			return nil
+		}
 		b, err := indentedJSON(run.GetOutput())
 		if err != nil {
 			return fmt.Errorf("encoding the output of %s: %w", name, err)
@@ -369,11 +430,15 @@ func (a *app) waitAndReport(ctx context.Context, c agentserverv1.RunServiceClien
 		_, err = a.env.Stdout.Write(b)
 		return err
 	case agentserverv1.Run_INTERRUPTED:
-		return &exitError{
-			code: ExitInterrupted,
-			msg:  fmt.Sprintf("%s is INTERRUPTED: it waits for input", name),
-			hint: fmt.Sprintf("See what it asks with `agentctl runs get %s`.", id),
+		msg := name + " is INTERRUPTED"
+		if run.GetStep() != "" {
+			msg += fmt.Sprintf(" at step %q", run.GetStep())
 		}
+		hint := resumeHint(name)
+		if run.GetPrompt() != nil {
+			hint = fmt.Sprintf("Prompt: %s\n%s", valueJSON(run.GetPrompt()), hint)
+		}
+		return &exitError{code: ExitInterrupted, msg: msg + ": it waits for input", hint: hint}
 	case agentserverv1.Run_FAILED, agentserverv1.Run_CANCELLED, agentserverv1.Run_TIMED_OUT:
 		msg := fmt.Sprintf("%s %s", name, run.GetState())
 		if run.GetError() != "" {
@@ -385,12 +450,25 @@ func (a *app) waitAndReport(ctx context.Context, c agentserverv1.RunServiceClien
 			hint: fmt.Sprintf("Details: `agentctl runs get %s`.", id),
 		}
 	default:
+		verb, again := "Wait", "wait"
+		if watched {
+			verb, again = "Watch", "watch"
+		}
+		msg := fmt.Sprintf("%s is still %s", name, run.GetState())
+		if limit > 0 {
+			msg += fmt.Sprintf(" after %s", limit)
+		}
 		return &exitError{
 			code: ExitFailure,
-			msg:  fmt.Sprintf("%s is still %s after %s", name, run.GetState(), limit),
-			hint: fmt.Sprintf("Wait longer with `agentctl runs wait %s --timeout 30m`, or stop it with `agentctl runs cancel %s`.", id, id),
+			msg:  msg,
+			hint: fmt.Sprintf("%s longer with `agentctl runs %s %s --timeout 30m`, or stop it with `agentctl runs cancel %s`.", verb, again, id, id),
 		}
 	}
+}
+
+// resumeHint tells how to answer an INTERRUPTED run.
+func resumeHint(name string) string {
+	return fmt.Sprintf("Answer with `agentctl runs resume %s --value '...'`.", shortName(name))
 }
 
 // waitRun calls WaitRun, each call blocking on the server for at most waitChunk, until the run

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -46,6 +45,15 @@ func TestRunsCreateMapsFlags(t *testing.T) {
 						Timeout:   durationpb.New(90 * time.Second),
 					},
 				}
+			},
+		},
+		{
+			name: "on a thread",
+			args: []string{"--assistant", "chat", "--thread", "threads/t1", "--multitask", "ENQUEUE"},
+			want: func(*testing.T) *agentserverv1.CreateRunRequest {
+				return &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{
+					Assistant: "assistants/chat", Thread: "threads/t1", Multitask: "enqueue",
+				}}
 			},
 		},
 		{
@@ -97,6 +105,9 @@ func TestRunsCreateUsageErrors(t *testing.T) {
 		{"wrong kind of name", []string{"--assistant", "runs/r1"}, `"runs/r1" is not an assistant id`},
 		{"bad priority", []string{"--assistant", "a", "--priority", "high"}, "invalid argument \"high\""},
 		{"negative timeout", []string{"--assistant", "a", "--timeout", "-1s"}, "--timeout must be positive"},
+		{"multitask without thread", []string{"--assistant", "a", "--multitask", "enqueue"}, "--multitask needs --thread"},
+		{"unknown multitask", []string{"--assistant", "a", "--thread", "t1", "--multitask", "later"}, "want one of reject, enqueue, interrupt"},
+		{"wrong kind of thread", []string{"--assistant", "a", "--thread", "runs/r1"}, `"runs/r1" is not a thread id`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,11 +181,9 @@ func TestRunsListAllJSONIsOneObject(t *testing.T) {
 	res := h.run("runs", "list", "--all", "-o", "json")
 
 	require.Equal(t, ExitOK, res.code, res.stderr)
-	var got agentserverv1.ListRunsResponse
-	require.NoError(t, protojson.Unmarshal([]byte(res.stdout), &got))
-	require.Len(t, got.GetRuns(), 4)
-	require.Empty(t, got.GetNextPageToken())
-	requireProtoEqual(t, listedRun(3), got.GetRuns()[2])
+	requireJSONOf(t, &agentserverv1.ListRunsResponse{Runs: []*agentserverv1.Run{
+		listedRun(1), listedRun(2), listedRun(3), listedRun(4),
+	}}, res.stdout)
 }
 
 func TestRunsListRejectsUnknownState(t *testing.T) {
@@ -267,9 +276,7 @@ func TestRunsWaitJSONPrintsTheRunAndKeepsTheExitCode(t *testing.T) {
 	res := h.run("runs", "wait", "r1", "-o", "json")
 
 	require.Equal(t, ExitFailure, res.code)
-	var got agentserverv1.Run
-	require.NoError(t, protojson.Unmarshal([]byte(res.stdout), &got))
-	requireProtoEqual(t, end, &got)
+	requireJSONOf(t, end, res.stdout)
 	require.Contains(t, res.stderr, "boom")
 }
 
@@ -348,12 +355,111 @@ func TestRunsGetAndCancel(t *testing.T) {
 
 	res = h.run("runs", "get", "r1", "--output", "json")
 	require.Equal(t, ExitOK, res.code, res.stderr)
-	var got agentserverv1.Run
-	require.NoError(t, protojson.Unmarshal([]byte(res.stdout), &got))
-	requireProtoEqual(t, run, &got)
+	requireJSONOf(t, run, res.stdout)
 
 	res = h.run("runs", "cancel", "runs/r1")
 	require.Equal(t, ExitOK, res.code, res.stderr)
 	require.Equal(t, "cancelled runs/r1 (now CANCELLED)\n", res.stdout)
 	requireProtoEqual(t, &agentserverv1.CancelRunRequest{Name: "runs/r1"}, only[*agentserverv1.CancelRunRequest](t, h.fake, "CancelRun"))
+}
+
+func TestRunsGetShowsWhatAnInterruptedRunAsks(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, &fakeAPI{run: interruptedRun(t)})
+
+	res := h.run("runs", "get", "r1")
+
+	require.Equal(t, ExitOK, res.code, res.stderr)
+	require.Contains(t, res.stdout, "State:     INTERRUPTED\n")
+	require.Contains(t, res.stdout, "Step:      approve\n")
+	require.Contains(t, res.stdout, `Prompt:    {"question":"ship it?"}`+"\n")
+	require.Equal(t, "It waits for input. Answer with `agentctl runs resume r1 --value '...'`.\n", res.stderr)
+
+	res = h.run("runs", "get", "r1", "-o", "json")
+	require.Equal(t, ExitOK, res.code, res.stderr)
+	require.Empty(t, res.stderr, "no hint with -o json")
+}
+
+func TestRunsWaitShowsWhatAnInterruptedRunAsks(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, &fakeAPI{waits: []*agentserverv1.Run{interruptedRun(t)}})
+
+	res := h.run("runs", "wait", "r1")
+
+	require.Equal(t, ExitInterrupted, res.code, res.stderr)
+	require.Empty(t, res.stdout)
+	require.Equal(t, ""+
+		"Error: runs/r1 is INTERRUPTED at step \"approve\": it waits for input\n"+
+		"Prompt: {\"question\":\"ship it?\"}\n"+
+		"Answer with `agentctl runs resume r1 --value '...'`.\n", res.stderr)
+}
+
+func TestRunsResumeSendsTheValue(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		args  []string
+		stdin string
+		want  *structpb.Value
+	}{
+		{"object", []string{"--value", `{"approved": true, "note": "ok"}`}, "",
+			structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+				"approved": structpb.NewBoolValue(true), "note": structpb.NewStringValue("ok"),
+			}})},
+		{"string from stdin", []string{"--value-file", "-"}, `"yes"`, structpb.NewStringValue("yes")},
+		{"null", []string{"--value", "null"}, "", structpb.NewNullValue()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, &fakeAPI{})
+			h.stdin = tt.stdin
+
+			res := h.run(append([]string{"runs", "resume", "r1"}, tt.args...)...)
+
+			require.Equal(t, ExitOK, res.code, res.stderr)
+			require.Equal(t, "resumed runs/r1 (QUEUED)\n", res.stdout)
+			require.Equal(t, "wait for it with: agentctl runs wait r1\n", res.stderr)
+			requireProtoEqual(t, &agentserverv1.ResumeRunRequest{Name: "runs/r1", Value: tt.want},
+				only[*agentserverv1.ResumeRunRequest](t, h.fake, "ResumeRun"))
+		})
+	}
+}
+
+func TestRunsResumeWait(t *testing.T) {
+	t.Parallel()
+	done := runIn(agentserverv1.Run_SUCCEEDED)
+	done.Output = mustStruct(t, map[string]any{"shipped": true})
+	h := newHarness(t, &fakeAPI{waits: []*agentserverv1.Run{runIn(agentserverv1.Run_RUNNING), done}})
+
+	res := h.run("runs", "resume", "r1", "--value", "true", "--wait")
+
+	require.Equal(t, ExitOK, res.code, res.stderr)
+	require.Equal(t, []string{"ResumeRun", "WaitRun", "WaitRun"}, h.fake.methods())
+	require.JSONEq(t, `{"shipped": true}`, res.stdout)
+	require.Equal(t, "resumed runs/r1\n", res.stderr)
+}
+
+func TestRunsResumeUsageErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no value", nil, "--value or --value-file is required"},
+		{"both", []string{"--value", "1", "--value-file", "-"}, "not both"},
+		{"bare word", []string{"--value", "yes"}, `--value: want JSON (a string needs its quotes, e.g. '"yes"')`},
+		{"missing file", []string{"--value-file", "/nonexistent/answer.json"}, "--value-file:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, &fakeAPI{})
+			res := h.run(append([]string{"runs", "resume", "r1"}, tt.args...)...)
+			require.Equal(t, ExitUsage, res.code, res.stderr)
+			require.Contains(t, res.stderr, tt.want)
+			require.Empty(t, h.fake.methods())
+		})
+	}
 }
