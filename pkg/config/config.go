@@ -34,7 +34,7 @@ func New(name string) *Set {
 	s := &Set{fs: flag.NewFlagSet(name, flag.ContinueOnError), errs: new([]error), lookup: os.LookupEnv,
 		fromEnv: make(map[string]bool), file: new(string)}
 	s.fs.StringVar(s.file, "config", os.Getenv("AGENTSERVER_CONFIG"),
-		"YAML file of settings; keys are flag names, e.g. `slots: cpu=4,gpu=1` (env AGENTSERVER_CONFIG)")
+		"YAML `file` of settings; keys are flag names, e.g. slots: cpu=4,gpu=1 (env AGENTSERVER_CONFIG)")
 	return s
 }
 

@@ -1,10 +1,13 @@
 // Command autoscaler scales agentserver's worker pools and gateways.
 //
+//	autoscaler run --policy FILE --driver FILE --scheduler-addr ADDRS [--gateway-addrs ADDRS] [--listen ADDR]
 //	autoscaler run --policy FILE --driver FILE --metrics-url URL [--listen ADDR]
 //	autoscaler simulate --trace FILE --policy FILE [--seed N] [--out DIR]
 //
-// `run` evaluates the policy every interval against the cluster's statistics and applies
-// its decisions through a driver (local processes, docker compose, or a command);
+// `run` evaluates the policy every interval against the cluster's statistics (the
+// schedulers' GetClusterStats and the gateways' GetLatency RPCs, or a JSON document over
+// HTTP) and applies its decisions through a driver (local processes, docker compose, or a
+// command);
 // `simulate` replays an arrival trace through the same policy and writes a report.
 package main
 
@@ -59,11 +62,14 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 
 // runConfig holds the settings of `autoscaler run`.
 type runConfig struct {
-	Policy     string
-	Driver     string
-	MetricsURL string
-	Listen     string
-	History    int
+	Policy        string
+	Driver        string
+	SchedulerAddr string
+	GatewayAddrs  string
+	RPCTimeout    time.Duration
+	MetricsURL    string
+	Listen        string
+	History       int
 }
 
 func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -71,7 +77,13 @@ func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
 	set := config.New("run")
 	set.String(&cfg.Policy, "policy", "AUTOSCALER_POLICY", "", "scaling policy YAML (see examples/policy.yaml)")
 	set.String(&cfg.Driver, "driver", "AUTOSCALER_DRIVER", "", "driver YAML: process, compose or command (see examples/driver-*.yaml)")
-	set.String(&cfg.MetricsURL, "metrics-url", "AUTOSCALER_METRICS_URL", "", "URL of the cluster statistics JSON document (see internal/metrics.Document)")
+	set.String(&cfg.SchedulerAddr, "scheduler-addr", "SCHEDULER_ADDR", "",
+		"schedulers' gRPC targets, comma-separated (host:port, dns:///..., consul:///...); any one answers GetClusterStats for the cluster, the next is tried on failure")
+	set.String(&cfg.GatewayAddrs, "gateway-addrs", "AUTOSCALER_GATEWAY_ADDRS", "",
+		"gateways' gRPC targets, comma-separated, one per gateway; their GetLatency p95s are combined (the largest); required when the policy scales gateways")
+	set.Duration(&cfg.RPCTimeout, "rpc-timeout", "AUTOSCALER_RPC_TIMEOUT", metrics.DefaultRPCTimeout, "timeout of one statistics call to one scheduler or gateway")
+	set.String(&cfg.MetricsURL, "metrics-url", "AUTOSCALER_METRICS_URL", "",
+		"instead of --scheduler-addr/--gateway-addrs: URL of a cluster statistics JSON document (see internal/metrics.Document)")
 	set.String(&cfg.Listen, "listen", "AUTOSCALER_LISTEN", ":8095", "HTTP address of /v1/decisions, /v1/status, /metrics and /healthz; empty disables")
 	set.Int(&cfg.History, "history", "AUTOSCALER_HISTORY", controller.DefaultHistory, "decisions kept in memory")
 	cmd := &cobra.Command{
@@ -91,15 +103,48 @@ func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
 	return cmd
 }
 
-// sourceFor builds the metrics source `run` reads. Today that is a JSON document over
-// HTTP; the scheduler's statistics RPC and the gateways' latency plug in here through
-// metrics.Source (metrics.ClusterStats and metrics.GatewayLatency).
-func sourceFor(cfg runConfig, pol policy.Config) (controller.MetricsSource, error) {
-	if cfg.MetricsURL == "" {
-		return nil, errors.New("no metrics source configured: pass --metrics-url (or AUTOSCALER_METRICS_URL), " +
-			"the URL of a JSON statistics document (queue depth per slot type, workers and slots per pool, gateway p95)")
+// sourceFor builds the metrics source `run` reads: the schedulers' GetClusterStats and
+// the gateways' GetLatency over gRPC (metrics.Source over metrics.SchedulerStats and
+// metrics.GatewayStats), or a JSON document over HTTP (metrics.HTTPSource). The returned
+// function releases the source's connections.
+func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger) (controller.MetricsSource, func() error, error) {
+	noop := func() error { return nil }
+	schedulers, gateways := metrics.SplitTargets(cfg.SchedulerAddr), metrics.SplitTargets(cfg.GatewayAddrs)
+	switch {
+	case cfg.MetricsURL != "" && (len(schedulers) > 0 || len(gateways) > 0):
+		return nil, nil, errors.New("--metrics-url and --scheduler-addr/--gateway-addrs are alternatives: pass one " +
+			"(SCHEDULER_ADDR and AUTOSCALER_GATEWAY_ADDRS in the environment count too)")
+	case cfg.MetricsURL != "":
+		return &metrics.HTTPSource{URL: cfg.MetricsURL, Policy: pol}, noop, nil
+	case len(schedulers) == 0:
+		if len(gateways) > 0 {
+			return nil, nil, errors.New("--scheduler-addr: required with --gateway-addrs (the schedulers report queue depth and slots)")
+		}
+		return nil, nil, errors.New("no metrics source configured: pass --scheduler-addr (or SCHEDULER_ADDR), the schedulers' " +
+			"gRPC addresses, and --gateway-addrs when the policy scales gateways; or --metrics-url, the URL of a JSON " +
+			"statistics document (queue depth per slot type, workers and slots per pool, gateway p95)")
+	case pol.Gateway != nil && len(gateways) == 0:
+		return nil, nil, fmt.Errorf("--gateway-addrs: required: the policy scales the gateways (%q) on their p95 latency", pol.Gateway.Name)
 	}
-	return &metrics.HTTPSource{URL: cfg.MetricsURL, Policy: pol}, nil
+	if pol.Gateway == nil && len(gateways) > 0 {
+		log.Info("the policy does not scale gateways: --gateway-addrs is not used")
+		gateways = nil
+	}
+	cluster, err := metrics.NewSchedulerStats(schedulers, cfg.RPCTimeout)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--scheduler-addr: %w", err)
+	}
+	src := &metrics.Source{Cluster: cluster, Policy: pol, Logger: log}
+	if len(gateways) == 0 {
+		return src, cluster.Close, nil
+	}
+	gw, err := metrics.NewGatewayStats(gateways, cfg.RPCTimeout, log)
+	if err != nil {
+		_ = cluster.Close()
+		return nil, nil, fmt.Errorf("--gateway-addrs: %w", err)
+	}
+	src.Gateway = gw
+	return src, func() error { return errors.Join(gw.Close(), cluster.Close()) }, nil
 }
 
 func run(ctx context.Context, cfg runConfig, log *slog.Logger, stdout io.Writer) error {
@@ -109,6 +154,9 @@ func run(ctx context.Context, cfg runConfig, log *slog.Logger, stdout io.Writer)
 	if cfg.Driver == "" {
 		return errors.New("--driver: required (a driver YAML file: kind process, compose or command)")
 	}
+	if cfg.RPCTimeout <= 0 {
+		return fmt.Errorf("--rpc-timeout: must be > 0 (got %s)", cfg.RPCTimeout)
+	}
 	data, err := os.ReadFile(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("--policy: %w", err)
@@ -117,10 +165,15 @@ func run(ctx context.Context, cfg runConfig, log *slog.Logger, stdout io.Writer)
 	if err != nil {
 		return fmt.Errorf("--policy %s: %w", cfg.Policy, err)
 	}
-	src, err := sourceFor(cfg, pol)
+	src, closeSource, err := sourceFor(cfg, pol, log)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err := closeSource(); err != nil {
+			log.Warn("closing the metrics source", "err", err)
+		}
+	}()
 	data, err = os.ReadFile(cfg.Driver)
 	if err != nil {
 		return fmt.Errorf("--driver: %w", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+
+	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a poller.
@@ -95,9 +100,22 @@ func TestRunNeedsAMetricsSource(t *testing.T) {
 	t.Parallel()
 	err := execute(t.Context(), io.Discard, io.Discard, "run",
 		"--policy", "../../examples/policy.yaml", "--driver", "../../examples/driver-compose.yaml")
-	require.ErrorContains(t, err, "no metrics source configured: pass --metrics-url")
+	require.ErrorContains(t, err, "no metrics source configured: pass --scheduler-addr")
 	err = execute(t.Context(), io.Discard, io.Discard, "run", "--driver", "x")
 	require.ErrorContains(t, err, "--policy: required")
+
+	run := func(args ...string) error {
+		return execute(t.Context(), io.Discard, io.Discard, append([]string{"run",
+			"--policy", "../../examples/policy.yaml", "--driver", "../../examples/driver-compose.yaml", "--listen", ""}, args...)...)
+	}
+	require.ErrorContains(t, run("--metrics-url", "http://x", "--scheduler-addr", "localhost:9091"),
+		"--metrics-url and --scheduler-addr/--gateway-addrs are alternatives")
+	require.ErrorContains(t, run("--gateway-addrs", "localhost:9090"), "--scheduler-addr: required with --gateway-addrs")
+	// The example policy scales gateways: their latency is needed.
+	require.ErrorContains(t, run("--scheduler-addr", "localhost:9091"),
+		`--gateway-addrs: required: the policy scales the gateways ("gateway")`)
+	require.ErrorContains(t, run("--scheduler-addr", "localhost:9091", "--gateway-addrs", "a:1", "--rpc-timeout", "-1s"),
+		"--rpc-timeout: must be > 0")
 }
 
 func TestRunRejectsDriverThatMissesAPool(t *testing.T) {
@@ -171,4 +189,62 @@ func TestRunScalesThroughTheCommandDriver(t *testing.T) {
 	data, err := os.ReadFile(calls)
 	require.NoError(t, err)
 	require.Equal(t, "cpu=2\n", string(data), "the count stuck: no further decision")
+}
+
+// schedulerStandIn serves GetClusterStats with fixed figures.
+type schedulerStandIn struct {
+	schedulerv1.UnimplementedSchedulerServiceServer
+}
+
+func (schedulerStandIn) GetClusterStats(context.Context, *schedulerv1.GetClusterStatsRequest) (*schedulerv1.GetClusterStatsResponse, error) {
+	return &schedulerv1.GetClusterStatsResponse{
+		SlotTypes: []*schedulerv1.SlotTypeStats{{SlotType: "cpu", Queued: 10}},
+		Pools: []*schedulerv1.PoolStats{{Pool: "cpu", WorkersReady: 1,
+			Slots: []*agentserverv1.SlotInventory{{Type: "cpu", Total: 2, Used: 2}}}},
+	}, nil
+}
+
+// run reads the cluster over gRPC: a dead scheduler address first, then a stand-in
+// scheduler whose queue makes the pool grow.
+func TestRunReadsTheSchedulersOverGRPC(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	schedulerv1.RegisterSchedulerServiceServer(srv, schedulerStandIn{})
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadAddr := dead.Addr().String()
+	require.NoError(t, dead.Close())
+
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls.log")
+	script := filepath.Join(dir, "scale.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\necho \"$POOL=$COUNT\" >> "+calls+"\n"), 0o755))
+	driverFile := filepath.Join(dir, "driver.yaml")
+	require.NoError(t, os.WriteFile(driverFile, []byte("kind: command\ncommand:\n  pools: [cpu]\n  scale: ["+script+"]\n  initial: {cpu: 1}\n"), 0o600))
+	policyFile := filepath.Join(dir, "policy.yaml")
+	require.NoError(t, os.WriteFile(policyFile, []byte(`interval: 20ms
+pools:
+  - name: cpu
+    max_replicas: 2
+    slots_per_worker: 2
+    scale_up: {queue_depth: 4, sustained: 0s, cooldown: 0s}
+`), 0o600))
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- execute(ctx, io.Discard, io.Discard, "run", "--policy", policyFile, "--driver", driverFile,
+			"--scheduler-addr", deadAddr+","+lis.Addr().String(), "--listen", "")
+	}()
+	eventually(t, "the queue_depth decision to run the script", func() bool {
+		data, _ := os.ReadFile(calls)
+		return string(data) == "cpu=2\n"
+	})
+	cancel()
+	require.NoError(t, <-done)
 }

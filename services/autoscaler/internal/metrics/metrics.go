@@ -3,8 +3,9 @@
 // latency into the policy's Snapshot, per configured pool.
 //
 // The inputs are interfaces (ClusterStats, GatewayLatency) so that any transport can feed
-// them: the scheduler's statistics RPC, or a JSON document over HTTP (HTTPSource). The
-// package only reads; it must never change the cluster or decide anything.
+// them: the scheduler's GetClusterStats RPC (SchedulerStats) and the gateways' GetLatency
+// RPC (GatewayStats), or a JSON document over HTTP (HTTPSource). The package only reads;
+// it must never change the cluster or decide anything.
 package metrics
 
 import (
@@ -44,14 +45,15 @@ type Slots struct {
 	Used int
 }
 
-// ClusterStats reports the scheduler's statistics; the scheduler's statistics RPC
-// implements it.
+// ClusterStats reports the scheduler's statistics; SchedulerStats implements it over the
+// scheduler's GetClusterStats RPC.
 type ClusterStats interface {
 	// ClusterStats returns the current statistics of the whole cluster.
 	ClusterStats(ctx context.Context) (Cluster, error)
 }
 
-// GatewayLatency reports the gateways' request latency.
+// GatewayLatency reports the gateways' request latency; GatewayStats implements it over
+// every gateway's GetLatency RPC.
 type GatewayLatency interface {
 	// GatewayP95 returns the p95 of request latency over the gateways' sliding window,
 	// all gateways together; ok is false when the window holds no request.
