@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
 )
 
 const (
@@ -28,12 +30,17 @@ const (
 	// started apart and still be one project on one set of networks.
 	projectName = "agentserver"
 
-	gpuProfile = "gpu"
+	gpuProfile       = "gpu"
+	autoscaleProfile = "autoscale"
 )
 
 var (
 	storageServices  = []string{"postgres", "redis", "minio"}
-	standardServices = []string{"gateway", "scheduler", "worker", "autoscaler"}
+	standardServices = []string{"gateway", "scheduler", "worker"}
+	// profileServices start only with their profile: the GPU pool needs GPUs, and the
+	// autoscaler would take the worker count out of `--scale worker=N`'s hands.
+	profileServices = map[string]string{"worker-gpu": gpuProfile, "autoscaler": autoscaleProfile}
+	allProfiles     = []string{gpuProfile, autoscaleProfile}
 )
 
 // loadCompose loads Compose files as `docker compose -f ... config` would, with schema
@@ -71,9 +78,9 @@ type composeSet struct {
 	dir         string
 	storage     *types.Project // -f docker-compose.storage.yml
 	standard    *types.Project // -f docker-compose.yml
-	standardGPU *types.Project // -f docker-compose.yml --profile gpu
+	standardAll *types.Project // -f docker-compose.yml --profile gpu --profile autoscale
 	merged      *types.Project // -f docker-compose.storage.yml -f docker-compose.yml
-	mergedGPU   *types.Project // the same with --profile gpu
+	mergedAll   *types.Project // the same with every profile
 	allInOne    *types.Project // -f docker-compose.allinone.yml
 }
 
@@ -87,9 +94,9 @@ func loadComposeSet(ctx context.Context, dir string) (*composeSet, error) {
 	}{
 		{&s.storage, nil, []string{fileStorage}},
 		{&s.standard, nil, []string{fileStandard}},
-		{&s.standardGPU, []string{gpuProfile}, []string{fileStandard}},
+		{&s.standardAll, allProfiles, []string{fileStandard}},
 		{&s.merged, nil, []string{fileStorage, fileStandard}},
-		{&s.mergedGPU, []string{gpuProfile}, []string{fileStorage, fileStandard}},
+		{&s.mergedAll, allProfiles, []string{fileStorage, fileStandard}},
 		{&s.allInOne, nil, []string{fileAllInOne}},
 	} {
 		if *l.into, err = loadCompose(ctx, dir, l.profiles, l.files...); err != nil {
@@ -115,6 +122,7 @@ var composeChecks = []struct {
 	{"AddressesReachTheirServices", checkWiring},
 	{"FilesStartedApartShareProjectAndNetwork", checkSharedProject},
 	{"AllInOne", checkAllInOne},
+	{"AutoscalerDrivesThisProject", checkAutoscaler},
 }
 
 func TestComposeFiles(t *testing.T) {
@@ -213,15 +221,17 @@ func publishes(svc types.ServiceConfig, published string, target uint32) bool {
 	})
 }
 
-func specFor(build *types.BuildConfig) (dockerfileSpec, bool) {
+// imageFor returns the Dockerfile spec and image spec a service builds.
+func imageFor(build *types.BuildConfig) (dockerfileSpec, imageSpec, bool) {
 	if build == nil {
-		return dockerfileSpec{}, false
+		return dockerfileSpec{}, imageSpec{}, false
 	}
 	i := slices.IndexFunc(dockerfileSpecs, func(s dockerfileSpec) bool { return s.file == filepath.Base(build.Dockerfile) })
 	if i < 0 {
-		return dockerfileSpec{}, false
+		return dockerfileSpec{}, imageSpec{}, false
 	}
-	return dockerfileSpecs[i], true
+	im, ok := dockerfileSpecs[i].image(build.Target)
+	return dockerfileSpecs[i], im, ok
 }
 
 // --- checks --------------------------------------------------------------------------------
@@ -262,13 +272,17 @@ func checkStandardServices(s *composeSet) problems {
 				ps.addf("%s: service %q is missing", label(p), name)
 			}
 		}
-		if _, ok := p.Services["worker-gpu"]; ok {
-			ps.addf("%s: worker-gpu must start only with --profile %s", label(p), gpuProfile)
+		for name, profile := range profileServices {
+			if _, ok := p.Services[name]; ok {
+				ps.addf("%s: %s must start only with --profile %s", label(p), name, profile)
+			}
 		}
 	}
-	for _, p := range []*types.Project{s.standardGPU, s.mergedGPU} {
-		if _, ok := p.Services["worker-gpu"]; !ok {
-			ps.addf("%s --profile %s: worker-gpu is missing", label(p), gpuProfile)
+	for _, p := range []*types.Project{s.standardAll, s.mergedAll} {
+		for name, profile := range profileServices {
+			if _, ok := p.Services[name]; !ok {
+				ps.addf("%s --profile %s: %s is missing", label(p), profile, name)
+			}
 		}
 	}
 	return ps
@@ -276,7 +290,7 @@ func checkStandardServices(s *composeSet) problems {
 
 func checkWorkersScale(s *composeSet) problems {
 	var ps problems
-	for _, p := range []*types.Project{s.standardGPU, s.mergedGPU} {
+	for _, p := range []*types.Project{s.standardAll, s.mergedAll} {
 		for name, svc := range allServices(p) {
 			if !isWorker(name) {
 				continue
@@ -299,7 +313,7 @@ const defaultDrainGrace = 30 * time.Second
 // than that before it kills the container, or runs die mid-drain.
 func checkWorkerDrain(s *composeSet) problems {
 	var ps problems
-	for _, p := range []*types.Project{s.standardGPU, s.mergedGPU} {
+	for _, p := range []*types.Project{s.standardAll, s.mergedAll} {
 		for name, svc := range allServices(p) {
 			if !isWorker(name) {
 				continue
@@ -332,8 +346,8 @@ var credentialValue = regexp.MustCompile(`(?i)\b(postgres|postgresql|redis|redis
 func checkWorkerCredentials(s *composeSet) problems {
 	var ps problems
 	for _, pair := range []struct{ storage, services *types.Project }{
-		{s.storage, s.standardGPU}, // started apart
-		{s.mergedGPU, s.mergedGPU}, // merged
+		{s.storage, s.standardAll}, // started apart
+		{s.mergedAll, s.mergedAll}, // merged
 	} {
 		var dataNets []string
 		for _, name := range storageServices {
@@ -397,9 +411,9 @@ func checkPorts(s *composeSet) problems {
 	wantEnv(p, "agentserver", "GATEWAY_GRPC_ADDR", "9090")
 
 	// What a container listens on must be what its image declares.
-	for _, p := range []*types.Project{s.mergedGPU, s.allInOne} {
+	for _, p := range []*types.Project{s.mergedAll, s.allInOne} {
 		for name, svc := range allServices(p) {
-			spec, ok := specFor(svc.Build)
+			spec, im, ok := imageFor(svc.Build)
 			if !ok {
 				continue
 			}
@@ -409,8 +423,8 @@ func checkPorts(s *composeSet) problems {
 			}
 			ports = append(ports, svc.Expose...)
 			for _, port := range ports {
-				if !slices.Contains(spec.expose, port) {
-					ps.addf("%s: %s uses port %s, which %s does not EXPOSE (%v)", label(p), name, port, spec.file, spec.expose)
+				if !slices.Contains(im.expose, port) {
+					ps.addf("%s: %s uses port %s, which %s (target %s) does not EXPOSE (%v)", label(p), name, port, spec.file, im.stage, im.expose)
 				}
 			}
 		}
@@ -423,7 +437,7 @@ func checkPorts(s *composeSet) problems {
 // build; every pulled image has a pinned tag.
 func checkBuilds(s *composeSet) problems {
 	var ps problems
-	for _, p := range []*types.Project{s.mergedGPU, s.allInOne} {
+	for _, p := range []*types.Project{s.mergedAll, s.allInOne} {
 		for name, svc := range allServices(p) {
 			if svc.Build == nil {
 				tag := svc.Image[strings.LastIndex(svc.Image, "/")+1:]
@@ -442,8 +456,8 @@ func checkBuilds(s *composeSet) problems {
 			if _, err := dockerfileHealth(df); err != nil {
 				ps.addf("%s: %s: Dockerfile %s: %v", label(p), name, svc.Build.Dockerfile, err)
 			}
-			if _, ok := specFor(svc.Build); !ok {
-				ps.addf("%s: %s Dockerfile %s has no spec in dockerfile_test.go", label(p), name, svc.Build.Dockerfile)
+			if _, _, ok := imageFor(svc.Build); !ok {
+				ps.addf("%s: %s builds %s (target %q), which has no spec in dockerfile_test.go", label(p), name, svc.Build.Dockerfile, svc.Build.Target)
 			}
 			if svc.Image == "" {
 				ps.addf("%s: %s builds an image without naming it", label(p), name)
@@ -457,7 +471,7 @@ func checkBuilds(s *composeSet) problems {
 // from the file or from its image.
 func checkHealthConditions(s *composeSet) problems {
 	var ps problems
-	for _, p := range []*types.Project{s.storage, s.standardGPU, s.mergedGPU, s.allInOne} {
+	for _, p := range []*types.Project{s.storage, s.standardAll, s.mergedAll, s.allInOne} {
 		for name, svc := range allServices(p) {
 			for dep, cfg := range svc.DependsOn {
 				if cfg.Condition != types.ServiceConditionHealthy {
@@ -485,7 +499,7 @@ func checkHealthConditions(s *composeSet) problems {
 // network they share, on the port that service listens on, with the credentials it was given.
 func checkWiring(s *composeSet) problems {
 	var ps problems
-	for _, p := range []*types.Project{s.mergedGPU, s.allInOne} {
+	for _, p := range []*types.Project{s.mergedAll, s.allInOne} {
 		all := allServices(p)
 		for name, svc := range all {
 			for _, key := range []string{"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "SCHEDULER_ADDR"} {
@@ -604,13 +618,130 @@ func checkAllInOne(s *composeSet) problems {
 	if !slices.Equal([]string(as.Command), []string{"dev"}) {
 		ps.addf("%s: agentserver must run `agentserver dev`, command is %v", label(p), as.Command)
 	}
-	if spec, ok := specFor(as.Build); !ok || spec.file != "agentserver.Dockerfile" {
+	if spec, _, ok := imageFor(as.Build); !ok || spec.file != "agentserver.Dockerfile" {
 		ps.addf("%s: agentserver must build from %s/agentserver.Dockerfile", label(p), dockerfileDir)
 	}
 	for _, dep := range []string{"postgres", "redis"} {
 		if as.DependsOn[dep].Condition != types.ServiceConditionHealthy {
 			ps.addf("%s: agentserver must wait for %s to be healthy", label(p), dep)
 		}
+	}
+	return ps
+}
+
+// autoscalerDriver is the part of the autoscaler's driver file these checks read.
+type autoscalerDriver struct {
+	Kind    string `yaml:"kind"`
+	Compose struct {
+		Files    []string          `yaml:"files"`
+		Project  string            `yaml:"project"`
+		Services map[string]string `yaml:"services"`
+	} `yaml:"compose"`
+}
+
+// autoscalerPolicy is the part of the autoscaler's policy file these checks read.
+type autoscalerPolicy struct {
+	Pools []struct {
+		Name string `yaml:"name"`
+	} `yaml:"pools"`
+	Gateways any `yaml:"gateways"`
+}
+
+// checkAutoscaler: the autoscaler reads its policy and compose driver from this repository,
+// mounted read-only, and drives this project through the Docker socket; every pool of the
+// policy maps to a service whose workers report that pool.
+func checkAutoscaler(s *composeSet) problems {
+	var ps problems
+	p := s.standardAll
+	svc, ok := p.Services["autoscaler"]
+	if !ok {
+		return ps // reported by checkStandardServices
+	}
+	mount, socket := "", false
+	for _, v := range svc.Volumes {
+		switch {
+		case v.Type != types.VolumeTypeBind:
+		case v.Source == "/var/run/docker.sock":
+			socket = true
+		case filepath.Clean(v.Source) == filepath.Clean(s.dir):
+			mount = v.Target
+			if !v.ReadOnly {
+				ps.addf("%s: autoscaler must mount the repository read-only", label(p))
+			}
+		}
+	}
+	if !socket {
+		ps.addf("%s: autoscaler needs /var/run/docker.sock for the compose driver", label(p))
+	}
+	if mount == "" {
+		ps.addf("%s: autoscaler does not mount the repository, where its policy and driver are", label(p))
+		return ps
+	}
+	// inRepo maps a path in the container to the repository file it shows.
+	inRepo := func(what, containerPath string) (string, bool) {
+		rel, ok := strings.CutPrefix(containerPath, strings.TrimSuffix(mount, "/")+"/")
+		file := filepath.Join(s.dir, filepath.FromSlash(rel))
+		if _, err := os.Stat(file); !ok || err != nil {
+			ps.addf("%s: autoscaler %s %s is no file of the repository mounted at %s", label(p), what, containerPath, mount)
+			return "", false
+		}
+		return file, true
+	}
+	load := func(key string, into any) bool {
+		v, _ := envValue(svc, key)
+		file, ok := inRepo(key, v)
+		if !ok {
+			return false
+		}
+		data, err := os.ReadFile(file)
+		if err == nil {
+			err = yaml.Unmarshal(data, into)
+		}
+		if err != nil {
+			ps.addf("%s: autoscaler %s: %v", label(p), key, err)
+			return false
+		}
+		return true
+	}
+
+	var drv autoscalerDriver
+	if !load("AUTOSCALER_DRIVER", &drv) {
+		return ps
+	}
+	if drv.Kind != "compose" {
+		ps.addf("%s: the autoscaler's driver kind is %q, want compose", label(p), drv.Kind)
+	}
+	if drv.Compose.Project != projectName {
+		ps.addf("%s: the autoscaler's driver scales project %q, want %q", label(p), drv.Compose.Project, projectName)
+	}
+	if !slices.ContainsFunc(drv.Compose.Files, func(f string) bool {
+		file, ok := inRepo("driver file", f)
+		return ok && file == filepath.Join(s.dir, fileStandard)
+	}) {
+		ps.addf("%s: the autoscaler's driver must read %s", label(p), fileStandard)
+	}
+	for pool, name := range drv.Compose.Services {
+		target, ok := allServices(p)[name]
+		if !ok {
+			ps.addf("%s: the autoscaler's driver scales pool %s as service %q, which does not exist", label(p), pool, name)
+			continue
+		}
+		if got, _ := envValue(target, "WORKER_POOL"); got != pool {
+			ps.addf("%s: the autoscaler scales pool %s as %s, whose workers report pool %q", label(p), pool, name, got)
+		}
+	}
+
+	var pol autoscalerPolicy
+	if !load("AUTOSCALER_POLICY", &pol) {
+		return ps
+	}
+	for _, pool := range pol.Pools {
+		if _, ok := drv.Compose.Services[pool.Name]; !ok {
+			ps.addf("%s: the autoscaler's policy scales pool %s, which its driver does not map to a service", label(p), pool.Name)
+		}
+	}
+	if pol.Gateways != nil {
+		ps.addf("%s: the autoscaler's policy scales gateways, but the gateway publishes fixed host ports", label(p))
 	}
 	return ps
 }

@@ -26,55 +26,86 @@ import (
 	"golang.org/x/mod/modfile"
 )
 
-// dockerfileSpec is what one image must be.
+// dockerfileSpec is what one Dockerfile must build.
 type dockerfileSpec struct {
 	file     string   // name under deploy/docker
 	packages []string // Go packages the build stage compiles, as passed to go build
-	runtime  string   // prefix of the final stage's base image
-	expose   []string // ports the final stage EXPOSEs, exactly
-	// shell is true where the runtime image has a shell and so must carry a HEALTHCHECK that
-	// probes GET /healthz on healthPort; false for distroless, which must run no shell at all.
+	// images are the runtime stages (build targets), each checked; every stage but the
+	// builder needs one. The stage named defaultTarget must be the last, so that a plain
+	// `docker build` produces it.
+	images []imageSpec
+}
+
+// imageSpec is what one runtime stage must be.
+type imageSpec struct {
+	stage  string   // stage name, the build target
+	base   string   // prefix of its base image
+	expose []string // ports it EXPOSEs, exactly
+	// shell is true where the image has a shell and so must carry a HEALTHCHECK that probes
+	// GET /healthz on healthPort; false for distroless, which must run no shell at all.
 	shell      bool
 	healthPort string
-	debs       []string // Debian packages the runtime must install
+	debs       []string // Debian packages it must install
+	// rootWhy, when set, allows the stage to run as root and says why it must.
+	rootWhy string
 }
+
+// defaultTarget is the name of the last stage of every Dockerfile: the image a plain build
+// produces.
+const defaultTarget = "runtime"
+
+const distroless = "gcr.io/distroless/static"
 
 var dockerfileSpecs = []dockerfileSpec{
 	{
 		file:     "gateway.Dockerfile",
 		packages: []string{"./services/gateway/cmd/gateway"},
-		runtime:  "gcr.io/distroless/static",
-		expose:   []string{"8080", "9090"},
+		images:   []imageSpec{{stage: defaultTarget, base: distroless, expose: []string{"8080", "9090"}}},
 	},
 	{
 		file:     "scheduler.Dockerfile",
 		packages: []string{"./services/scheduler/cmd/scheduler"},
-		runtime:  "gcr.io/distroless/static",
-		expose:   []string{"9091", "9092"},
+		images:   []imageSpec{{stage: defaultTarget, base: distroless, expose: []string{"9091", "9092"}}},
 	},
 	{
 		file:     "autoscaler.Dockerfile",
 		packages: []string{"./services/autoscaler/cmd/autoscaler"},
-		runtime:  "gcr.io/distroless/static",
+		images: []imageSpec{
+			{stage: defaultTarget, base: distroless, expose: []string{"8095"}},
+			{
+				stage: "compose", base: "docker:", expose: []string{"8095"}, shell: true, healthPort: "8095",
+				rootWhy: "the compose driver uses the host's Docker socket, root on the host anyway",
+			},
+		},
 	},
 	{
-		file:       "worker-agent.Dockerfile",
-		packages:   []string{"./services/worker-agent/cmd/worker-agent"},
-		runtime:    "debian:bookworm-slim",
-		expose:     []string{"9093"},
-		shell:      true,
-		healthPort: "9093",
-		debs:       []string{"python3"},
+		file:     "worker-agent.Dockerfile",
+		packages: []string{"./services/worker-agent/cmd/worker-agent"},
+		images: []imageSpec{{
+			stage: defaultTarget, base: "debian:bookworm-slim", expose: []string{"9093"},
+			shell: true, healthPort: "9093", debs: []string{"python3"},
+		}},
 	},
 	{
-		file:       "agentserver.Dockerfile",
-		packages:   []string{"./services/agentserver/cmd/agentserver", "./services/agentctl/cmd/agentctl"},
-		runtime:    "debian:bookworm-slim",
-		expose:     []string{"8080", "9090", "9091"},
-		shell:      true,
-		healthPort: "8080",
-		debs:       []string{"python3", "postgresql-15"},
+		file:     "agentserver.Dockerfile",
+		packages: []string{"./services/agentserver/cmd/agentserver", "./services/agentctl/cmd/agentctl"},
+		images: []imageSpec{{
+			stage: defaultTarget, base: "debian:bookworm-slim", expose: []string{"8080", "9090", "9091"},
+			shell: true, healthPort: "8080", debs: []string{"python3", "postgresql-15"},
+		}},
 	},
+}
+
+// image returns the spec of a build target ("" is the default target).
+func (d dockerfileSpec) image(target string) (imageSpec, bool) {
+	if target == "" {
+		target = defaultTarget
+	}
+	i := slices.IndexFunc(d.images, func(im imageSpec) bool { return im.stage == target })
+	if i < 0 {
+		return imageSpec{}, false
+	}
+	return d.images[i], true
 }
 
 const (
@@ -277,14 +308,29 @@ func checkDockerfile(in buildInputs, spec dockerfileSpec, content []byte) proble
 		ps = append(ps, checkBuildContext(in, name, files, workdir, spec.packages)...)
 	}
 
-	// Runtime: the final stage is what runs.
-	final := stages[len(stages)-1]
-	if !strings.HasPrefix(final.BaseName, spec.runtime) {
-		ps.addf("%s: runtime stage must be FROM %s..., found %s", name, spec.runtime, final.BaseName)
+	// Runtime images: every stage after the builder is a build target with a spec; the
+	// default target is the last stage.
+	if last := stages[len(stages)-1]; last.Name != defaultTarget {
+		ps.addf("%s: the last stage must be %q, the image a plain build produces; found %q", name, defaultTarget, last.Name)
 	}
-	_, _, runtimeCopyProblems := replayCopies(in, name, final)
-	ps = append(ps, runtimeCopyProblems...)
-	ps = append(ps, checkRuntime(name, spec, final)...)
+	for _, st := range stages[1:] {
+		im, ok := spec.image(st.Name)
+		if !ok {
+			ps.addf("%s: stage %q has no spec in dockerfile_test.go", name, st.Name)
+			continue
+		}
+		if !strings.HasPrefix(st.BaseName, im.base) {
+			ps.addf("%s: stage %s must be FROM %s..., found %s", name, st.Name, im.base, st.BaseName)
+		}
+		_, _, copyProblems := replayCopies(in, name, st)
+		ps = append(ps, copyProblems...)
+		ps = append(ps, checkRuntime(name, im, st)...)
+	}
+	for _, im := range spec.images {
+		if !slices.ContainsFunc(stages, func(st instructions.Stage) bool { return st.Name == im.stage }) {
+			ps.addf("%s: has no stage %q", name, im.stage)
+		}
+	}
 	return ps
 }
 
@@ -372,7 +418,7 @@ func copiesGoFiles(files copied, dir string) bool {
 
 // checkRuntime checks the final stage: non-root numeric user, the ports, the entrypoint, a
 // health check where there is a shell to run it and no shell use where there is none.
-func checkRuntime(name string, spec dockerfileSpec, st instructions.Stage) problems {
+func checkRuntime(name string, spec imageSpec, st instructions.Stage) problems {
 	var ps problems
 	var (
 		user       string
@@ -417,20 +463,20 @@ func checkRuntime(name string, spec dockerfileSpec, st instructions.Stage) probl
 	}
 
 	if m := numericUser.FindStringSubmatch(user); m == nil {
-		ps.addf("%s: the runtime stage must set a numeric non-root USER (uid:gid), found %q", name, user)
-	} else if m[1] == "0" || m[2] == "0" {
-		ps.addf("%s: the runtime stage runs as root (USER %s)", name, user)
+		ps.addf("%s: stage %s must set a numeric USER (uid:gid), found %q", name, st.Name, user)
+	} else if (m[1] == "0" || m[2] == "0") && spec.rootWhy == "" {
+		ps.addf("%s: stage %s runs as root (USER %s)", name, st.Name, user)
 	}
 
 	slices.Sort(exposed)
 	want := slices.Sorted(slices.Values(spec.expose))
 	if !slices.Equal(exposed, want) {
-		ps.addf("%s: EXPOSE %v, want %v", name, exposed, want)
+		ps.addf("%s: stage %s: EXPOSE %v, want %v", name, st.Name, exposed, want)
 	}
 
 	switch {
 	case entrypoint == nil:
-		ps.addf("%s: the runtime stage has no ENTRYPOINT", name)
+		ps.addf("%s: stage %s has no ENTRYPOINT", name, st.Name)
 	case entrypoint.PrependShell:
 		ps.addf("%s: ENTRYPOINT must use the exec (JSON) form so the service gets signals", name)
 	default:
@@ -447,7 +493,7 @@ func checkRuntime(name string, spec dockerfileSpec, st instructions.Stage) probl
 
 	if spec.shell {
 		if health == nil || len(health.Health.Test) == 0 || health.Health.Test[0] == "NONE" {
-			ps.addf("%s: the runtime image has a shell but no HEALTHCHECK", name)
+			ps.addf("%s: stage %s has a shell but no HEALTHCHECK", name, st.Name)
 		} else {
 			probe := strings.Join(health.Health.Test, " ")
 			if !strings.Contains(probe, "127.0.0.1:"+spec.healthPort+"/healthz") && !strings.Contains(probe, "localhost:"+spec.healthPort+"/healthz") {

@@ -99,6 +99,31 @@ var composeMutations = []struct {
 		want: "want postgres:15",
 	},
 	{
+		name: "autoscaler starts by default", file: fileStandard,
+		old: "    profiles: [autoscale]\n", new: "",
+		want: "autoscaler must start only with --profile autoscale",
+	},
+	{
+		name: "workers report another pool than the autoscaler scales", file: fileStandard,
+		old: "WORKER_POOL: ${WORKER_POOL:-cpu}", new: "WORKER_POOL: ${WORKER_POOL:-general}",
+		want: `whose workers report pool "general"`,
+	},
+	{
+		name: "autoscaler driver names a missing service", file: "deploy/autoscaler/driver.yaml",
+		old: "    cpu: worker\n", new: "    cpu: workers\n",
+		want: `as service "workers", which does not exist`,
+	},
+	{
+		name: "autoscaler policy scales gateways", file: "deploy/autoscaler/policy.yaml",
+		old: "# No gateways section", new: "gateways: {name: gateway, max_replicas: 2}\n# No gateways section",
+		want: "policy scales gateways",
+	},
+	{
+		name: "autoscaler reads a policy that is not mounted", file: fileStandard,
+		old: "AUTOSCALER_POLICY: /srv/agentserver/project/deploy/autoscaler/policy.yaml", new: "AUTOSCALER_POLICY: /etc/policy.yaml",
+		want: "AUTOSCALER_POLICY /etc/policy.yaml is no file of the repository",
+	},
+	{
 		name: "all-in-one misspells a key", file: fileAllInOne,
 		old: "    ports:\n      - \"8080:8080\"", new: "    prots:\n      - \"8080:8080\"",
 		want: "prots",
@@ -117,21 +142,21 @@ func TestComposeChecksCatchBrokenFiles(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			for _, f := range []string{fileStandard, fileStorage, fileAllInOne} {
+			files := []string{fileStandard, fileStorage, fileAllInOne, "deploy/autoscaler/policy.yaml", "deploy/autoscaler/driver.yaml"}
+			for _, spec := range dockerfileSpecs {
+				files = append(files, dockerfileDir+"/"+spec.file)
+			}
+			require.Contains(t, files, m.file)
+			for _, f := range files {
 				content, err := os.ReadFile(filepath.Join(root, f))
 				require.NoError(t, err)
 				text := string(content)
 				if f == m.file {
 					text = replaceOnce(t, text, m.old, m.new)
 				}
-				require.NoError(t, os.WriteFile(filepath.Join(dir, f), []byte(text), 0o644))
-			}
-			docker := filepath.Join(dir, filepath.FromSlash(dockerfileDir))
-			require.NoError(t, os.MkdirAll(docker, 0o755))
-			for _, spec := range dockerfileSpecs {
-				content, err := os.ReadFile(filepath.Join(root, dockerfileDir, spec.file))
-				require.NoError(t, err)
-				require.NoError(t, os.WriteFile(filepath.Join(docker, spec.file), content, 0o644))
+				target := filepath.Join(dir, filepath.FromSlash(f))
+				require.NoError(t, os.MkdirAll(filepath.Dir(target), 0o755))
+				require.NoError(t, os.WriteFile(target, []byte(text), 0o644))
 			}
 			ps := composeProblems(t.Context(), dir)
 			t.Logf("caught:\n  - %s", strings.Join(ps, "\n  - "))
@@ -180,7 +205,7 @@ var dockerfileMutations = []struct {
 	{
 		name: "user by name", file: "worker-agent.Dockerfile",
 		old: "USER 10001:10001", new: "USER agentserver",
-		want: "numeric non-root USER",
+		want: "must set a numeric USER (uid:gid)",
 	},
 	{
 		name: "port not exposed", file: "gateway.Dockerfile",
@@ -213,8 +238,8 @@ var dockerfileMutations = []struct {
 		want: "has no shell, so it cannot RUN",
 	},
 	{
-		name: "shell-form entrypoint", file: "autoscaler.Dockerfile",
-		old: `ENTRYPOINT ["/usr/local/bin/autoscaler"]`, new: "ENTRYPOINT /usr/local/bin/autoscaler",
+		name: "shell-form entrypoint", file: "scheduler.Dockerfile",
+		old: `ENTRYPOINT ["/usr/local/bin/scheduler"]`, new: "ENTRYPOINT /usr/local/bin/scheduler",
 		want: "ENTRYPOINT must use the exec (JSON) form",
 	},
 	{
@@ -235,7 +260,7 @@ var dockerfileMutations = []struct {
 	{
 		name: "distroless runtime swapped for a shell image", file: "scheduler.Dockerfile",
 		old: "FROM gcr.io/distroless/static-debian12:nonroot AS runtime", new: "FROM alpine:3 AS runtime",
-		want: "runtime stage must be FROM gcr.io/distroless/static",
+		want: "stage runtime must be FROM gcr.io/distroless/static",
 	},
 }
 

@@ -10,15 +10,15 @@
 #
 # With DATABASE_URL unset, `agentserver dev` starts a private PostgreSQL from the local
 # installation, so the image carries PostgreSQL 15 (its binaries are on PATH) and runs as a
-# non-root user, which PostgreSQL requires. Its state lives under /var/lib/agentserver: mount a
-# volume there to keep it. The worker inside runs user code next to the database credentials:
+# non-root user, which PostgreSQL requires. Its data lives in AGENTSERVER_STATE_DIR, under
+# /var/lib/agentserver: mount a volume there to keep it. The worker inside runs user code next to the database credentials:
 # this image is for development, use the split images in production.
 
 FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
 # go refuses a workspace whose go.work names a module it cannot find, so every module listed in
 # go.work contributes its go.mod/go.sum even when this binary does not import it. The go.* glob
-# keeps working for modules that have no go.sum yet. deploy/validate_test.go checks this list
+# keeps working for modules that have no go.sum yet. deploy/dockerfile_test.go checks this list
 # against go.work.
 COPY go.work go.work.sum ./
 COPY gen/go.* gen/
@@ -56,6 +56,7 @@ RUN apt-get update \
        --shell /usr/sbin/nologin agentserver
 COPY --from=build /out/agentserver /out/agentctl /usr/local/bin/
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
+    AGENTSERVER_STATE_DIR=/var/lib/agentserver/state \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /var/lib/agentserver

@@ -9,7 +9,7 @@ FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
 # go refuses a workspace whose go.work names a module it cannot find, so every module listed in
 # go.work contributes its go.mod/go.sum even when this binary does not import it. The go.* glob
-# keeps working for modules that have no go.sum yet. deploy/validate_test.go checks this list
+# keeps working for modules that have no go.sum yet. deploy/dockerfile_test.go checks this list
 # against go.work.
 COPY go.work go.work.sum ./
 COPY gen/go.* gen/

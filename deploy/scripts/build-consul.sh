@@ -26,7 +26,7 @@ echo "build-consul: building Consul $want into $out (takes a few minutes)"
 start=$SECONDS
 # Build to a temporary name and rename, so an interrupted build never leaves a
 # half-written binary that a later run would take for the real one.
-(cd "$root/tools/consul" && GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+(cd "$root/tools/consul" && GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly" CGO_ENABLED=0 \
 	go build -trimpath -o "$out.tmp" github.com/hashicorp/consul)
 mv -f "$out.tmp" "$out"
 echo "build-consul: done in $((SECONDS - start))s: $("$out" version | head -n 1)"
