@@ -43,6 +43,7 @@ lint:
 	go tool buf lint
 	@out=$$(gofmt -l $(MODULES) deploy); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet $(addprefix github.com/agentserver/agentserver/,$(addsuffix /...,$(MODULES)))
+	cd deploy && GOWORK=off go vet ./...
 
 ## test: everything CI runs.
 test: deps check-generate lint test-go test-deploy

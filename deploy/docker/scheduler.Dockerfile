@@ -37,6 +37,7 @@ FROM gcr.io/distroless/static-debian12:nonroot AS runtime
 LABEL org.opencontainers.image.title="agentserver-scheduler" \
       org.opencontainers.image.description="agentserver scheduler (gRPC :9091, admin :9092)"
 COPY --from=build /out/scheduler /usr/local/bin/scheduler
+ENV SCHEDULER_ADMIN_ADDR=:9092
 EXPOSE 9091 9092
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/scheduler"]

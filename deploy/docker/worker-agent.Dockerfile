@@ -54,6 +54,7 @@ RUN apt-get update \
 COPY --from=build /out/worker-agent /usr/local/bin/worker-agent
 # Executor protocol v1 is JSON lines on stdout: unbuffered Python writes each line at once.
 ENV PYTHONUNBUFFERED=1 \
+    WORKER_ADMIN_ADDR=:9093 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /srv/agentserver
 EXPOSE 9093

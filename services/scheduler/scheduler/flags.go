@@ -6,6 +6,7 @@ import "github.com/agentserver/agentserver/pkg/config"
 func Bind(set *config.Set, cfg *Config) {
 	set.String(&cfg.ID, "id", "SCHEDULER_ID", cfg.ID, "instance id (generated when empty)")
 	set.String(&cfg.GRPCAddr, "grpc-addr", "SCHEDULER_GRPC_ADDR", cfg.GRPCAddr, "address workers connect to")
+	set.String(&cfg.AdminAddr, "admin-addr", "SCHEDULER_ADMIN_ADDR", cfg.AdminAddr, "/healthz, /readyz and /metrics address, e.g. :9092 (empty: off)")
 	set.Duration(&cfg.LeaseTTL, "lease-ttl", "SCHEDULER_LEASE_TTL", cfg.LeaseTTL, "lease of a run without renewal")
 	set.Duration(&cfg.HeartbeatInterval, "heartbeat-interval", "SCHEDULER_HEARTBEAT_INTERVAL", cfg.HeartbeatInterval, "worker heartbeat interval")
 	set.Duration(&cfg.PollInterval, "poll-interval", "SCHEDULER_POLL_INTERVAL", cfg.PollInterval, "queue polling fallback")

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	"github.com/agentserver/agentserver/pkg/admin"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -52,6 +53,8 @@ type Config struct {
 	// TimeoutGrace is how long past its timeout a run may stay RUNNING before the
 	// scheduler ends it itself.
 	TimeoutGrace time.Duration
+	// AdminAddr serves /healthz, /readyz and /metrics; empty disables it.
+	AdminAddr string
 }
 
 // Defaults returns the default configuration.
@@ -98,6 +101,7 @@ type Server struct {
 	lis    net.Listener
 	grpc   *grpc.Server
 	health *health.Server
+	admin  *admin.Server
 }
 
 // New creates a scheduler and binds its gRPC listener.
@@ -127,6 +131,13 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	)
 	schedulerv1.RegisterSchedulerServiceServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
+	if cfg.AdminAddr != "" {
+		s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, s.log)
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -164,6 +175,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if s.admin != nil {
+		g.Go(func() error { return s.admin.Run(ctx) })
+	}
 	g.Go(func() error { s.dispatchLoop(ctx); return nil })
 	g.Go(func() error { s.leaseLoop(ctx); return nil })
 	g.Go(func() error { s.recoverLoop(ctx); return nil })
@@ -223,6 +237,10 @@ func (s *Server) dispatch(ctx context.Context) {
 	sessions := s.snapshot()
 	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
 	for _, sess := range sessions {
+		if !sess.live() {
+			// Its claims could not be renewed: they would only expire and be requeued.
+			continue
+		}
 		for slotType, free := range sess.freeSlots() {
 			if ctx.Err() != nil {
 				return
@@ -281,18 +299,19 @@ func (s *Server) leaseLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		var live []string
+		// Only the claims each live session holds are renewed (see store.RenewLeases): a
+		// worker whose stream looks open but that stopped heartbeating (paused, wedged)
+		// loses its leases like one that disconnected, and a claim no session holds expires.
+		start := time.Now()
+		held := make(map[string][]store.Lease)
 		byID := make(map[string]*session)
 		for _, sess := range s.snapshot() {
-			byID[sess.workerID] = sess
-			// A worker whose stream looks open but that stopped heartbeating (paused,
-			// wedged) loses its leases like one that disconnected.
-			if time.Since(sess.lastHeartbeat()) < s.cfg.LeaseTTL-s.cfg.HeartbeatInterval {
-				live = append(live, sess.workerID)
+			if sess.live() {
+				byID[sess.workerID] = sess
+				held[sess.workerID] = sess.leasesSince(start)
 			}
 		}
-		start := time.Now()
-		renewed, err := s.store.RenewLeases(ctx, live, s.cfg.LeaseTTL)
+		renewed, err := s.store.RenewLeases(ctx, held, s.cfg.LeaseTTL)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Error("renewing leases", "err", err)
@@ -301,13 +320,13 @@ func (s *Server) leaseLoop(ctx context.Context) {
 		}
 		// Runs a live worker holds that were not renewed moved on (their lease expired
 		// while the worker was paused, or another claim took them): stop them there.
-		held := make(map[store.Lease]bool, len(renewed))
+		ok := make(map[store.Lease]bool, len(renewed))
 		for _, l := range renewed {
-			held[l] = true
+			ok[l] = true
 		}
-		for _, w := range live {
-			for _, l := range byID[w].leasesSince(start) {
-				if !held[l] {
+		for w, leases := range held {
+			for _, l := range leases {
+				if !ok[l] {
 					byID[w].cancel(l, "lease_lost")
 				}
 			}

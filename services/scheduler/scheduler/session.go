@@ -59,6 +59,12 @@ func (s *session) lastHeartbeat() time.Time {
 	return s.heartbeat
 }
 
+// live reports whether the worker heartbeats: a session whose stream looks open but
+// whose worker stopped heartbeating (paused, wedged) gets no lease renewed and no new work.
+func (s *session) live() bool {
+	return time.Since(s.lastHeartbeat()) < s.srv.cfg.LeaseTTL-s.srv.cfg.HeartbeatInterval
+}
+
 // freeSlots returns the free slots by type, by the scheduler's own count of what it
 // assigned: the worker's reports lag behind assignments, so they are never trusted to
 // grant more.
@@ -154,12 +160,15 @@ func (s *session) assign(c *store.Claim, gpu string) {
 	s.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_Assignment{Assignment: a}})
 }
 
-// cancel tells the worker to stop a run, once per claim. The worker answers with a
-// result (refused by fencing when the lease moved on), which frees the slot.
+// cancel tells the worker to stop a run, once per claim in flight here. The worker answers
+// with a result (refused by fencing when the lease moved on), which frees the slot. A
+// claim of another epoch than the one in flight here (an older execution that outlived
+// its lease while this worker was paused) is always told to stop: the worker stops only
+// the execution of that epoch.
 func (s *session) cancel(l store.Lease, reason string) {
 	s.mu.Lock()
-	if r, ok := s.runs[l.RunID]; ok {
-		if r.epoch != l.Epoch || r.cancelSent {
+	if r, ok := s.runs[l.RunID]; ok && r.epoch == l.Epoch {
+		if r.cancelSent {
 			s.mu.Unlock()
 			return
 		}
@@ -305,7 +314,13 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 	}
 	if len(valid) > 0 {
 		// Adopted runs must not wait for the next lease tick.
-		if _, err := s.store.RenewLeases(ctx, []string{sess.workerID}, s.cfg.LeaseTTL); err != nil {
+		adopted := make([]store.Lease, 0, len(valid))
+		for _, l := range leases {
+			if _, ok := valid[l.RunID]; ok {
+				adopted = append(adopted, l)
+			}
+		}
+		if _, err := s.store.RenewLeases(ctx, map[string][]store.Lease{sess.workerID: adopted}, s.cfg.LeaseTTL); err != nil {
 			return status.Error(codes.Unavailable, err.Error())
 		}
 	}

@@ -19,8 +19,19 @@ import (
 // is free (the scheduler never over-assigns, but a worker must not trust that blindly).
 func (w *Worker) start(a *schedulerv1.Assignment) {
 	w.mu.Lock()
-	if _, dup := w.runs[a.GetRun()]; dup {
+	if cur, dup := w.runs[a.GetRun()]; dup {
 		w.mu.Unlock()
+		if a.GetEpoch() > cur.epoch {
+			// A newer claim of a run still executing here under an older one: that claim is
+			// gone (its lease expired while this worker was paused or cut off), so its
+			// execution stops. The new claim cannot start before the old execution is gone;
+			// it is handed back (requeued without using an attempt), never dropped: a claim
+			// left unanswered would stay RUNNING with nobody executing it.
+			w.log.Warn("assignment supersedes a run still executing under an older claim; stopping that one and handing this one back",
+				"run", a.GetRun(), "epoch", a.GetEpoch(), "old_epoch", cur.epoch)
+			cur.cancel(errLeaseLost)
+			w.finish(&schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_RELEASED})
+		}
 		return
 	}
 	if w.draining || w.used[a.GetSlotType()] >= w.slots[a.GetSlotType()] || !w.gpuFree(a.GetSlotType(), a.GetGpuUuid()) {
@@ -52,10 +63,14 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 	}()
 }
 
-// finish queues a result and keeps it until the scheduler acknowledges it.
+// finish queues a result and keeps it until the scheduler acknowledges it. A result of an
+// older claim never replaces one of a newer claim of the same run in the resend set: the
+// older one can only be refused, the newer one must not be lost with a broken stream.
 func (w *Worker) finish(res *schedulerv1.RunResult) {
 	w.mu.Lock()
-	w.unacked[res.GetRun()] = res
+	if old, ok := w.unacked[res.GetRun()]; !ok || old.GetEpoch() <= res.GetEpoch() {
+		w.unacked[res.GetRun()] = res
+	}
 	w.mu.Unlock()
 	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: res}})
 }

@@ -26,6 +26,7 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/admin"
 	"github.com/agentserver/agentserver/pkg/config"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/executor"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
@@ -49,6 +50,8 @@ type Config struct {
 	DrainGrace time.Duration
 	// Labels are free-form key=value pairs, comma separated.
 	Labels string
+	// AdminAddr serves /healthz, /readyz and /metrics; empty disables it.
+	AdminAddr string
 	// GPU configures GPU discovery for gpu slots (gpu.go).
 	GPU GPUConfig
 }
@@ -67,6 +70,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.String(&cfg.WorkDir, "workdir", "WORKER_WORKDIR", cfg.WorkDir, "working directory of executor processes (default: current)")
 	set.Duration(&cfg.DrainGrace, "drain-grace", "WORKER_DRAIN_GRACE", cfg.DrainGrace, "how long running runs may finish on shutdown")
 	set.String(&cfg.Labels, "labels", "WORKER_LABELS", cfg.Labels, "labels, e.g. zone=a,disk=ssd")
+	set.String(&cfg.AdminAddr, "admin-addr", "WORKER_ADMIN_ADDR", cfg.AdminAddr, "/healthz, /readyz and /metrics address, e.g. :9093 (empty: off; several workers on one host need different ports)")
 	bindGPU(set, &cfg.GPU)
 }
 
@@ -99,6 +103,7 @@ type Worker struct {
 	idle chan struct{}
 	// sessionReady reports whether a session is registered now.
 	connected bool
+	admin     *admin.Server
 }
 
 type activeRun struct {
@@ -167,11 +172,21 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 		}
 		return nil, fmt.Errorf("executor manager: %w", err)
 	}
-	return &Worker{
+	w := &Worker{
 		cfg: cfg, slots: slots, labels: labels, addrs: addrs, log: log.With("worker", cfg.ID), exec: mgr,
 		hostname: hostname, gpus: gpus, runs: make(map[string]*activeRun), used: make(map[string]int),
 		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1),
-	}, nil
+	}
+	if cfg.AdminAddr != "" {
+		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log); err != nil {
+			_ = mgr.Close()
+			if gpus.closer != nil {
+				_ = gpus.closer.Close()
+			}
+			return nil, err
+		}
+	}
+	return w, nil
 }
 
 // ID is the worker's id.
@@ -196,6 +211,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.gpuLoop(sessCtx)
 		}()
 	}
+	if w.admin != nil {
+		adminDone := make(chan struct{})
+		defer func() { <-adminDone }()
+		go func() {
+			defer close(adminDone)
+			if err := w.admin.Run(sessCtx); err != nil {
+				w.log.Error("admin endpoint", "err", err)
+			}
+		}()
+	}
 	sessionsDone := make(chan struct{})
 	go func() {
 		defer close(sessionsDone)
@@ -205,6 +230,25 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.drain()
 	stopSessions()
 	<-sessionsDone
+	return nil
+}
+
+func (w *Worker) setConnected(c bool) {
+	w.mu.Lock()
+	w.connected = c
+	w.mu.Unlock()
+}
+
+// ready reports why the worker does not take work now, if it does not.
+func (w *Worker) ready(context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.draining:
+		return errors.New("draining")
+	case !w.connected:
+		return errors.New("no scheduler session")
+	}
 	return nil
 }
 
@@ -268,11 +312,17 @@ func (w *Worker) connectLoop(ctx context.Context) {
 	for i := 0; ctx.Err() == nil; i++ {
 		addr := w.addrs[i%len(w.addrs)]
 		start := time.Now()
-		err := w.session(ctx, addr)
+		registered := false
+		err := w.session(ctx, addr, &registered)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(start) > 10*time.Second {
+		// Backoff is for schedulers that cannot be reached or refuse the worker. A session
+		// that registered ended because its scheduler went away: reconnect (to the next
+		// address) at once, so the runs this worker holds are adopted before their leases
+		// expire. Growing the delay across such sessions let a few scheduler restarts push
+		// it past the lease TTL, and every run held here was then executed again elsewhere.
+		if registered || time.Since(start) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		}
 		w.log.Warn("scheduler session ended; reconnecting", "scheduler", addr, "err", err, "retry_in", backoff)
@@ -303,8 +353,9 @@ func (w *Worker) heartbeat() *schedulerv1.ConnectRequest {
 	}}}
 }
 
-// session runs one Connect stream until it breaks or ctx ends.
-func (w *Worker) session(ctx context.Context, addr string) error {
+// session runs one Connect stream until it breaks or ctx ends. It sets *registered once
+// the scheduler accepted the worker's registration.
+func (w *Worker) session(ctx context.Context, addr string, registered *bool) error {
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
@@ -342,15 +393,18 @@ func (w *Worker) session(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	registered := first.GetRegistered()
-	if registered == nil {
+	reply := first.GetRegistered()
+	if reply == nil {
 		return errors.New("scheduler did not answer register")
 	}
-	w.log.Info("connected to scheduler", "scheduler", registered.GetSchedulerId(), "addr", addr, "slots", FormatSlots(w.slots))
-	for _, l := range registered.GetLost() {
+	*registered = true
+	w.setConnected(true)
+	defer w.setConnected(false)
+	w.log.Info("connected to scheduler", "scheduler", reply.GetSchedulerId(), "addr", addr, "slots", FormatSlots(w.slots))
+	for _, l := range reply.GetLost() {
 		w.stop(l.GetRun(), l.GetEpoch(), errLeaseLost)
 	}
-	interval := registered.GetHeartbeatInterval().AsDuration()
+	interval := reply.GetHeartbeatInterval().AsDuration()
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
