@@ -7,13 +7,17 @@ MODULES := gen pkg services/gateway services/scheduler services/worker-agent ser
 BIN := bin
 GO_TEST_FLAGS ?= -timeout 15m
 
-.PHONY: all run build deps generate check-generate lint test test-go test-deploy bench clean
+.PHONY: all run build deps consul generate check-generate lint test test-go test-deploy bench clean
 
 all: build
 
 ## deps: install what the server and tests need (PostgreSQL, python3) when missing.
 deps:
 	@deploy/scripts/install-deps.sh
+
+## consul: build the pinned Consul agent (v1.14.11) into bin/consul once; tests start it in dev mode.
+consul:
+	@deploy/scripts/build-consul.sh
 
 ## build: compile every binary into bin/.
 build:
@@ -46,7 +50,7 @@ lint:
 	cd deploy && GOWORK=off go vet ./...
 
 ## test: everything CI runs.
-test: deps check-generate lint test-go test-deploy
+test: deps consul check-generate lint test-go test-deploy
 
 test-go:
 	go test $(GO_TEST_FLAGS) $(addprefix github.com/agentserver/agentserver/,$(addsuffix /...,$(MODULES)))
