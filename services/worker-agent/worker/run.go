@@ -126,6 +126,11 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 			w.event(a, "log", map[string]any{"executor": executor, "line": line})
 		},
 		OnCheckpoint: func(next string, state map[string]any) error {
+			if next == "" {
+				// The flow is done: the result that follows carries this state, so a
+				// checkpoint would be a write for nothing.
+				return nil
+			}
 			s, err := structpb.NewStruct(state)
 			if err != nil {
 				return fmt.Errorf("state is not a JSON object: %w", err)
