@@ -46,6 +46,9 @@ require (
 	gopkg.in/yaml.v3 v3.0.1
 )
 
-require github.com/prometheus/client_golang v1.25.0 // indirect
+require (
+	github.com/agentserver/agentserver/gen v0.0.0
+	github.com/prometheus/client_golang v1.25.0 // indirect
+)
 
 replace github.com/agentserver/agentserver/gen => ../gen

@@ -43,9 +43,9 @@
 // one record per passing instance with its port and a target whose A record
 // is the instance's address, and an A query for the same name returns the
 // addresses alone; "<tag>.<service>.service.consul" narrows to instances
-// carrying a tag (for example gpu.worker-agent.service.consul). For example:
+// carrying a tag (for example gpu.agentserver-worker.service.consul). For example:
 //
-//	dig @127.0.0.1 -p 8600 gateway.service.consul SRV
+//	dig @127.0.0.1 -p 8600 agentserver-gateway.service.consul SRV
 //
 // Load balancers and tools that cannot call the HTTP API (NGINX and HAProxy
 // with their DNS resolvers pointed at the agent) use this interface. Services

@@ -124,22 +124,25 @@ func (s *Store) GetAssistant(ctx context.Context, tenant, id string) (*Assistant
 }
 
 // ListAssistants returns up to limit assistants with ids after afterID, in id order.
+// It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListAssistants(ctx context.Context, tenant string, limit int, afterID string) ([]*Assistant, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+assistantColumns+`
-		FROM assistants WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3`, tenant, afterID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("listing assistants: %w", err)
-	}
-	defer rows.Close()
-	var out []*Assistant
-	for rows.Next() {
-		a, err := scanAssistant(rows)
+	return readStale(ctx, s, func(q querier) ([]*Assistant, error) {
+		rows, err := q.Query(ctx, `SELECT `+assistantColumns+`
+			FROM assistants WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3`, tenant, afterID, limit)
 		if err != nil {
 			return nil, fmt.Errorf("listing assistants: %w", err)
 		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+		defer rows.Close()
+		var out []*Assistant
+		for rows.Next() {
+			a, err := scanAssistant(rows)
+			if err != nil {
+				return nil, fmt.Errorf("listing assistants: %w", err)
+			}
+			out = append(out, a)
+		}
+		return out, rows.Err()
+	})
 }
 
 // UpdateAssistant applies update to the stored assistant under a row lock and stores the
@@ -206,15 +209,25 @@ func (s *Store) DeleteAssistant(ctx context.Context, tenant, id string) error {
 // ReconcileLoad recounts the RUNNING runs of every assistant with a concurrency limit.
 // The trigger on runs keeps the counts exact; this heals the one window it cannot see (a
 // limit added while runs of that assistant change state).
+//
+// The load rows are locked first, in key order as claims lock them (the two never
+// deadlock), and counted in a second statement: under READ COMMITTED each statement reads
+// its own snapshot, so the count sees every transition committed before the locks were
+// granted, and none can commit a transition of these assistants while they are held
+// (claims lock the row before they claim; leaving RUNNING goes through the trigger,
+// which waits for the row). Counting in the locking statement itself used the snapshot
+// taken before it waited for a lock: a claim or result committed meanwhile was counted
+// wrong, and an undercount let claims exceed the limit until the next recount.
 func (s *Store) ReconcileLoad(ctx context.Context) error {
-	// Lock the rows in key order, as claims do, so the two never deadlock.
-	_, err := s.pool.Exec(ctx, `
-		WITH locked AS (
-			SELECT tenant_id, assistant_id FROM assistant_load ORDER BY tenant_id, assistant_id FOR UPDATE)
-		UPDATE assistant_load l SET running = (
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM assistant_load ORDER BY tenant_id, assistant_id FOR UPDATE`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE assistant_load l SET running = (
 			SELECT count(*) FROM runs r
-			WHERE r.tenant_id = l.tenant_id AND r.assistant_id = l.assistant_id AND r.state = 2)
-		FROM locked WHERE l.tenant_id = locked.tenant_id AND l.assistant_id = locked.assistant_id`)
+			WHERE r.tenant_id = l.tenant_id AND r.assistant_id = l.assistant_id AND r.state = 2)`)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("reconciling assistant load: %w", err)
 	}

@@ -216,14 +216,33 @@ func scanClaim(row pgx.Row) (*Claim, error) {
 	return &c, nil
 }
 
-// RenewLeases extends the leases of every running run owned by the given workers and
-// returns the leases it renewed.
-func (s *Store) RenewLeases(ctx context.Context, workerIDs []string, ttl time.Duration) ([]Lease, error) {
-	if len(workerIDs) == 0 {
+// RenewLeases extends the leases of the given claims, by worker id: a lease is renewed
+// only while its run is RUNNING under that very epoch and owned by that worker. It returns
+// the leases it renewed.
+//
+// Renewal names the claims a live session is known to hold, never "every run of this
+// worker": a claim whose assignment never reached the worker (lost with a broken stream,
+// or made through a session that is gone) must expire and be requeued even though the
+// worker is alive and heartbeating elsewhere, or its run would stay RUNNING with nobody
+// executing it.
+func (s *Store) RenewLeases(ctx context.Context, held map[string][]Lease, ttl time.Duration) ([]Lease, error) {
+	var ids []uuid.UUID
+	var epochs []int64
+	var workers []string
+	for w, leases := range held {
+		for _, l := range leases {
+			ids = append(ids, l.RunID)
+			epochs = append(epochs, l.Epoch)
+			workers = append(workers, w)
+		}
+	}
+	if len(ids) == 0 {
 		return nil, nil
 	}
-	rows, err := s.pool.Query(ctx, `UPDATE runs SET lease_expire_time = now() + $2 * interval '1 millisecond'
-		WHERE state = 2 AND worker_id = ANY($1) RETURNING id, epoch`, workerIDs, ttl.Milliseconds())
+	rows, err := s.pool.Query(ctx, `UPDATE runs r SET lease_expire_time = now() + $4 * interval '1 millisecond'
+		FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS h(id, epoch, worker_id)
+		WHERE r.id = h.id AND r.epoch = h.epoch AND r.worker_id = h.worker_id AND r.state = 2
+		RETURNING r.id, r.epoch`, ids, epochs, workers, ttl.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("renewing leases: %w", err)
 	}

@@ -308,32 +308,35 @@ type RunCursor struct {
 }
 
 // ListRuns returns up to limit runs, newest first, after the cursor (nil = from the top).
+// It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit int, after *RunCursor) ([]*Run, error) {
 	var afterTime *time.Time
 	var afterID *uuid.UUID
 	if after != nil {
 		afterTime, afterID = &after.CreateTime, &after.ID
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+runColumns+` FROM runs
-		WHERE tenant_id = $1
-			AND ($2::smallint = 0 OR state = $2)
-			AND ($3::text = '' OR assistant_id = $3)
-			AND ($4::timestamptz IS NULL OR (create_time, id) < ($4, $5::uuid))
-		ORDER BY create_time DESC, id DESC
-		LIMIT $6`, tenant, f.State, f.AssistantID, afterTime, afterID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("listing runs: %w", err)
-	}
-	defer rows.Close()
-	var out []*Run
-	for rows.Next() {
-		r, err := scanRun(rows)
+	return readStale(ctx, s, func(q querier) ([]*Run, error) {
+		rows, err := q.Query(ctx, `SELECT `+runColumns+` FROM runs
+			WHERE tenant_id = $1
+				AND ($2::smallint = 0 OR state = $2)
+				AND ($3::text = '' OR assistant_id = $3)
+				AND ($4::timestamptz IS NULL OR (create_time, id) < ($4, $5::uuid))
+			ORDER BY create_time DESC, id DESC
+			LIMIT $6`, tenant, f.State, f.AssistantID, afterTime, afterID, limit)
 		if err != nil {
 			return nil, fmt.Errorf("listing runs: %w", err)
 		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		defer rows.Close()
+		var out []*Run
+		for rows.Next() {
+			r, err := scanRun(rows)
+			if err != nil {
+				return nil, fmt.Errorf("listing runs: %w", err)
+			}
+			out = append(out, r)
+		}
+		return out, rows.Err()
+	})
 }
 
 // CancelRun cancels a run: a queued or interrupted run ends CANCELLED at once; a running

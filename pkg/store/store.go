@@ -55,10 +55,17 @@ func (e *AssistantNotFoundError) Is(target error) bool { return target == ErrNot
 // Store is the PostgreSQL store. It is safe for concurrent use.
 type Store struct {
 	pool *pgxpool.Pool
+	// replica serves the reads that tolerate staleness; nil without one (replica.go).
+	replica *replica
 }
 
-// Open connects to the database at url (a libpq URL or DSN).
-func Open(ctx context.Context, url string) (*Store, error) {
+// Open connects to the database at url (a libpq URL or DSN), and to a read replica when
+// WithReadReplica names one.
+func Open(ctx context.Context, url string, opts ...OpenOption) (*Store, error) {
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing database URL: %w", err)
@@ -76,14 +83,26 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("connecting to database (is PostgreSQL running and DATABASE_URL right?): %w", err)
 	}
-	return &Store{pool: pool}, nil
+	st := &Store{pool: pool}
+	if o.readURL != "" {
+		if st.replica, err = openReplica(ctx, o.readURL, o); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
+	return st, nil
 }
 
 // Pool returns the underlying connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Close closes every connection.
-func (s *Store) Close() { s.pool.Close() }
+func (s *Store) Close() {
+	if s.replica != nil {
+		s.replica.close()
+	}
+	s.pool.Close()
+}
 
 // Migrate applies every pending migration. Several processes may call it at once: a
 // PostgreSQL advisory lock lets one apply while the others wait.

@@ -134,28 +134,31 @@ type ThreadCursor struct {
 }
 
 // ListThreads returns up to limit threads, newest first, after the cursor.
+// It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListThreads(ctx context.Context, tenant string, limit int, after *ThreadCursor) ([]*Thread, error) {
 	var afterTime *time.Time
 	var afterID *string
 	if after != nil {
 		afterTime, afterID = &after.CreateTime, &after.ID
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+threadColumns+` FROM threads
-		WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (create_time, id) < ($2, $3::text))
-		ORDER BY create_time DESC, id DESC LIMIT $4`, tenant, afterTime, afterID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("listing threads: %w", err)
-	}
-	defer rows.Close()
-	var out []*Thread
-	for rows.Next() {
-		t, err := scanThread(rows)
+	return readStale(ctx, s, func(q querier) ([]*Thread, error) {
+		rows, err := q.Query(ctx, `SELECT `+threadColumns+` FROM threads
+			WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (create_time, id) < ($2, $3::text))
+			ORDER BY create_time DESC, id DESC LIMIT $4`, tenant, afterTime, afterID, limit)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("listing threads: %w", err)
 		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
+		defer rows.Close()
+		var out []*Thread
+		for rows.Next() {
+			t, err := scanThread(rows)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, t)
+		}
+		return out, rows.Err()
+	})
 }
 
 // DeleteThread deletes a thread without an active run (ErrThreadBusy otherwise).

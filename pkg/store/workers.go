@@ -112,32 +112,35 @@ func (s *Store) MarkStaleWorkersLost(ctx context.Context, maxAge, forgetAfter ti
 }
 
 // ListWorkers returns up to limit workers with ids after afterID, in id order.
+// It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListWorkers(ctx context.Context, includeLost bool, limit int, afterID string) ([]*Worker, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, pool, hostname, labels, slots, gpus, memory_total_bytes,
-			memory_free_bytes, state, scheduler_id, connect_time, heartbeat_time
-		FROM workers WHERE id > $1 AND ($2 OR state <> 3) ORDER BY id LIMIT $3`, afterID, includeLost, limit)
-	if err != nil {
-		return nil, fmt.Errorf("listing workers: %w", err)
-	}
-	defer rows.Close()
-	var out []*Worker
-	for rows.Next() {
-		var w Worker
-		var labels, slots, gpus []byte
-		if err := rows.Scan(&w.ID, &w.Pool, &w.Hostname, &labels, &slots, &gpus, &w.MemoryTotalBytes,
-			&w.MemoryFreeBytes, &w.State, &w.SchedulerID, &w.ConnectTime, &w.HeartbeatTime); err != nil {
-			return nil, err
+	return readStale(ctx, s, func(q querier) ([]*Worker, error) {
+		rows, err := q.Query(ctx, `SELECT id, pool, hostname, labels, slots, gpus, memory_total_bytes,
+				memory_free_bytes, state, scheduler_id, connect_time, heartbeat_time
+			FROM workers WHERE id > $1 AND ($2 OR state <> 3) ORDER BY id LIMIT $3`, afterID, includeLost, limit)
+		if err != nil {
+			return nil, fmt.Errorf("listing workers: %w", err)
 		}
-		if err := json.Unmarshal(labels, &w.Labels); err != nil {
-			return nil, err
+		defer rows.Close()
+		var out []*Worker
+		for rows.Next() {
+			var w Worker
+			var labels, slots, gpus []byte
+			if err := rows.Scan(&w.ID, &w.Pool, &w.Hostname, &labels, &slots, &gpus, &w.MemoryTotalBytes,
+				&w.MemoryFreeBytes, &w.State, &w.SchedulerID, &w.ConnectTime, &w.HeartbeatTime); err != nil {
+				return nil, err
+			}
+			if err := json.Unmarshal(labels, &w.Labels); err != nil {
+				return nil, err
+			}
+			if err := json.Unmarshal(slots, &w.Slots); err != nil {
+				return nil, err
+			}
+			if err := json.Unmarshal(gpus, &w.GPUs); err != nil {
+				return nil, err
+			}
+			out = append(out, &w)
 		}
-		if err := json.Unmarshal(slots, &w.Slots); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal(gpus, &w.GPUs); err != nil {
-			return nil, err
-		}
-		out = append(out, &w)
-	}
-	return out, rows.Err()
+		return out, rows.Err()
+	})
 }

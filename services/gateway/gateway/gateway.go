@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -32,6 +33,9 @@ import (
 
 // Config configures a gateway.
 type Config struct {
+	// ID names this gateway instance (its discovery id, and the value of the
+	// x-agentserver-gateway response header); generated when empty.
+	ID string
 	// HTTPAddr serves REST and GET /healthz (port 0 picks a free port).
 	HTTPAddr string
 	// GRPCAddr serves the gRPC API.
@@ -44,6 +48,9 @@ type Config struct {
 	DefaultTimeout time.Duration
 	// MaxTimeout is the cluster maximum execution timeout.
 	MaxTimeout time.Duration
+	// AssistantCacheTTL is how long GetAssistant answers from memory (api.AssistantCache);
+	// 0 disables the cache.
+	AssistantCacheTTL time.Duration
 }
 
 // Defaults returns the default configuration (REST :8080, gRPC :9090).
@@ -52,17 +59,21 @@ func Defaults() Config {
 	return Config{
 		HTTPAddr: ":8080", GRPCAddr: ":9090", MaxRequestBytes: 4 << 20,
 		DefaultMaxAttempts: int(l.DefaultMaxAttempts), DefaultTimeout: l.DefaultTimeout, MaxTimeout: l.MaxTimeout,
+		AssistantCacheTTL: api.DefaultAssistantCacheTTL,
 	}
 }
 
 // Bind registers the gateway's settings on set, with cfg's values as defaults.
 func Bind(set *config.Set, cfg *Config) {
+	set.String(&cfg.ID, "id", "GATEWAY_ID", cfg.ID, "instance id (generated when empty)")
 	set.String(&cfg.HTTPAddr, "http-addr", "GATEWAY_HTTP_ADDR", cfg.HTTPAddr, "REST and /healthz listen address")
 	set.String(&cfg.GRPCAddr, "grpc-addr", "GATEWAY_GRPC_ADDR", cfg.GRPCAddr, "gRPC listen address")
 	set.Int(&cfg.MaxRequestBytes, "max-request-bytes", "GATEWAY_MAX_REQUEST_BYTES", cfg.MaxRequestBytes, "largest request accepted")
 	set.Int(&cfg.DefaultMaxAttempts, "default-max-attempts", "AGENTSERVER_DEFAULT_MAX_ATTEMPTS", cfg.DefaultMaxAttempts, "attempts of a run whose assistant sets none")
 	set.Duration(&cfg.DefaultTimeout, "default-timeout", "AGENTSERVER_DEFAULT_TIMEOUT", cfg.DefaultTimeout, "execution timeout of a run when neither run nor assistant sets one")
 	set.Duration(&cfg.MaxTimeout, "max-timeout", "AGENTSERVER_MAX_TIMEOUT", cfg.MaxTimeout, "cluster maximum execution timeout")
+	set.Duration(&cfg.AssistantCacheTTL, "assistant-cache-ttl", "GATEWAY_ASSISTANT_CACHE_TTL", cfg.AssistantCacheTTL,
+		"how long GetAssistant answers from this gateway's memory; an update through another gateway shows after at most this (0: off)")
 }
 
 // Validate reports the first setting a person must fix.
@@ -74,6 +85,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("default max attempts (%d) must be at least 1", c.DefaultMaxAttempts)
 	case c.DefaultTimeout <= 0 || c.MaxTimeout < c.DefaultTimeout:
 		return fmt.Errorf("timeouts must satisfy 0 < default (%s) <= max (%s)", c.DefaultTimeout, c.MaxTimeout)
+	case c.AssistantCacheTTL < 0:
+		return fmt.Errorf("assistant cache TTL (%s) must not be negative", c.AssistantCacheTTL)
 	}
 	return nil
 }
@@ -95,6 +108,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway configuration: %w", err)
 	}
+	if cfg.ID == "" {
+		cfg.ID = "gateway-" + uuid.NewString()[:8]
+	}
 	limits := api.Limits{
 		DefaultMaxAttempts: int32(cfg.DefaultMaxAttempts), DefaultTimeout: cfg.DefaultTimeout,
 		MaxTimeout: cfg.MaxTimeout, MaxWait: api.DefaultLimits().MaxWait,
@@ -112,10 +128,12 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	window := latency.NewWindow(time.Minute, 1<<16)
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(window.Interceptor(), api.UnaryErrors(log)),
-		grpc.ChainStreamInterceptor(api.StreamErrors(log)),
+		grpc.ChainUnaryInterceptor(unaryGatewayHeader(cfg.ID), window.Interceptor(), api.UnaryErrors(log)),
+		grpc.ChainStreamInterceptor(streamGatewayHeader(cfg.ID), api.StreamErrors(log)),
 	)
-	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{Store: st, Limits: limits, Log: log})
+	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{
+		Store: st, Limits: limits, Log: log, Cache: api.NewAssistantCache(cfg.AssistantCacheTTL),
+	})
 	agentserverv1.RegisterRunServiceServer(s.grpc, &api.Runs{Store: st, Limits: limits, Log: log})
 	agentserverv1.RegisterClusterServiceServer(s.grpc, &api.Cluster{Store: st, Log: log})
 	agentserverv1.RegisterThreadServiceServer(s.grpc, &api.Threads{Store: st, Log: log})
@@ -171,6 +189,9 @@ func loopback(a net.Addr) string {
 	}
 	return tcp.String()
 }
+
+// ID is this instance's id.
+func (s *Server) ID() string { return s.cfg.ID }
 
 // GRPCAddr is the address of the gRPC listener.
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }

@@ -65,6 +65,8 @@ type Option func(*options)
 
 type options struct {
 	detector gpu.Detector
+	// dial holds extra options of the scheduler connection (dial.go).
+	dial dialSettings
 }
 
 // WithGPUDetector makes the worker read its GPUs through d instead of the NVIDIA driver

@@ -66,7 +66,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.String(&cfg.ID, "id", "WORKER_ID", cfg.ID, "worker id (generated when empty)")
 	set.String(&cfg.Pool, "pool", "WORKER_POOL", cfg.Pool, "worker pool name")
 	set.String(&cfg.Slots, "slots", "WORKER_SLOTS", cfg.Slots, "slots by type, e.g. cpu=4,gpu=1")
-	set.String(&cfg.SchedulerAddrs, "scheduler-addr", "SCHEDULER_ADDR", cfg.SchedulerAddrs, "scheduler gRPC addresses, comma separated")
+	set.String(&cfg.SchedulerAddrs, "scheduler-addr", "SCHEDULER_ADDR", cfg.SchedulerAddrs, "scheduler gRPC addresses, comma separated, or one target such as consul:///agentserver-scheduler")
 	set.String(&cfg.WorkDir, "workdir", "WORKER_WORKDIR", cfg.WorkDir, "working directory of executor processes (default: current)")
 	set.Duration(&cfg.DrainGrace, "drain-grace", "WORKER_DRAIN_GRACE", cfg.DrainGrace, "how long running runs may finish on shutdown")
 	set.String(&cfg.Labels, "labels", "WORKER_LABELS", cfg.Labels, "labels, e.g. zone=a,disk=ssd")
@@ -104,6 +104,8 @@ type Worker struct {
 	// sessionReady reports whether a session is registered now.
 	connected bool
 	admin     *admin.Server
+	// dialOpts are extra options of the scheduler connection (WithDialOptions).
+	dialOpts []grpc.DialOption
 }
 
 type activeRun struct {
@@ -136,12 +138,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 		}
 		labels[k] = v
 	}
-	var addrs []string
-	for _, a := range strings.Split(cfg.SchedulerAddrs, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			addrs = append(addrs, a)
-		}
-	}
+	addrs := schedulerTargets(cfg.SchedulerAddrs)
 	if len(addrs) == 0 {
 		return nil, errors.New("SCHEDULER_ADDR is empty: give at least one scheduler address (host:port)")
 	}
@@ -176,6 +173,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 		cfg: cfg, slots: slots, labels: labels, addrs: addrs, log: log.With("worker", cfg.ID), exec: mgr,
 		hostname: hostname, gpus: gpus, runs: make(map[string]*activeRun), used: make(map[string]int),
 		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1),
+		dialOpts: dialOptions(opts),
 	}
 	if cfg.AdminAddr != "" {
 		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log); err != nil {
@@ -356,10 +354,10 @@ func (w *Worker) heartbeat() *schedulerv1.ConnectRequest {
 // session runs one Connect stream until it breaks or ctx ends. It sets *registered once
 // the scheduler accepted the worker's registration.
 func (w *Worker) session(ctx context.Context, addr string, registered *bool) error {
-	conn, err := grpc.NewClient(addr,
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	}, w.dialOpts...)...)
 	if err != nil {
 		return err
 	}

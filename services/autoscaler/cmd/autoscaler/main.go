@@ -27,8 +27,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/agentserver/agentserver/pkg/config"
+	"github.com/agentserver/agentserver/pkg/discovery"
+	"github.com/agentserver/agentserver/pkg/discovery/announce"
 	"github.com/agentserver/agentserver/services/autoscaler/internal/api"
 	"github.com/agentserver/agentserver/services/autoscaler/internal/controller"
 	"github.com/agentserver/agentserver/services/autoscaler/internal/driver"
@@ -70,6 +73,7 @@ type runConfig struct {
 	MetricsURL    string
 	Listen        string
 	History       int
+	Discovery     string
 }
 
 func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -86,6 +90,8 @@ func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
 		"instead of --scheduler-addr/--gateway-addrs: URL of a cluster statistics JSON document (see internal/metrics.Document)")
 	set.String(&cfg.Listen, "listen", "AUTOSCALER_LISTEN", ":8095", "HTTP address of /v1/decisions, /v1/status, /metrics and /healthz; empty disables")
 	set.Int(&cfg.History, "history", "AUTOSCALER_HISTORY", controller.DefaultHistory, "decisions kept in memory")
+	set.String(&cfg.Discovery, "discovery", "AGENTSERVER_DISCOVERY", "",
+		"how consul:///<service> targets resolve: consul, or static to allow host:port targets only (default: consul when CONSUL_HTTP_ADDR is set)")
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the control loop: observe, decide, scale through the driver",
@@ -106,8 +112,9 @@ func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
 // sourceFor builds the metrics source `run` reads: the schedulers' GetClusterStats and
 // the gateways' GetLatency over gRPC (metrics.Source over metrics.SchedulerStats and
 // metrics.GatewayStats), or a JSON document over HTTP (metrics.HTTPSource). The returned
-// function releases the source's connections.
-func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger) (controller.MetricsSource, func() error, error) {
+// function releases the source's connections. dial are added to the connections' options
+// (discovery.DialOptions, so consul:/// and static:/// targets resolve).
+func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger, dial ...grpc.DialOption) (controller.MetricsSource, func() error, error) {
 	noop := func() error { return nil }
 	schedulers, gateways := metrics.SplitTargets(cfg.SchedulerAddr), metrics.SplitTargets(cfg.GatewayAddrs)
 	switch {
@@ -130,7 +137,7 @@ func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger) (controller.M
 		log.Info("the policy does not scale gateways: --gateway-addrs is not used")
 		gateways = nil
 	}
-	cluster, err := metrics.NewSchedulerStats(schedulers, cfg.RPCTimeout)
+	cluster, err := metrics.NewSchedulerStats(schedulers, cfg.RPCTimeout, dial...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--scheduler-addr: %w", err)
 	}
@@ -138,7 +145,7 @@ func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger) (controller.M
 	if len(gateways) == 0 {
 		return src, cluster.Close, nil
 	}
-	gw, err := metrics.NewGatewayStats(gateways, cfg.RPCTimeout, log)
+	gw, err := metrics.NewGatewayStats(gateways, cfg.RPCTimeout, log, dial...)
 	if err != nil {
 		_ = cluster.Close()
 		return nil, nil, fmt.Errorf("--gateway-addrs: %w", err)
@@ -165,7 +172,17 @@ func run(ctx context.Context, cfg runConfig, log *slog.Logger, stdout io.Writer)
 	if err != nil {
 		return fmt.Errorf("--policy %s: %w", cfg.Policy, err)
 	}
-	src, closeSource, err := sourceFor(cfg, pol, log)
+	disc := announce.Defaults()
+	disc.Mode = cfg.Discovery
+	d, err := announce.Open(disc, log)
+	if err != nil {
+		return fmt.Errorf("--discovery: %w", err)
+	}
+	if err := errors.Join(announce.CheckTargets(d, "--scheduler-addr", metrics.SplitTargets(cfg.SchedulerAddr)...),
+		announce.CheckTargets(d, "--gateway-addrs", metrics.SplitTargets(cfg.GatewayAddrs)...)); err != nil {
+		return err
+	}
+	src, closeSource, err := sourceFor(cfg, pol, log, discovery.DialOptions(d)...)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,8 @@ type Assistants struct {
 	Store  *store.Store
 	Limits Limits
 	Log    *slog.Logger
+	// Cache serves GetAssistant from memory for a short TTL; nil disables it.
+	Cache *AssistantCache
 }
 
 // tenant returns the caller's tenant. Until API keys exist every caller is the default
@@ -129,16 +131,18 @@ func (s *Assistants) CreateAssistant(ctx context.Context, req *agentserverv1.Cre
 	if err != nil {
 		return nil, err
 	}
+	s.Cache.put(out)
 	return assistantToProto(out), nil
 }
 
-// GetAssistant returns an assistant.
+// GetAssistant returns an assistant, from this gateway's cache when it read it less than
+// the cache's TTL ago (see AssistantCache).
 func (s *Assistants) GetAssistant(ctx context.Context, req *agentserverv1.GetAssistantRequest) (*agentserverv1.Assistant, error) {
 	id, err := parseAssistantName("name", req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	a, err := s.Store.GetAssistant(ctx, tenant(ctx), id)
+	a, err := s.Cache.get(ctx, tenant(ctx), id, s.Store.GetAssistant)
 	if err != nil {
 		return nil, notFound(err, "assistant", req.GetName())
 	}
@@ -211,6 +215,7 @@ func (s *Assistants) UpdateAssistant(ctx context.Context, req *agentserverv1.Upd
 	if err := s.validateAssistant(a, paths); err != nil {
 		return nil, err
 	}
+	s.Cache.invalidate(tenant(ctx), id)
 	out, err := s.Store.UpdateAssistant(ctx, tenant(ctx), id, func(cur *store.Assistant) error {
 		if paths["display_name"] {
 			cur.DisplayName = a.GetDisplayName()
@@ -250,6 +255,7 @@ func (s *Assistants) UpdateAssistant(ctx context.Context, req *agentserverv1.Upd
 	if err != nil {
 		return nil, notFound(err, "assistant", a.GetName())
 	}
+	s.Cache.put(out)
 	return assistantToProto(out), nil
 }
 
@@ -259,7 +265,11 @@ func (s *Assistants) DeleteAssistant(ctx context.Context, req *agentserverv1.Del
 	if err != nil {
 		return nil, err
 	}
-	if err := s.Store.DeleteAssistant(ctx, tenant(ctx), id); err != nil {
+	s.Cache.invalidate(tenant(ctx), id)
+	err = s.Store.DeleteAssistant(ctx, tenant(ctx), id)
+	// Again after the delete: a read that began before it committed must not stay.
+	s.Cache.invalidate(tenant(ctx), id)
+	if err != nil {
 		return nil, notFound(err, "assistant", req.GetName())
 	}
 	return &emptypb.Empty{}, nil

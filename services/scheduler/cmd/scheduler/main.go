@@ -1,5 +1,10 @@
 // Command scheduler runs the scheduler service: worker sessions, placement, leases and
 // recovery. Configure it with flags or the environment variables named in -help.
+//
+// With Consul (CONSUL_HTTP_ADDR set, or --discovery consul) it registers as
+// agentserver-scheduler with a gRPC health check on its worker port, so workers given
+// SCHEDULER_ADDR=consul:///agentserver-scheduler find it, and deregisters before it stops
+// serving on SIGTERM or SIGINT.
 package main
 
 import (
@@ -11,6 +16,8 @@ import (
 	"syscall"
 
 	"github.com/agentserver/agentserver/pkg/config"
+	"github.com/agentserver/agentserver/pkg/discovery"
+	"github.com/agentserver/agentserver/pkg/discovery/announce"
 	"github.com/agentserver/agentserver/pkg/store"
 	"github.com/agentserver/agentserver/services/scheduler/scheduler"
 )
@@ -24,10 +31,12 @@ func main() {
 
 func run() error {
 	cfg := scheduler.Defaults()
+	disc := announce.Defaults()
 	var dbURL string
 	set := config.New("scheduler")
 	set.String(&dbURL, "database-url", "DATABASE_URL", "", "PostgreSQL URL (required); LISTEN needs a direct connection, not PgBouncer")
 	scheduler.Bind(set, &cfg)
+	announce.Bind(set, &disc)
 	if err := set.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -36,12 +45,16 @@ func run() error {
 	}
 	cfg.DatabaseURL = dbURL
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := store.Migrate(ctx, dbURL); err != nil {
+	d, err := announce.Open(disc, log)
+	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, dbURL)
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := store.Migrate(sigCtx, dbURL); err != nil {
+		return err
+	}
+	st, err := store.Open(sigCtx, dbURL)
 	if err != nil {
 		return err
 	}
@@ -50,5 +63,25 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	return srv.Run(ctx)
+
+	// Deregister before the sessions close, so reconnecting workers resolve the other
+	// schedulers only.
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg, err := announce.Register(runCtx, d, disc, discovery.Registration{
+		Service: announce.Scheduler,
+		ID:      srv.ID(),
+		Port:    announce.Port(srv.Addr()),
+		Check:   discovery.CheckGRPC,
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer reg.Deregister()
+	go func() {
+		<-sigCtx.Done()
+		reg.Deregister()
+		cancel()
+	}()
+	return srv.Run(runCtx)
 }
