@@ -101,7 +101,11 @@ type Server struct {
 	health  *health.Server
 	http    *http.Server
 	conn    *grpc.ClientConn
+	runs    *api.Runs
 }
+
+// createBatch is the most runs one group-commit of concurrent CreateRun calls writes.
+const createBatch = 256
 
 // New builds a gateway and binds its listeners.
 func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
@@ -134,7 +138,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{
 		Store: st, Limits: limits, Log: log, Cache: api.NewAssistantCache(cfg.AssistantCacheTTL),
 	})
-	agentserverv1.RegisterRunServiceServer(s.grpc, &api.Runs{Store: st, Limits: limits, Log: log})
+	s.runs = &api.Runs{Store: st, Limits: limits, Log: log}
+	s.runs.EnableBatching(createBatch)
+	agentserverv1.RegisterRunServiceServer(s.grpc, s.runs)
 	agentserverv1.RegisterClusterServiceServer(s.grpc, &api.Cluster{Store: st, Log: log})
 	agentserverv1.RegisterThreadServiceServer(s.grpc, &api.Threads{Store: st, Log: log})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -227,6 +233,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-shutdownCtx.Done():
 			s.grpc.Stop()
 		}
+		s.runs.Close()
 		return s.conn.Close()
 	})
 	s.log.Info("gateway serving", "http", s.httpLis.Addr().String(), "grpc", s.grpcLis.Addr().String())

@@ -18,6 +18,8 @@ type Runs struct {
 	Store  *store.Store
 	Limits Limits
 	Log    *slog.Logger
+
+	batcher *createBatcher
 }
 
 const (
@@ -87,11 +89,31 @@ func (s *Runs) CreateRun(ctx context.Context, req *agentserverv1.CreateRunReques
 	if err != nil {
 		return nil, err
 	}
-	runs, err := s.Store.CreateRuns(ctx, tenant(ctx), []store.NewRun{nr}, s.defaults())
+	if s.batcher == nil {
+		runs, err := s.Store.CreateRuns(ctx, tenant(ctx), []store.NewRun{nr}, s.defaults())
+		if err != nil {
+			return nil, err
+		}
+		return runToProto(runs[0]), nil
+	}
+	r, err := s.batcher.create(ctx, tenant(ctx), nr)
 	if err != nil {
 		return nil, err
 	}
-	return runToProto(runs[0]), nil
+	return runToProto(r), nil
+}
+
+// EnableBatching makes concurrent CreateRun calls share transactions (up to maxBatch
+// runs each). Call Close when done.
+func (s *Runs) EnableBatching(maxBatch int) {
+	s.batcher = newCreateBatcher(s.Store, s.defaults(), maxBatch)
+}
+
+// Close stops the create batcher, if any, after writing what it holds.
+func (s *Runs) Close() {
+	if s.batcher != nil {
+		s.batcher.close()
+	}
 }
 
 // BatchCreateRuns enqueues up to 1000 runs, all or nothing.
