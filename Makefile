@@ -57,6 +57,11 @@ test-go:
 
 test-deploy:
 	cd deploy && GOWORK=off go test ./...
+	cd examples/noop && GOWORK=off go test ./...
+
+## bench: agentserver against River on the same PostgreSQL (BENCH_FLAGS=--quick for ~1 minute).
+bench: build
+	cd bench && GOWORK=off go run ./cmd/benchall $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

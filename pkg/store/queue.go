@@ -66,9 +66,12 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id)
 			FROM run_queue q
 			WHERE q.slot_type = $1 AND q.available_time <= now()
-				AND NOT EXISTS (SELECT 1 FROM assistant_load l
-					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id
-						AND l.running >= l.concurrency_limit)
+				-- A scalar subquery (one primary-key probe per row), not NOT EXISTS: the
+				-- planner would turn that into an anti-join over every queued row plus a
+				-- sort, where this keeps an ordered scan of run_queue_claim that stops
+				-- at LIMIT.
+				AND NOT coalesce((SELECT l.running >= l.concurrency_limit FROM assistant_load l
+					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id), false)
 				AND ($3::bigint IS NULL OR (SELECT r.gpu_memory_bytes FROM runs r WHERE r.id = q.run_id) <= $3)
 			ORDER BY q.priority DESC, q.seq
 			LIMIT $2

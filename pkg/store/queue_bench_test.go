@@ -19,7 +19,10 @@ import (
 // AGENTSERVER_TEST_DATABASE_URL's):
 //
 //	go test -run '^$' -bench . ./store/                 # enqueue, claim+finish, claim with 0/10k/100k queued
-//	go test -run '^$' -bench 'ClaimLatency/queued=1M' ./store/   # claim with 1,000,000 queued (builds it: ~1 min)
+//	go test -run '^$' -bench 'ClaimLatency/queued=1M' -benchtime 2000x ./store/  # 1,000,000 queued (~1.5 min to build)
+//
+// Give -benchtime as a count (e.g. 2000x): with a duration, go test calls each benchmark
+// again with growing b.N and every call builds its queue anew.
 //
 // Each benchmark gets its own database. Figures are per operation; runs/s is reported where
 // an operation handles several runs.
@@ -53,8 +56,8 @@ func newRuns(n int) []store.NewRun {
 }
 
 // fillQueue queues n runs of the bench assistant with one INSERT … SELECT generate_series
-// per table (seconds for a million, where CreateRuns would take minutes), then vacuums and
-// analyses so that the claim plans against settled statistics.
+// per table (about a minute and a half for a million on two cores, far less than CreateRuns
+// would take), then vacuums and analyses so that the claim plans against settled statistics.
 func fillQueue(b *testing.B, st *store.Store, n int) {
 	b.Helper()
 	if n == 0 {
@@ -158,7 +161,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 
 // BenchmarkClaimLatency measures one ClaimRuns call (limit 1) with a deep queue: the
 // target is a flat line from 0 to 1,000,000 queued runs. queued=1M runs only when named
-// (-bench 'ClaimLatency/queued=1M'): building it takes about a minute.
+// (-bench 'ClaimLatency/queued=1M'): building it takes about a minute and a half.
 func BenchmarkClaimLatency(b *testing.B) {
 	for _, tc := range []struct {
 		name   string

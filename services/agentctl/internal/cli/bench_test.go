@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,4 +217,28 @@ func TestBenchUsageErrors(t *testing.T) {
 		require.Contains(t, res.stderr, tc.want, tc.args)
 	}
 	require.Empty(t, h.fake.methods(), "nothing is sent on a usage error")
+}
+
+func TestBenchReportText(t *testing.T) {
+	t.Parallel()
+	r := &BenchReport{
+		Mode: benchModeRate, Assistant: "assistants/a", OfferedRatePerS: 500, DurationS: 20,
+		Created: 10000, Completed: 9999, ThroughputPerS: 499.95, WindowS: 20.0004, CreateRatePerS: 500,
+		EnqueueToStartMS:    Percentiles{P50: 2.5, P95: 4, P99: 6.25, Max: 30, N: 10000},
+		EnqueueToCompleteMS: Percentiles{P50: 5, P95: 8, P99: 12, Max: 40, N: 9999},
+		Errors:              1, ErrorKinds: map[string]int{"run ended FAILED": 1},
+		CPU: []ProcessCPU{{Name: "postgres", PIDs: []int{1, 2}, CPUS: 3, Cores: 0.15, PerRunUS: 300}},
+	}
+	var out strings.Builder
+	require.NoError(t, r.printText(&out))
+	for _, want := range []string{
+		"workload:    500 runs/s offered for 20s, one CreateRun per run\n",
+		"runs:        10000 created, 9999 completed, 1 errors\n",
+		"throughput:  499.9 runs/s over 20s (server clock)\n",
+		"enqueue→start     2.50  4.00  6.25   30.00  10000\n",
+		"postgres  3.00     0.15   300 µs   2\n",
+		"       1  run ended FAILED\n",
+	} {
+		require.Contains(t, out.String(), want)
+	}
 }
