@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Claim is a run handed to a worker: the run, the flow of its assistant version and the
@@ -305,101 +307,168 @@ type FinishResult struct {
 // ErrStaleEpoch, and writes nothing, unless the run is RUNNING under that very epoch.
 // A retryable failure with attempts left is queued again after RetryDelay.
 func (s *Store) FinishRun(ctx context.Context, p FinishParams) (FinishResult, error) {
-	var res FinishResult
-	var state []byte
-	if p.State != nil {
-		var err error
-		if state, err = json.Marshal(p.State); err != nil {
-			return res, fmt.Errorf("encoding run state: %w", err)
+	res, errs, err := s.FinishRuns(ctx, []FinishParams{p})
+	if err != nil {
+		return FinishResult{}, err
+	}
+	return res[0], errs[0]
+}
+
+// FinishRuns records the ends of several executions in one transaction (group commit),
+// each fenced like FinishRun: errs[i] is ErrStaleEpoch where item i was refused. err is
+// set, and nothing is written, when the transaction itself fails.
+func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) (res []FinishResult, errs []error, err error) {
+	for attempt := 1; ; attempt++ {
+		res, errs, err = s.finishRuns(ctx, ps)
+		var pgErr *pgconn.PgError
+		// Two batches that end runs of the same limited assistants or threads in another
+		// order can deadlock on those rows; the loser is rolled back whole and may retry.
+		if err != nil && errors.As(err, &pgErr) && pgErr.Code == "40P01" && attempt < 3 {
+			continue
+		}
+		return res, errs, err
+	}
+}
+
+type finishRow struct {
+	i                    int
+	attempt, maxAttempts int32
+	cancelRequested      bool
+	tenant, assistant    string
+	thread               string
+}
+
+func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
+	res := make([]FinishResult, len(ps))
+	errs := make([]error, len(ps))
+	states := make([][]byte, len(ps))
+	for i, p := range ps {
+		if p.State != nil {
+			var err error
+			if states[i], err = json.Marshal(p.State); err != nil {
+				return nil, nil, fmt.Errorf("encoding state of run %s: %w", p.RunID, err)
+			}
 		}
 	}
+	// Lock the runs in id order, every batch the same way.
+	order := make([]int, len(ps))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return bytes.Compare(ps[order[a]].RunID[:], ps[order[b]].RunID[:]) < 0 })
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var attempt, maxAttempts int32
-		var cancelRequested bool
-		err := tx.QueryRow(ctx, `SELECT attempt, max_attempts, cancel_requested FROM runs
-			WHERE id = $1 AND epoch = $2 AND state = 2 FOR UPDATE`, p.RunID, p.Epoch).Scan(&attempt, &maxAttempts, &cancelRequested)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrStaleEpoch
+		lock := &pgx.Batch{}
+		for _, i := range order {
+			lock.Queue(`SELECT attempt, max_attempts, cancel_requested, tenant_id, assistant_id, coalesce(thread_id, '')
+				FROM runs WHERE id = $1 AND epoch = $2 AND state = 2 FOR UPDATE`, ps[i].RunID, ps[i].Epoch)
 		}
-		if err != nil {
+		br := tx.SendBatch(ctx, lock)
+		var rows []finishRow
+		for _, i := range order {
+			r := finishRow{i: i}
+			err := br.QueryRow().Scan(&r.attempt, &r.maxAttempts, &r.cancelRequested, &r.tenant, &r.assistant, &r.thread)
+			if errors.Is(err, pgx.ErrNoRows) {
+				errs[i] = ErrStaleEpoch
+				continue
+			}
+			if err != nil {
+				br.Close()
+				return err
+			}
+			rows = append(rows, r)
+		}
+		if err := br.Close(); err != nil {
 			return err
 		}
-		outcome := p.Outcome
-		if cancelRequested && outcome != OutcomeSucceeded {
-			outcome = OutcomeCancelled
-		}
-		switch {
-		case outcome == OutcomeReleased:
-			res.State = StateQueued
-			_, err = tx.Exec(ctx, `
-				WITH u AS (
-					UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL,
-						checkpoint = coalesce($2, checkpoint)
-					WHERE id = $1 RETURNING *)
-				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-				SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM u`, p.RunID, state)
-		case outcome == OutcomeFailed && p.Retryable && attempt < maxAttempts:
-			res.State, res.Retried = StateQueued, true
-			_, err = tx.Exec(ctx, `
-				WITH u AS (
-					UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL, attempt = attempt + 1,
-						error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
-						checkpoint = NULL, next_step = NULL
-					WHERE id = $1 RETURNING *)
-				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time)
-				SELECT id, seq, tenant_id, assistant_id, slot_type, priority, next_attempt_time FROM u`,
-				p.RunID, p.Error, p.RetryDelay.Milliseconds())
-		default:
-			res.State = terminalState(outcome)
-			out := state
-			if res.State != StateSucceeded && res.State != StateInterrupted {
-				out = nil
+		// Writes in (assistant, thread) order: the triggers they fire lock those rows.
+		sort.SliceStable(rows, func(a, b int) bool {
+			if rows[a].assistant != rows[b].assistant {
+				return rows[a].assistant < rows[b].assistant
 			}
-			errMsg := p.Error
-			if res.State == StateCancelled && errMsg == "" {
-				errMsg = "cancelled"
-			}
-			if res.State == StateInterrupted {
-				var prompt []byte
-				if prompt, err = json.Marshal(p.Prompt); err != nil {
-					return fmt.Errorf("encoding prompt: %w", err)
-				}
-				_, err = tx.Exec(ctx, `UPDATE runs SET state = 7, lease_expire_time = NULL, resume = NULL,
-					checkpoint = coalesce($2, checkpoint), next_step = nullif($3, ''), prompt = $4 WHERE id = $1`,
-					p.RunID, state, p.Step, prompt)
-			} else {
-				_, err = tx.Exec(ctx, `UPDATE runs SET state = $2, output = $3, error = $4, end_time = now(),
-					lease_expire_time = NULL WHERE id = $1`, p.RunID, res.State, out, errMsg)
+			return rows[a].thread < rows[b].thread
+		})
+		write := &pgx.Batch{}
+		for _, r := range rows {
+			if err := queueFinish(write, ps[r.i], states[r.i], r, &res[r.i]); err != nil {
+				return err
 			}
 		}
-		if err != nil {
-			return err
+		return tx.SendBatch(ctx, write).Close()
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
+	}
+	return res, errs, nil
+}
+
+// queueFinish adds the statements that end one locked run to b and records the outcome.
+func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *FinishResult) error {
+	outcome := p.Outcome
+	if r.cancelRequested && outcome != OutcomeSucceeded {
+		outcome = OutcomeCancelled
+	}
+	switch {
+	case outcome == OutcomeReleased:
+		res.State = StateQueued
+		b.Queue(`
+			WITH u AS (
+				UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL,
+					checkpoint = coalesce($2, checkpoint)
+				WHERE id = $1 RETURNING *)
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM u`, p.RunID, state)
+	case outcome == OutcomeFailed && p.Retryable && r.attempt < r.maxAttempts:
+		res.State, res.Retried = StateQueued, true
+		b.Queue(`
+			WITH u AS (
+				UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL, attempt = attempt + 1,
+					error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
+					checkpoint = NULL, next_step = NULL
+				WHERE id = $1 RETURNING *)
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, next_attempt_time FROM u`,
+			p.RunID, p.Error, p.RetryDelay.Milliseconds())
+	default:
+		res.State = terminalState(outcome)
+		out := state
+		if res.State != StateSucceeded && res.State != StateInterrupted {
+			out = nil
 		}
-		data := map[string]any{"state": stateName(res.State)}
-		if res.Retried {
-			data["retry"] = true
-			data["attempt"] = attempt + 1
-		}
-		if p.Error != "" {
-			data["error"] = p.Error
+		errMsg := p.Error
+		if res.State == StateCancelled && errMsg == "" {
+			errMsg = "cancelled"
 		}
 		if res.State == StateInterrupted {
-			data["step"] = p.Step
-			data["prompt"] = p.Prompt
+			prompt, err := json.Marshal(p.Prompt)
+			if err != nil {
+				return fmt.Errorf("encoding prompt: %w", err)
+			}
+			b.Queue(`UPDATE runs SET state = 7, lease_expire_time = NULL, resume = NULL,
+				checkpoint = coalesce($2, checkpoint), next_step = nullif($3, ''), prompt = $4 WHERE id = $1`,
+				p.RunID, state, p.Step, prompt)
+		} else {
+			b.Queue(`UPDATE runs SET state = $2, output = $3, error = $4, end_time = now(),
+				lease_expire_time = NULL WHERE id = $1`, p.RunID, res.State, out, errMsg)
 		}
-		var tenant string
-		if err := tx.QueryRow(ctx, `SELECT tenant_id FROM runs WHERE id = $1`, p.RunID).Scan(&tenant); err != nil {
-			return err
-		}
-		return appendEvent(ctx, tx, tenant, p.RunID, "state", data)
-	})
-	if errors.Is(err, ErrStaleEpoch) {
-		return res, ErrStaleEpoch
 	}
+	data := map[string]any{"state": stateName(res.State)}
+	if res.Retried {
+		data["retry"] = true
+		data["attempt"] = r.attempt + 1
+	}
+	if p.Error != "" {
+		data["error"] = p.Error
+	}
+	if res.State == StateInterrupted {
+		data["step"] = p.Step
+		data["prompt"] = p.Prompt
+	}
+	ev, err := json.Marshal(data)
 	if err != nil {
-		return res, fmt.Errorf("finishing run %s: %w", p.RunID, err)
+		return fmt.Errorf("encoding event: %w", err)
 	}
-	return res, nil
+	b.Queue(`INSERT INTO run_events (run_id, tenant_id, type, data) VALUES ($1, $2, 'state', $3)`, p.RunID, r.tenant, ev)
+	return nil
 }
 
 func terminalState(o Outcome) RunState {
@@ -674,4 +743,63 @@ func (s *Store) CancelRequests(ctx context.Context, workerIDs []string) (map[str
 		out[w] = append(out[w], l)
 	}
 	return out, rows.Err()
+}
+
+// EventParams is one event a worker reports for a run it holds.
+type EventParams struct {
+	RunID uuid.UUID
+	Epoch int64
+	Type  string
+	Data  map[string]any
+}
+
+// AppendRunEvents appends events of running runs in one statement, in the given order,
+// each fenced like AppendRunEvent. It returns the leases whose events were refused.
+func (s *Store) AppendRunEvents(ctx context.Context, evs []EventParams) ([]Lease, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	ids := make([]uuid.UUID, len(evs))
+	epochs := make([]int64, len(evs))
+	types := make([]string, len(evs))
+	datas := make([][]byte, len(evs))
+	for i, e := range evs {
+		b, err := json.Marshal(e.Data)
+		if err != nil {
+			return nil, fmt.Errorf("encoding event: %w", err)
+		}
+		ids[i], epochs[i], types[i], datas[i] = e.RunID, e.Epoch, e.Type, b
+	}
+	rows, err := s.pool.Query(ctx, `
+		INSERT INTO run_events (run_id, tenant_id, type, data)
+		SELECT r.id, r.tenant_id, e.type, e.data
+		FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS e(run_id, epoch, type, data, ord)
+		JOIN runs r ON r.id = e.run_id AND r.epoch = e.epoch AND r.state = 2
+		ORDER BY e.ord
+		FOR SHARE OF r
+		RETURNING run_id`, ids, epochs, types, datas)
+	if err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", len(evs), err)
+	}
+	written, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", len(evs), err)
+	}
+	if len(written) == len(evs) {
+		return nil, nil
+	}
+	ok := make(map[uuid.UUID]bool, len(written))
+	for _, id := range written {
+		ok[id] = true
+	}
+	var refused []Lease
+	seen := make(map[Lease]bool)
+	for _, e := range evs {
+		l := Lease{RunID: e.RunID, Epoch: e.Epoch}
+		if !ok[e.RunID] && !seen[l] {
+			seen[l] = true
+			refused = append(refused, l)
+		}
+	}
+	return refused, nil
 }

@@ -451,3 +451,50 @@ func TestClaimByFreeGPUMemory(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, big.ID, cs[0].Run.ID)
 }
+
+func TestAppendRunEventsFencesEachRun(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	runs := enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
+	cs := claim(t, st, "w", "cpu", 2)
+	refused, err := st.AppendRunEvents(t.Context(), []store.EventParams{
+		{RunID: cs[0].Run.ID, Epoch: cs[0].Run.Epoch, Type: "x", Data: map[string]any{"n": 1.0}},
+		{RunID: cs[1].Run.ID, Epoch: cs[1].Run.Epoch - 1, Type: "x", Data: map[string]any{"n": 2.0}},
+		{RunID: cs[0].Run.ID, Epoch: cs[0].Run.Epoch, Type: "x", Data: map[string]any{"n": 3.0}},
+	})
+	require.NoError(t, err)
+	require.Equal(t, []store.Lease{{RunID: cs[1].Run.ID, Epoch: cs[1].Run.Epoch - 1}}, refused)
+	evs, err := st.ListRunEvents(t.Context(), tenant, cs[0].Run.ID, 0, 100)
+	require.NoError(t, err)
+	var ns []any
+	for _, e := range evs {
+		if e.Type == "x" {
+			ns = append(ns, e.Data["n"])
+		}
+	}
+	require.Equal(t, []any{1.0, 3.0}, ns, "in order")
+	_ = runs
+}
+
+func TestFinishRunsInOneBatch(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.MaxAttempts = 2; a.ConcurrencyLimit = 5 })
+	enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
+	cs := claim(t, st, "w", "cpu", 3)
+	res, errs, err := st.FinishRuns(t.Context(), []store.FinishParams{
+		{RunID: cs[0].Run.ID, Epoch: cs[0].Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"ok": true}},
+		{RunID: cs[1].Run.ID, Epoch: cs[1].Run.Epoch + 5, Outcome: store.OutcomeSucceeded},
+		{RunID: cs[2].Run.ID, Epoch: cs[2].Run.Epoch, Outcome: store.OutcomeFailed, Retryable: true, Error: "flaky"},
+	})
+	require.NoError(t, err)
+	require.NoError(t, errs[0])
+	require.ErrorIs(t, errs[1], store.ErrStaleEpoch)
+	require.NoError(t, errs[2])
+	require.Equal(t, store.StateSucceeded, res[0].State)
+	require.True(t, res[2].Retried)
+	var running int
+	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT running FROM assistant_load WHERE assistant_id = 'a'`).Scan(&running))
+	require.Equal(t, 1, running, "the load counter follows the batch: only the stale one still runs")
+}

@@ -22,8 +22,9 @@ import (
 //   - sleep: sleep state["ms"] (else config["ms"], else 5) milliseconds, then succeed;
 //   - hang: start `sleep 1000` as a child, record its pid, then sleep forever;
 //   - flaky: answer a retryable error while attempt < state["succeed_at"], then succeed;
-//   - slow_first_claim: under the run's first claim (epoch 1) send an event every 100 ms
-//     for state["slow_s"] seconds before succeeding; under any later claim succeed at once.
+//   - slow_first_claim: under the run's first claim (epoch 1) take state["slow_s"]
+//     seconds, sending an event every 100 ms unless state["quiet"], before succeeding;
+//     under any later claim succeed at once.
 //
 // A success returns the input state plus who ran it (pid, worker_pid, epoch, attempt).
 const executorScript = `#!/usr/bin/env python3
@@ -76,7 +77,8 @@ def handle(req):
             deadline = time.time() + state.get("slow_s", 60)
             n = 0
             while time.time() < deadline:
-                send({"type": "event", "id": rid, "data": {"epoch": epoch, "n": n, "pid": PID}})
+                if not state.get("quiet"):
+                    send({"type": "event", "id": rid, "data": {"epoch": epoch, "n": n, "pid": PID}})
                 n += 1
                 time.sleep(0.1)
     else:
@@ -148,20 +150,18 @@ type execution struct {
 	pid     int
 	worker  int // pid of the worker-agent that ran it
 	start   float64
-	end     float64
-	// done is true when the executor recorded the end of its work; otherwise end is
-	// when the execution was cut short (see executions).
+	// end is when the executor recorded the end of its work (done is true); for an
+	// execution cut short it is zero until the caller decides (see TestChaos).
+	end  float64
 	done bool
-	// starts counts the start records of the claim (more than one would mean the claim
-	// was executed twice).
+	// starts and dones count the records of the claim: more than one start would mean
+	// the claim was executed twice.
 	starts int
 	dones  int
 }
 
-// executions groups records by claim. An execution without a done record ended when its
-// worker-agent was killed if it was (killedAt by worker pid: the executors die with their
-// worker through Pdeathsig), else, conservatively, at openEnd.
-func executions(recs []record, killedAt map[int]float64, openEnd float64) map[claimKey]*execution {
+// executions groups records by claim.
+func executions(recs []record) map[claimKey]*execution {
 	out := make(map[claimKey]*execution)
 	for _, r := range recs {
 		k := claimKey{r.Run, r.Epoch}
@@ -179,15 +179,17 @@ func executions(recs []record, killedAt map[int]float64, openEnd float64) map[cl
 			e.end, e.done = r.T, true
 		}
 	}
-	for _, e := range out {
-		if e.done {
-			continue
-		}
-		if k, ok := killedAt[e.worker]; ok {
-			e.end = k
-		} else {
-			e.end = openEnd
-		}
+	return out
+}
+
+// finished returns the executions as a list, requiring that each one finished: tests
+// without faults have no execution cut short.
+func finished(t *testing.T, execs map[claimKey]*execution) []*execution {
+	t.Helper()
+	out := make([]*execution, 0, len(execs))
+	for k, e := range execs {
+		require.True(t, e.done, "execution %v never finished", k)
+		out = append(out, e)
 	}
 	return out
 }

@@ -49,9 +49,6 @@ type proc struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	state  *os.ProcessState
-	// killedAt is when kill returned: the process and, through Pdeathsig, its executors
-	// were dead by then.
-	killedAt time.Time
 }
 
 // start starts the process; it must not be running.
@@ -61,7 +58,7 @@ func (p *proc) start() {
 	require.NoError(p.t, err)
 	fmt.Fprintf(f, "===== %s starting at %s\n", p.name, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin)
-	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Env = append(baseEnv(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Its own process group (a signal to the test's group does not reach it) and death
 	// with the test binary, so a crashed test leaves nothing behind.
@@ -69,7 +66,7 @@ func (p *proc) start() {
 	require.NoError(p.t, cmd.Start(), "starting %s", p.name)
 	exited := make(chan struct{})
 	p.mu.Lock()
-	p.cmd, p.exited, p.state, p.killedAt = cmd, exited, nil, time.Time{}
+	p.cmd, p.exited, p.state = cmd, exited, nil
 	p.mu.Unlock()
 	go func() {
 		_ = cmd.Wait()
@@ -81,6 +78,25 @@ func (p *proc) start() {
 	}()
 }
 
+// baseEnv is the test's environment without any setting of agentserver's services, so
+// that only what the test sets configures them (an AGENTSERVER_CONFIG file or a
+// DATABASE_URL in the developer's shell must not leak in).
+func baseEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case name == "DATABASE_URL",
+			strings.HasPrefix(name, "AGENTSERVER_"), strings.HasPrefix(name, "GATEWAY_"),
+			strings.HasPrefix(name, "SCHEDULER_"), strings.HasPrefix(name, "WORKER_"),
+			strings.HasPrefix(name, "CONSUL_"), strings.HasPrefix(name, "OTEL_"):
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
 // pid is the process id of the current (or last) incarnation.
 func (p *proc) pid() int {
 	p.mu.Lock()
@@ -88,6 +104,7 @@ func (p *proc) pid() int {
 	return p.cmd.Process.Pid
 }
 
+// running reports whether the current incarnation has not exited yet.
 func (p *proc) running() bool {
 	p.mu.Lock()
 	exited := p.exited
@@ -100,6 +117,7 @@ func (p *proc) running() bool {
 	}
 }
 
+// signal sends sig to the process (SIGSTOP, SIGCONT, SIGTERM...).
 func (p *proc) signal(sig syscall.Signal) {
 	p.t.Helper()
 	p.mu.Lock()
@@ -108,7 +126,8 @@ func (p *proc) signal(sig syscall.Signal) {
 	require.NoError(p.t, cmd.Process.Signal(sig), "sending %v to %s", sig, p.name)
 }
 
-// kill sends SIGKILL and waits until the process is reaped. It returns when that was.
+// kill sends SIGKILL and waits until the process is reaped. It returns when that was: the
+// process and, through Pdeathsig, its executors were dead by then.
 func (p *proc) kill() time.Time {
 	p.t.Helper()
 	p.mu.Lock()
@@ -120,11 +139,7 @@ func (p *proc) kill() time.Time {
 	case <-time.After(30 * time.Second):
 		p.t.Fatalf("%s (pid %d) did not die within 30s of SIGKILL", p.name, cmd.Process.Pid)
 	}
-	now := time.Now()
-	p.mu.Lock()
-	p.killedAt = now
-	p.mu.Unlock()
-	return now
+	return time.Now()
 }
 
 // wait waits up to timeout for the process to exit and returns its exit state.
@@ -228,6 +243,8 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
+// newProc registers a process of the cluster (not started yet); its log goes to the
+// test's directory.
 func (c *cluster) newProc(name, bin string, env ...string) *proc {
 	p := &proc{t: c.t, name: name, bin: bin, env: env, log: filepath.Join(c.dir, name+".log")}
 	c.mu.Lock()
@@ -243,11 +260,12 @@ func (c *cluster) stopAll() {
 	procs := append([]*proc(nil), c.procs...)
 	c.mu.Unlock()
 	for _, p := range procs {
-		if p.cmd != nil && p.running() {
-			// A paused process must be resumed to die promptly under some kernels' ptrace
-			// rules; SIGKILL works on stopped processes, SIGCONT is harmless.
-			_ = p.cmd.Process.Signal(syscall.SIGCONT)
-			p.kill()
+		p.mu.Lock()
+		started := p.cmd != nil
+		p.mu.Unlock()
+		if started && p.running() {
+			p.kill() // SIGKILL ends stopped (paused) processes too
+
 		}
 	}
 	if c.t.Failed() {
@@ -269,6 +287,8 @@ func (c *cluster) schedulerEnv(addr, id string, extra ...string) []string {
 		"SCHEDULER_RECOVER_INTERVAL=200ms",
 		"SCHEDULER_RETRY_BASE_DELAY=200ms",
 		"SCHEDULER_TIMEOUT_GRACE=2s",
+		// Several processes share the host: any admin (health, metrics) port will do.
+		"SCHEDULER_ADMIN_ADDR=127.0.0.1:0",
 	}, extra...)
 }
 
@@ -343,6 +363,7 @@ func (c *cluster) launchWorker(o workerOpts) *worker {
 		"SCHEDULER_ADDR="+strings.Join(addrs, ","),
 		"WORKER_WORKDIR="+c.dir,
 		"WORKER_DRAIN_GRACE="+o.drainGrace.String(),
+		"WORKER_ADMIN_ADDR=127.0.0.1:0",
 	), id: id, slots: o.slots}
 	c.mu.Lock()
 	c.workers = append(c.workers, w)
@@ -419,15 +440,32 @@ func (c *cluster) createAssistant(id string, o assistantOpts) {
 // (BatchCreateRuns), and returns their names in input order.
 func (c *cluster) createRuns(assistant string, inputs []map[string]any) []string {
 	c.t.Helper()
-	names := make([]string, 0, len(inputs))
-	for start := 0; start < len(inputs); start += 1000 {
-		end := min(start+1000, len(inputs))
+	specs := make([]runSpec, len(inputs))
+	for i, in := range inputs {
+		specs[i] = runSpec{assistant, in}
+	}
+	return c.createMixedRuns(specs)
+}
+
+// runSpec is a run to create: its assistant and input.
+type runSpec struct {
+	assistant string
+	input     map[string]any
+}
+
+// createMixedRuns creates runs of any assistants in batches of at most 1000
+// (BatchCreateRuns) and returns their names in order.
+func (c *cluster) createMixedRuns(specs []runSpec) []string {
+	c.t.Helper()
+	names := make([]string, 0, len(specs))
+	for start := 0; start < len(specs); start += 1000 {
+		end := min(start+1000, len(specs))
 		req := &agentserverv1.BatchCreateRunsRequest{}
-		for _, in := range inputs[start:end] {
-			s, err := structpb.NewStruct(in)
+		for _, spec := range specs[start:end] {
+			s, err := structpb.NewStruct(spec.input)
 			require.NoError(c.t, err)
 			req.Requests = append(req.Requests, &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{
-				Assistant: "assistants/" + assistant, Input: s,
+				Assistant: "assistants/" + spec.assistant, Input: s,
 			}})
 		}
 		resp, err := c.runs.BatchCreateRuns(c.t.Context(), req)
@@ -527,6 +565,7 @@ func (c *cluster) events(name string) []store.RunEvent {
 	return evs
 }
 
+// terminal reports whether no transition can leave state s.
 func terminal(s agentserverv1.Run_State) bool {
 	switch s {
 	case agentserverv1.Run_SUCCEEDED, agentserverv1.Run_FAILED, agentserverv1.Run_CANCELLED, agentserverv1.Run_TIMED_OUT:

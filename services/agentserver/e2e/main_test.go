@@ -47,6 +47,7 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m)
 }
 
+// buildBinaries builds gateway, scheduler and worker-agent into a fresh directory.
 func buildBinaries() error {
 	removeStaleBinDirs()
 	dir, err := os.MkdirTemp("", binDirPattern)

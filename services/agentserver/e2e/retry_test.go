@@ -21,7 +21,8 @@ func TestRetries(t *testing.T) {
 	c.createAssistant("two", assistantOpts{maxAttempts: 2})
 	flaky := map[string]any{"action": "flaky", "succeed_at": 3}
 
-	t.Run("succeeds on the third attempt", func(t *testing.T) {
+	// Succeeds on the third attempt.
+	{
 		r := c.createRun("three", flaky)
 		require.EqualValues(t, 3, r.GetMaxAttempts())
 		// Waiting for attempt 2: queued, with the time of the next attempt in the future.
@@ -46,12 +47,13 @@ func TestRetries(t *testing.T) {
 			}
 		}
 		require.Equal(t, []int32{1, 2, 3}, attempts, "one execution per attempt")
-	})
+	}
 
-	t.Run("fails when attempts run out", func(t *testing.T) {
+	// Fails when attempts run out.
+	{
 		r := c.createRun("two", flaky)
 		done := c.waitRunState(r.GetName(), agentserverv1.Run_FAILED, 30*time.Second)
 		require.EqualValues(t, 2, done.GetAttempt())
 		require.Contains(t, done.GetError(), "flaky failure at attempt 2")
-	})
+	}
 }

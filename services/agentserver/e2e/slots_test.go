@@ -29,11 +29,8 @@ func TestBackpressure(t *testing.T) {
 
 	c.waitAllTerminal(90 * time.Second)
 	runs := c.dbRuns()
-	execs := executions(readRecords(t, c.records), nil, float64(time.Now().UnixNano())/1e9)
-	var list []*execution
-	for _, e := range execs {
-		list = append(list, e)
-	}
+	execs := executions(readRecords(t, c.records))
+	list := finished(t, execs)
 	for _, name := range names {
 		r := runs[name]
 		require.Equal(t, store.StateSucceeded, r.state, "run %s", name)
@@ -72,7 +69,8 @@ func TestTypedSlots(t *testing.T) {
 	c.waitAllTerminal(60 * time.Second)
 
 	runs := c.dbRuns()
-	execs := executions(readRecords(t, c.records), nil, float64(time.Now().UnixNano())/1e9)
+	execs := executions(readRecords(t, c.records))
+	finished(t, execs)
 	var onTPU []*execution
 	for _, name := range tpuRuns {
 		r := runs[name]

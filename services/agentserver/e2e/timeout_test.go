@@ -51,7 +51,8 @@ func TestTimeoutAndCancelKillProcessTrees(t *testing.T) {
 	// A slot type no worker has: its runs stay queued.
 	c.createAssistant("nowhere", assistantOpts{slotType: "nowhere"})
 
-	t.Run("timeout", func(t *testing.T) {
+	// Timeout.
+	{
 		input, err := structpb.NewStruct(map[string]any{})
 		require.NoError(t, err)
 		r, err := c.runs.CreateRun(t.Context(), &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{
@@ -64,9 +65,10 @@ func TestTimeoutAndCancelKillProcessTrees(t *testing.T) {
 		done := c.waitRunState(r.GetName(), agentserverv1.Run_TIMED_OUT, 30*time.Second)
 		require.Contains(t, done.GetError(), "timeout")
 		waitGone(t, "timed-out executor and its child", executor, child)
-	})
+	}
 
-	t.Run("cancel running", func(t *testing.T) {
+	// Cancel running.
+	{
 		r := c.createRun("hang", map[string]any{})
 		executor, child := c.hangPIDs(r.GetName())
 		got, err := c.runs.CancelRun(t.Context(), &agentserverv1.CancelRunRequest{Name: r.GetName()})
@@ -80,9 +82,10 @@ func TestTimeoutAndCancelKillProcessTrees(t *testing.T) {
 		again, err := c.runs.CancelRun(t.Context(), &agentserverv1.CancelRunRequest{Name: r.GetName()})
 		require.NoError(t, err)
 		require.Equal(t, agentserverv1.Run_CANCELLED, again.GetState())
-	})
+	}
 
-	t.Run("cancel queued", func(t *testing.T) {
+	// Cancel queued.
+	{
 		r := c.createRun("nowhere", map[string]any{})
 		got, err := c.runs.CancelRun(t.Context(), &agentserverv1.CancelRunRequest{Name: r.GetName()})
 		require.NoError(t, err)
@@ -91,14 +94,15 @@ func TestTimeoutAndCancelKillProcessTrees(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, agentserverv1.Run_CANCELLED, again.GetState())
 		require.Equal(t, agentserverv1.Run_CANCELLED, c.getRun(r.GetName()).GetState())
-	})
+	}
 
-	t.Run("slots freed", func(t *testing.T) {
+	// Slots freed.
+	{
 		// Both slots were held by the hanging runs above; they must be free again.
 		c.createAssistant("quick", assistantOpts{})
 		names := c.createRuns("quick", []map[string]any{{}, {}})
 		for _, n := range names {
 			c.waitRunState(n, agentserverv1.Run_SUCCEEDED, 30*time.Second)
 		}
-	})
+	}
 }

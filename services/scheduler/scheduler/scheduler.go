@@ -53,6 +53,9 @@ type Config struct {
 	// TimeoutGrace is how long past its timeout a run may stay RUNNING before the
 	// scheduler ends it itself.
 	TimeoutGrace time.Duration
+	// ReconcileInterval is how often the running counts behind concurrency limits are
+	// recounted from the runs (store.ReconcileLoad).
+	ReconcileInterval time.Duration
 	// AdminAddr serves /healthz, /readyz and /metrics; empty disables it.
 	AdminAddr string
 }
@@ -68,6 +71,7 @@ func Defaults() Config {
 		RetryBaseDelay:    time.Second,
 		RetryMaxDelay:     5 * time.Minute,
 		TimeoutGrace:      10 * time.Second,
+		ReconcileInterval: 30 * time.Second,
 	}
 }
 
@@ -78,8 +82,8 @@ func (c *Config) Validate() error {
 		return errors.New("lease TTL must be positive")
 	case c.HeartbeatInterval <= 0 || c.HeartbeatInterval*2 > c.LeaseTTL:
 		return fmt.Errorf("heartbeat interval (%s) must be positive and at most half the lease TTL (%s)", c.HeartbeatInterval, c.LeaseTTL)
-	case c.PollInterval <= 0 || c.RecoverInterval <= 0:
-		return errors.New("poll and recover intervals must be positive")
+	case c.PollInterval <= 0 || c.RecoverInterval <= 0 || c.ReconcileInterval <= 0:
+		return errors.New("poll, recover and reconcile intervals must be positive")
 	case c.RetryBaseDelay < 0 || c.RetryMaxDelay < c.RetryBaseDelay:
 		return errors.New("retry delays must satisfy 0 <= base <= max")
 	}
@@ -338,7 +342,7 @@ func (s *Server) leaseLoop(ctx context.Context) {
 func (s *Server) recoverLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.RecoverInterval)
 	defer t.Stop()
-	reconcile := time.NewTicker(30 * time.Second)
+	reconcile := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcile.Stop()
 	for {
 		select {
