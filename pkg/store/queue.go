@@ -356,6 +356,23 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 		order[i] = i
 	}
 	sort.Slice(order, func(a, b int) bool { return bytes.Compare(ps[order[a]].RunID[:], ps[order[b]].RunID[:]) < 0 })
+	// A claim appears once per transaction: a worker that resends an unacknowledged
+	// result can put the same result twice in one batch, and both copies would see the
+	// run still RUNNING. The later copies are refused like any stale write. (Results of
+	// different claims of one run cannot both match the run's epoch, so they need no
+	// such care.)
+	seen := make(map[Lease]bool, len(ps))
+	unique := order[:0]
+	for _, i := range order {
+		l := Lease{RunID: ps[i].RunID, Epoch: ps[i].Epoch}
+		if seen[l] {
+			errs[i] = ErrStaleEpoch
+			continue
+		}
+		seen[l] = true
+		unique = append(unique, i)
+	}
+	order = unique
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		lock := &pgx.Batch{}
 		for _, i := range order {

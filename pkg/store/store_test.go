@@ -498,3 +498,26 @@ func TestFinishRunsInOneBatch(t *testing.T) {
 	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT running FROM assistant_load WHERE assistant_id = 'a'`).Scan(&running))
 	require.Equal(t, 1, running, "the load counter follows the batch: only the stale one still runs")
 }
+
+// A result resent after a reconnect can arrive twice in one batch: the run still ends once.
+func TestFinishRunsTwiceInOneBatchEndsOnce(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	c := claim(t, st, "w", "cpu", 1)[0]
+	p := store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{}}
+	_, errs, err := st.FinishRuns(t.Context(), []store.FinishParams{p, p})
+	require.NoError(t, err)
+	require.NoError(t, errs[0])
+	require.ErrorIs(t, errs[1], store.ErrStaleEpoch)
+	evs, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 100)
+	require.NoError(t, err)
+	terminal := 0
+	for _, e := range evs {
+		if e.Type == "state" && e.Data["state"] == "SUCCEEDED" {
+			terminal++
+		}
+	}
+	require.Equal(t, 1, terminal)
+}

@@ -372,16 +372,44 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 			}
 		}
 	}()
-	recvErr := make(chan error, 1)
+	// One goroutine receives, another writes what arrived in batches: while one batch
+	// commits the next accumulates, so a busy worker costs one transaction per batch
+	// rather than per message.
+	recvErr := make(chan error, 2)
+	in := make(chan *schedulerv1.ConnectRequest, 2*maxMessageBatch)
 	go func() {
+		defer close(in)
 		for {
 			m, err := stream.Recv()
 			if err != nil {
 				recvErr <- err
 				return
 			}
-			if err := s.handle(ctx, sess, m); err != nil {
+			select {
+			case in <- m:
+			case <-sess.done:
+				return
+			}
+		}
+	}()
+	go func() {
+		for m := range in {
+			batch := []*schedulerv1.ConnectRequest{m}
+		fill:
+			for len(batch) < maxMessageBatch {
+				select {
+				case m, ok := <-in:
+					if !ok {
+						break fill
+					}
+					batch = append(batch, m)
+				default:
+					break fill
+				}
+			}
+			if err := s.handleBatch(ctx, sess, batch); err != nil {
 				recvErr <- err
+				sess.close()
 				return
 			}
 		}
@@ -394,6 +422,61 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 	case <-sess.done:
 		return status.Error(codes.Unavailable, "session replaced or scheduler shutting down; reconnect")
 	}
+}
+
+// maxMessageBatch bounds the messages of one session written in one go.
+const maxMessageBatch = 512
+
+// handleBatch processes messages of a worker in arrival order per run: its events first
+// (one statement), then checkpoints, then results (one transaction), then the newest
+// heartbeat. A run's events and checkpoints always precede its result in the stream, so
+// this order keeps each run's writes in order.
+func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedulerv1.ConnectRequest) error {
+	var events []store.EventParams
+	var results []*schedulerv1.RunResult
+	var rest []*schedulerv1.ConnectRequest
+	var heartbeat *schedulerv1.ConnectRequest
+	for _, m := range batch {
+		switch msg := m.GetMsg().(type) {
+		case *schedulerv1.ConnectRequest_Event:
+			id, err := parseRunName(msg.Event.GetRun())
+			if err != nil {
+				return status.Error(codes.InvalidArgument, err.Error())
+			}
+			events = append(events, store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
+		case *schedulerv1.ConnectRequest_Result:
+			results = append(results, msg.Result)
+		case *schedulerv1.ConnectRequest_Heartbeat:
+			heartbeat = m
+		default:
+			rest = append(rest, m)
+		}
+	}
+	if len(events) > 0 {
+		refused, err := s.store.AppendRunEvents(ctx, events)
+		if err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+		for _, l := range refused {
+			if err := s.fenced(sess, l.RunID, l.Epoch, store.ErrStaleEpoch); err != nil {
+				return err
+			}
+		}
+	}
+	for _, m := range rest {
+		if err := s.handle(ctx, sess, m); err != nil {
+			return err
+		}
+	}
+	if len(results) > 0 {
+		if err := s.handleResults(ctx, sess, results); err != nil {
+			return err
+		}
+	}
+	if heartbeat != nil {
+		return s.handle(ctx, sess, heartbeat)
+	}
+	return nil
 }
 
 // handle processes one message of a worker. Store errors other than fencing end the
@@ -429,7 +512,7 @@ func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.Conne
 			s.kick()
 		}
 	case *schedulerv1.ConnectRequest_Result:
-		return s.handleResult(ctx, sess, msg.Result)
+		return s.handleResults(ctx, sess, []*schedulerv1.RunResult{msg.Result})
 	case *schedulerv1.ConnectRequest_Event:
 		ev := msg.Event
 		id, err := parseRunName(ev.GetRun())
@@ -474,45 +557,55 @@ var outcomes = map[schedulerv1.RunResult_Outcome]store.Outcome{
 	schedulerv1.RunResult_OUTCOME_INTERRUPTED: store.OutcomeInterrupted,
 }
 
-func (s *Server) handleResult(ctx context.Context, sess *session, r *schedulerv1.RunResult) error {
-	id, err := parseRunName(r.GetRun())
+func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedulerv1.RunResult) error {
+	params := make([]store.FinishParams, len(rs))
+	for i, r := range rs {
+		id, err := parseRunName(r.GetRun())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		outcome, ok := outcomes[r.GetOutcome()]
+		if !ok {
+			return status.Errorf(codes.InvalidArgument, "result.outcome: %s is not a valid outcome", r.GetOutcome())
+		}
+		sess.mu.Lock()
+		attempt := int32(1)
+		if in, ok := sess.runs[id]; ok && in.attempt > 0 {
+			attempt = in.attempt
+		}
+		sess.mu.Unlock()
+		var state map[string]any
+		if r.GetState() != nil {
+			state = r.GetState().AsMap()
+		}
+		params[i] = store.FinishParams{
+			RunID: id, Epoch: r.GetEpoch(), Outcome: outcome, State: state, Error: r.GetError(),
+			Retryable: r.GetRetryable(), RetryDelay: s.retryDelay(attempt),
+			Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(),
+		}
+	}
+	_, errs, err := s.store.FinishRuns(ctx, params)
 	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	outcome, ok := outcomes[r.GetOutcome()]
-	if !ok {
-		return status.Errorf(codes.InvalidArgument, "result.outcome: %s is not a valid outcome", r.GetOutcome())
-	}
-	sess.mu.Lock()
-	attempt := int32(1)
-	if in, ok := sess.runs[id]; ok && in.attempt > 0 {
-		attempt = in.attempt
-	}
-	sess.mu.Unlock()
-	var state map[string]any
-	if r.GetState() != nil {
-		state = r.GetState().AsMap()
-	}
-	_, err = s.store.FinishRun(ctx, store.FinishParams{
-		RunID: id, Epoch: r.GetEpoch(), Outcome: outcome, State: state, Error: r.GetError(),
-		Retryable: r.GetRetryable(), RetryDelay: s.retryDelay(attempt),
-		Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(),
-	})
-	if err != nil && !errors.Is(err, store.ErrStaleEpoch) {
+		// Nothing was written and nothing acknowledged: the worker resends after it
+		// reconnects.
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	if errors.Is(err, store.ErrStaleEpoch) {
-		s.log.Warn("refused result from a worker whose lease moved on", "worker", sess.workerID, "run", id, "epoch", r.GetEpoch())
+	for i, p := range params {
+		if errors.Is(errs[i], store.ErrStaleEpoch) {
+			s.log.Warn("refused result from a worker whose lease moved on", "worker", sess.workerID, "run", p.RunID, "epoch", p.Epoch)
+		}
+		// Either way the worker's slot is free again.
+		sess.mu.Lock()
+		if in, ok := sess.runs[p.RunID]; ok && in.epoch == p.Epoch {
+			delete(sess.runs, p.RunID)
+		}
+		sess.mu.Unlock()
 	}
-	// Either way the worker's slot is free again.
-	sess.mu.Lock()
-	if in, ok := sess.runs[id]; ok && in.epoch == r.GetEpoch() {
-		delete(sess.runs, id)
-	}
-	sess.mu.Unlock()
 	s.kick()
-	sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{
-		Run: r.GetRun(), Epoch: r.GetEpoch(),
-	}}})
+	for _, r := range rs {
+		sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{
+			Run: r.GetRun(), Epoch: r.GetEpoch(),
+		}}})
+	}
 	return nil
 }
