@@ -89,7 +89,7 @@ func (w *Worker) event(a *schedulerv1.Assignment, typ string, data map[string]an
 // environment, and returns its result.
 func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []string) *schedulerv1.RunResult {
 	res := &schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch()}
-	f, err := flow.Parse([]byte(a.GetFlow()))
+	f, err := w.parseFlow(fmt.Sprintf("%s@%d", a.GetAssistant(), a.GetAssistantVersion()), a.GetFlow())
 	if err != nil {
 		res.Outcome = schedulerv1.RunResult_OUTCOME_FAILED
 		res.Error = "invalid flow: " + err.Error()
@@ -176,4 +176,33 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 		}
 	}
 	return res
+}
+
+// maxCachedFlows bounds the parsed flows a worker keeps.
+const maxCachedFlows = 256
+
+// parseFlow parses a flow once per assistant version: a version's flow never changes.
+func (w *Worker) parseFlow(key, src string) (*flow.Flow, error) {
+	w.flowMu.Lock()
+	if f, ok := w.flows[key]; ok && f.src == src {
+		w.flowMu.Unlock()
+		return f.flow, nil
+	}
+	w.flowMu.Unlock()
+	f, err := flow.Parse([]byte(src))
+	if err != nil {
+		return nil, err
+	}
+	w.flowMu.Lock()
+	if w.flows == nil || len(w.flows) >= maxCachedFlows {
+		w.flows = make(map[string]cachedFlow)
+	}
+	w.flows[key] = cachedFlow{src: src, flow: f}
+	w.flowMu.Unlock()
+	return f, nil
+}
+
+type cachedFlow struct {
+	src  string
+	flow *flow.Flow
 }

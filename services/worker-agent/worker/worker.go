@@ -103,7 +103,10 @@ type Worker struct {
 	idle chan struct{}
 	// sessionReady reports whether a session is registered now.
 	connected bool
-	admin     *admin.Server
+
+	flowMu sync.Mutex
+	flows  map[string]cachedFlow
+	admin  *admin.Server
 	// dialOpts are extra options of the scheduler connection (WithDialOptions).
 	dialOpts []grpc.DialOption
 }
