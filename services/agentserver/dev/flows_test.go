@@ -17,7 +17,7 @@ import (
 
 const stepsExecutor = `executors:
   - name: steps
-    command: ["python3", "services/agentserver/dev/testdata/steps.py"]
+    command: ["python3", "examples/pipeline/steps.py"]
     replicas: 3
 `
 
@@ -309,4 +309,22 @@ func TestThreadsCarryStateAndSerialiseRuns(t *testing.T) {
 
 	require.Equal(t, http.StatusNotFound, s.call(t, "POST", "/v1/runs", map[string]any{"assistant": "assistants/counter", "thread": "threads/nope"}, &e))
 	require.Equal(t, http.StatusOK, s.call(t, "DELETE", "/v1/"+th.Name, nil, nil))
+}
+
+// The shipped multi-step example runs as its comment says: it interrupts at "ask", and
+// resumes to the summed total.
+func TestPipelineExample(t *testing.T) {
+	s := startServer(t)
+	flow, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "pipeline", "flow.yaml"))
+	require.NoError(t, err)
+	createAssistant(t, s, "pipeline", string(flow), nil)
+	r := waitRun(t, s, createRun(t, s, map[string]any{"assistant": "assistants/pipeline", "input": map[string]any{"n": 20}}).Name)
+	require.Equal(t, "INTERRUPTED", r.State, r.Error)
+	require.Equal(t, "proceed?", r.Prompt["question"])
+	var e apiError
+	require.Equal(t, http.StatusOK, s.call(t, "POST", "/v1/"+r.Name+":resume", map[string]any{"value": "yes"}, &e))
+	done := waitRun(t, s, r.Name)
+	require.Equal(t, "SUCCEEDED", done.State, done.Error)
+	require.EqualValues(t, 1900, done.Output["total"])
+	require.Equal(t, "yes", done.Output["answer"])
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Test executor (protocol v1, stdlib only) for multi-step flows, maps, interrupts and threads.
+"""Example executor (protocol v1, stdlib only) for multi-step flows, maps, interrupts and threads.
 
 Steps by name: split (state.items = range(state.n)), process (a map item -> {"value": item*10,
 "pid": pid}), combine (state.total = sum of values), ask (interrupts with a prompt until
