@@ -20,6 +20,7 @@ import (
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/client"
 	"github.com/agentserver/agentserver/pkg/discovery/announce"
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -156,7 +157,7 @@ func TestFailover(t *testing.T) {
 	}
 
 	waitSubmitted := func(n int64) {
-		eventually(t, 120*time.Second, fmt.Sprintf("%d runs submitted", n), func() (bool, string) {
+		proctest.Eventually(t, 120*time.Second, fmt.Sprintf("%d runs submitted", n), func() (bool, string) {
 			return submitted.Load() >= n, fmt.Sprint(submitted.Load())
 		})
 	}
@@ -167,16 +168,16 @@ func TestFailover(t *testing.T) {
 	// stays in the catalog, critical, until Consul reaps it (a minute or more later).
 	waitSubmitted(killGatewayAt)
 	hung := time.Now()
-	g1.signal(syscall.SIGSTOP)
+	g1.Signal(syscall.SIGSTOP)
 	stuck := int64(0)
-	eventually(t, 30*time.Second, "CreateRun calls stuck on the hung gateway", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "CreateRun calls stuck on the hung gateway", func() (bool, string) {
 		// Calls routed to gateway-1 hang; the others complete. Wait for a few (or
 		// for the end of the submissions, if the retries drained them elsewhere).
 		stuck = inflight.Load()
 		return stuck >= 2 || next.Load() >= total, fmt.Sprintf("%d in flight", stuck)
 	})
-	killed := g1.kill()
-	eventually(t, 3*checkInterval+10*time.Second, "gateway-1 out of the healthy set", func() (bool, string) {
+	killed := g1.Kill()
+	proctest.Eventually(t, 3*checkInterval+10*time.Second, "gateway-1 out of the healthy set", func() (bool, string) {
 		_, ok := c.passing(announce.Gateway)["gateway-1"]
 		return !ok, "still passing"
 	})
@@ -199,9 +200,9 @@ func TestFailover(t *testing.T) {
 	} else {
 		moved = slices.DeleteFunc([]string{"worker-1", "worker-2", "worker-3"}, func(w string) bool { return slices.Contains(moved, w) })
 	}
-	killed = victim.kill()
+	killed = victim.Kill()
 	for _, w := range moved {
-		eventually(t, 60*time.Second, w+" back with "+survivor.id, func() (bool, string) {
+		proctest.Eventually(t, 60*time.Second, w+" back with "+survivor.id, func() (bool, string) {
 			sched, state, err := c.workerScheduler(w)
 			if err != nil {
 				return false, err.Error()
@@ -210,7 +211,7 @@ func TestFailover(t *testing.T) {
 		})
 	}
 	workersBack := time.Since(killed)
-	eventually(t, 3*checkInterval+10*time.Second, victim.id+" out of the healthy set", func() (bool, string) {
+	proctest.Eventually(t, 3*checkInterval+10*time.Second, victim.id+" out of the healthy set", func() (bool, string) {
 		_, ok := c.passing(announce.Scheduler)[victim.id]
 		return !ok, "still passing"
 	})
@@ -241,7 +242,7 @@ func TestFailover(t *testing.T) {
 	var runs int
 	require.NoError(t, c.db.Pool().QueryRow(t.Context(), `SELECT count(*) FROM runs`).Scan(&runs))
 	require.Equal(t, total, runs, "one run per request_id")
-	eventually(t, 180*time.Second, "every run terminal", func() (bool, string) {
+	proctest.Eventually(t, 180*time.Second, "every run terminal", func() (bool, string) {
 		var open int
 		err := c.db.Pool().QueryRow(t.Context(), `SELECT count(*) FROM runs WHERE state IN (1, 2, 7)`).Scan(&open)
 		if err != nil {

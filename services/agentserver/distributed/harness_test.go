@@ -5,14 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +19,7 @@ import (
 	"github.com/agentserver/agentserver/pkg/discovery/announce"
 	"github.com/agentserver/agentserver/pkg/discovery/discoverytest"
 	"github.com/agentserver/agentserver/pkg/pgtest"
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -63,98 +58,6 @@ for line in sys.stdin:
     sys.stdout.flush()
 `
 
-// proc is one service process. Its output goes to a log file whose tail is printed when
-// the test fails.
-type proc struct {
-	t    *testing.T
-	name string
-	bin  string
-	env  []string
-	log  string
-
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func (p *proc) start() {
-	p.t.Helper()
-	f, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	require.NoError(p.t, err)
-	cmd := exec.Command(p.bin)
-	cmd.Env = append(os.Environ(), p.env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Its own process group, and death with the test binary.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	require.NoError(p.t, cmd.Start(), "starting %s", p.name)
-	exited := make(chan struct{})
-	p.mu.Lock()
-	p.cmd, p.exited = cmd, exited
-	p.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		f.Close()
-		close(exited)
-	}()
-}
-
-func (p *proc) running() bool {
-	p.mu.Lock()
-	exited := p.exited
-	p.mu.Unlock()
-	select {
-	case <-exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// kill sends SIGKILL and waits until the process is reaped; it returns when that was.
-func (p *proc) kill() time.Time {
-	p.t.Helper()
-	p.mu.Lock()
-	cmd, exited := p.cmd, p.exited
-	p.mu.Unlock()
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-exited:
-	case <-time.After(30 * time.Second):
-		p.t.Fatalf("%s did not die within 30s of SIGKILL", p.name)
-	}
-	return time.Now()
-}
-
-// signal sends sig to the process.
-func (p *proc) signal(sig syscall.Signal) {
-	p.t.Helper()
-	p.mu.Lock()
-	cmd := p.cmd
-	p.mu.Unlock()
-	require.NoError(p.t, cmd.Process.Signal(sig), "sending %v to %s", sig, p.name)
-}
-
-// sigterm sends SIGTERM: the process deregisters and shuts down.
-func (p *proc) sigterm() { p.signal(syscall.SIGTERM) }
-
-// waitExit waits up to timeout for the process to exit.
-func (p *proc) waitExit(timeout time.Duration) {
-	p.t.Helper()
-	p.mu.Lock()
-	exited := p.exited
-	p.mu.Unlock()
-	select {
-	case <-exited:
-	case <-time.After(timeout):
-		p.t.Fatalf("%s did not exit within %s", p.name, timeout)
-	}
-}
-
-func (p *proc) logText() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
-
 // cluster is one distributed deployment: a Consul agent, a database, and the processes
 // added to it, which find each other through Consul.
 type cluster struct {
@@ -166,25 +69,23 @@ type cluster struct {
 	disc    *discovery.Consul
 	script  string
 	records string
-
-	mu    sync.Mutex
-	procs []*proc
+	procs   *proctest.Group
 }
 
 type gatewayProc struct {
-	*proc
+	*proctest.Process
 	id       string
 	grpcAddr string
 }
 
 type schedulerProc struct {
-	*proc
+	*proctest.Process
 	id   string
 	addr string
 }
 
 type workerProc struct {
-	*proc
+	*proctest.Process
 	id string
 }
 
@@ -207,33 +108,16 @@ func newCluster(t *testing.T) *cluster {
 	c.db, err = store.Open(t.Context(), c.dbURL)
 	require.NoError(t, err)
 	t.Cleanup(c.db.Close)
-	t.Cleanup(c.stopAll)
+	c.procs = proctest.NewGroup(t)
 	return c
 }
 
-func (c *cluster) newProc(name, bin string, env ...string) *proc {
-	p := &proc{t: c.t, name: name, bin: bin, env: env, log: filepath.Join(c.dir, name+".log")}
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
-	return p
-}
-
-// stopAll kills what still runs and prints the end of every log if the test failed.
-func (c *cluster) stopAll() {
-	c.mu.Lock()
-	procs := slices.Clone(c.procs)
-	c.mu.Unlock()
-	for _, p := range procs {
-		if p.cmd != nil && p.running() {
-			p.kill()
-		}
-	}
-	if c.t.Failed() {
-		for _, p := range procs {
-			c.t.Logf("----- last lines of %s:\n%s", p.name, tail(p.logText(), 30))
-		}
-	}
+// newProc registers a process of the cluster (not started yet), with the test binary's
+// environment and env, logging to the test's directory. When the test ends, what still
+// runs is killed and, if the test failed, the end of every log is printed.
+func (c *cluster) newProc(name, bin string, env ...string) *proctest.Process {
+	return c.procs.New(proctest.Spec{Name: name, Bin: bin,
+		Env: append(os.Environ(), env...), Log: filepath.Join(c.dir, name+".log")})
 }
 
 // discoveryEnv is the discovery configuration of every process.
@@ -248,24 +132,24 @@ func (c *cluster) discoveryEnv(interval time.Duration) []string {
 // startGateway starts a gateway and waits until Consul reports it passing.
 func (c *cluster) startGateway(id string) *gatewayProc {
 	c.t.Helper()
-	g := &gatewayProc{id: id, grpcAddr: freeAddr(c.t)}
-	g.proc = c.newProc(id, bins.gateway, append(c.discoveryEnv(checkInterval),
-		"DATABASE_URL="+c.dbURL, "GATEWAY_ID="+id, "GATEWAY_GRPC_ADDR="+g.grpcAddr, "GATEWAY_HTTP_ADDR="+freeAddr(c.t))...)
-	g.start()
-	c.waitPassing(announce.Gateway, id, g.proc)
+	g := &gatewayProc{id: id, grpcAddr: proctest.FreeAddr(c.t)}
+	g.Process = c.newProc(id, bins.gateway, append(c.discoveryEnv(checkInterval),
+		"DATABASE_URL="+c.dbURL, "GATEWAY_ID="+id, "GATEWAY_GRPC_ADDR="+g.grpcAddr, "GATEWAY_HTTP_ADDR="+proctest.FreeAddr(c.t))...)
+	g.Start()
+	c.waitPassing(announce.Gateway, id, g.Process)
 	return g
 }
 
 // startScheduler starts a scheduler and waits until Consul reports it passing.
 func (c *cluster) startScheduler(id string) *schedulerProc {
 	c.t.Helper()
-	s := &schedulerProc{id: id, addr: freeAddr(c.t)}
-	s.proc = c.newProc(id, bins.scheduler, append(c.discoveryEnv(checkInterval),
+	s := &schedulerProc{id: id, addr: proctest.FreeAddr(c.t)}
+	s.Process = c.newProc(id, bins.scheduler, append(c.discoveryEnv(checkInterval),
 		"DATABASE_URL="+c.dbURL, "SCHEDULER_ID="+id, "SCHEDULER_GRPC_ADDR="+s.addr,
 		"SCHEDULER_LEASE_TTL="+leaseTTL.String(), "SCHEDULER_HEARTBEAT_INTERVAL="+heartbeatInterval.String(),
 		"SCHEDULER_POLL_INTERVAL=200ms", "SCHEDULER_RECOVER_INTERVAL=200ms")...)
-	s.start()
-	c.waitPassing(announce.Scheduler, id, s.proc)
+	s.Start()
+	c.waitPassing(announce.Scheduler, id, s.Process)
 	return s
 }
 
@@ -274,12 +158,12 @@ func (c *cluster) startScheduler(id string) *schedulerProc {
 func (c *cluster) startWorker(id, slots string) *workerProc {
 	c.t.Helper()
 	w := &workerProc{id: id}
-	w.proc = c.newProc(id, bins.worker, append(c.discoveryEnv(workerTTL),
+	w.Process = c.newProc(id, bins.worker, append(c.discoveryEnv(workerTTL),
 		"WORKER_ID="+id, "WORKER_SLOTS="+slots, "WORKER_POOL=cpu-pool",
 		"SCHEDULER_ADDR=consul:///"+announce.Scheduler, "WORKER_WORKDIR="+c.dir, "WORKER_DRAIN_GRACE=5s")...)
-	w.start()
-	c.waitPassing(announce.Worker, id, w.proc)
-	eventually(c.t, 60*time.Second, id+" ready", func() (bool, string) {
+	w.Start()
+	c.waitPassing(announce.Worker, id, w.Process)
+	proctest.Eventually(c.t, 60*time.Second, id+" ready", func() (bool, string) {
 		_, state, err := c.workerScheduler(id)
 		if err != nil {
 			return false, err.Error()
@@ -319,12 +203,10 @@ func (c *cluster) inCatalog(service, id string) bool {
 	return ok && s.Service == service
 }
 
-func (c *cluster) waitPassing(service, id string, p *proc) {
+// waitPassing waits until Consul reports p, instance id of service, passing.
+func (c *cluster) waitPassing(service, id string, p *proctest.Process) {
 	c.t.Helper()
-	eventually(c.t, 60*time.Second, id+" passing in consul", func() (bool, string) {
-		if !p.running() {
-			c.t.Fatalf("%s exited:\n%s", id, tail(p.logText(), 30))
-		}
+	p.Await(60*time.Second, id+" passing in consul", func() (bool, string) {
 		_, ok := c.passing(service)[id]
 		return ok, "not passing"
 	})
@@ -373,43 +255,4 @@ func (c *cluster) executions() map[string]int {
 	}
 	require.NoError(c.t, sc.Err())
 	return out
-}
-
-// eventually polls cond every 20 ms until it holds, failing the test after timeout with
-// cond's last explanation.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s: %s", timeout, what, why)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test ended while waiting for %s", what)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -3,6 +3,7 @@ package distributed
 import (
 	"fmt"
 	"maps"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/client"
 	"github.com/agentserver/agentserver/pkg/discovery/announce"
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // TestConsistentHashingAndGracefulStop checks request locality through pkg/client
@@ -52,7 +54,7 @@ func TestConsistentHashingAndGracefulStop(t *testing.T) {
 	}
 	// The set is stable once the client is connected to all three: two passes agree.
 	owner, share := pass()
-	eventually(t, 60*time.Second, "a stable mapping over three gateways", func() (bool, string) {
+	proctest.Eventually(t, 60*time.Second, "a stable mapping over three gateways", func() (bool, string) {
 		next, s := pass()
 		stable := len(s) == 3 && maps.Equal(owner, next)
 		owner, share = next, s
@@ -65,12 +67,12 @@ func TestConsistentHashingAndGracefulStop(t *testing.T) {
 
 	// Graceful stop: out of the catalog (not only the healthy set) at once.
 	stopped := time.Now()
-	gws["gateway-2"].sigterm()
-	eventually(t, 10*time.Second, "gateway-2 deregistered", func() (bool, string) {
+	gws["gateway-2"].Signal(syscall.SIGTERM)
+	proctest.Eventually(t, 10*time.Second, "gateway-2 deregistered", func() (bool, string) {
 		return !c.inCatalog(announce.Gateway, "gateway-2"), "still in the catalog"
 	})
 	deregistered := time.Since(stopped)
-	gws["gateway-2"].waitExit(30 * time.Second)
+	gws["gateway-2"].Wait(30 * time.Second)
 
 	after, afterShare := pass()
 	moved := 0

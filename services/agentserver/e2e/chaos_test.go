@@ -97,14 +97,14 @@ func TestChaos(t *testing.T) {
 		case kills < workerKills && done >= (kills+1)*runs/(workerKills+2):
 			i := rng.IntN(len(workers))
 			victim := workers[i]
-			killedAt[victim.pid()] = float64(victim.kill().UnixNano()) / 1e9
+			killedAt[victim.Pid()] = float64(victim.Kill().UnixNano()) / 1e9
 			kills++
 			workers[i] = c.launchWorker(workerOpts{slots: "cpu=4", schedulers: orders[i%2]})
 			t.Logf("%s: killed %s (pid %d) at %d/%d terminal, started %s", time.Since(begin).Round(time.Millisecond),
-				victim.id, victim.pid(), done, runs, workers[i].id)
+				victim.id, victim.Pid(), done, runs, workers[i].id)
 		case !schedulerKilled && done >= runs*7/16:
 			victim := []*scheduler{s1, s2}[rng.IntN(2)]
-			victim.kill()
+			victim.Kill()
 			victim.restart()
 			schedulerKilled = true
 			t.Logf("%s: killed and restarted %s at %d/%d terminal", time.Since(begin).Round(time.Millisecond), victim.id, done, runs)
@@ -214,7 +214,7 @@ func TestChaos(t *testing.T) {
 		runs, kills, lost, duplicated, violations, limit, peakLimited, maxOverlap(all), requeued,
 		older, olderDone, cutByKill, cutByStop, unexplained, elapsed.Round(time.Millisecond))
 	for _, s := range []*scheduler{s1, s2} {
-		for _, line := range strings.Split(s.logText(), "\n") {
+		for _, line := range strings.Split(s.LogText(), "\n") {
 			if strings.Contains(line, `"level":"ERROR"`) {
 				t.Logf("%s logged: %s", s.id, line)
 			}
@@ -285,7 +285,7 @@ func stopTimes(t *testing.T, c *cluster) map[stopKey]float64 {
 	workers := append([]*worker(nil), c.workers...)
 	c.mu.Unlock()
 	for _, w := range workers {
-		sc := bufio.NewScanner(strings.NewReader(w.logText()))
+		sc := bufio.NewScanner(strings.NewReader(w.LogText()))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			var line struct {
@@ -296,7 +296,7 @@ func stopTimes(t *testing.T, c *cluster) map[stopKey]float64 {
 			if json.Unmarshal(sc.Bytes(), &line) != nil || line.Msg != "stopping run" {
 				continue
 			}
-			k := stopKey{w.pid(), line.Run}
+			k := stopKey{w.Pid(), line.Run}
 			if _, ok := out[k]; !ok {
 				out[k] = float64(line.Time.UnixNano()) / 1e9
 			}

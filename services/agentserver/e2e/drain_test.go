@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -15,7 +16,7 @@ import (
 // when ppid is 0).
 func (c *cluster) waitStarted(names []string, ppid int) {
 	c.t.Helper()
-	eventually(c.t, 30*time.Second, "runs started", func() (bool, string) {
+	proctest.Eventually(c.t, 30*time.Second, "runs started", func() (bool, string) {
 		started := map[string]bool{}
 		for _, r := range readRecords(c.t, c.records) {
 			if r.Phase == "start" && (ppid == 0 || r.PPID == ppid) {
@@ -40,18 +41,18 @@ func TestDrain(t *testing.T) {
 		c.createAssistant("long", assistantOpts{})
 		draining := c.startWorker(workerOpts{slots: "cpu=2", schedulers: []*scheduler{s}, drainGrace: 500 * time.Millisecond})
 		names := c.createRuns("long", []map[string]any{{"ms": 4000}, {"ms": 4000}})
-		c.waitStarted(names, draining.pid())
+		c.waitStarted(names, draining.Pid())
 		other := c.startWorker(workerOpts{slots: "cpu=2", schedulers: []*scheduler{s}})
 
-		draining.signal(syscall.SIGTERM)
-		st := draining.wait(30 * time.Second)
+		draining.Signal(syscall.SIGTERM)
+		st := draining.Wait(30 * time.Second)
 		require.Equal(t, 0, st.ExitCode(), "a drained worker exits 0")
 
 		for _, n := range names {
 			r := c.waitRunState(n, agentserverv1.Run_SUCCEEDED, 30*time.Second)
 			require.Equal(t, "workers/"+other.id, r.GetWorker(), "completed elsewhere")
 			require.EqualValues(t, 1, r.GetAttempt(), "handing a run back uses no attempt")
-			require.EqualValues(t, other.pid(), r.GetOutput().AsMap()["worker_pid"])
+			require.EqualValues(t, other.Pid(), r.GetOutput().AsMap()["worker_pid"])
 			require.EqualValues(t, 1, r.GetOutput().AsMap()["attempt"])
 			queued := 0 // created, then handed back
 			for _, e := range c.events(n) {
@@ -63,7 +64,7 @@ func TestDrain(t *testing.T) {
 			require.Equal(t, 2, queued, "run %s was handed back to the queue once", n)
 		}
 		for _, rec := range readRecords(t, c.records) {
-			if rec.PPID == draining.pid() {
+			if rec.PPID == draining.Pid() {
 				require.NotEqual(t, "done", rec.Phase, "the drained worker finished no run")
 			}
 		}
@@ -75,23 +76,23 @@ func TestDrain(t *testing.T) {
 		c.createAssistant("short", assistantOpts{})
 		draining := c.startWorker(workerOpts{slots: "cpu=4", schedulers: []*scheduler{s}, drainGrace: 30 * time.Second})
 		first := c.createRuns("short", []map[string]any{{"ms": 2000}, {"ms": 2000}})
-		c.waitStarted(first, draining.pid())
+		c.waitStarted(first, draining.Pid())
 
-		draining.signal(syscall.SIGTERM)
-		eventually(t, 10*time.Second, "worker draining", func() (bool, string) {
+		draining.Signal(syscall.SIGTERM)
+		proctest.Eventually(t, 10*time.Second, "worker draining", func() (bool, string) {
 			_, state := c.workerScheduler(draining.id)
 			return state == store.WorkerDraining, "not draining yet"
 		})
 		// Work submitted while it drains is not for it, though it has 2 free slots.
 		later := c.createRuns("short", []map[string]any{{"ms": 10}, {"ms": 10}})
 
-		st := draining.wait(30 * time.Second)
+		st := draining.Wait(30 * time.Second)
 		require.Equal(t, 0, st.ExitCode(), "a drained worker exits 0")
 		for _, n := range first {
 			r := c.getRun(n)
 			require.Equal(t, agentserverv1.Run_SUCCEEDED, r.GetState(), "finished within the grace")
 			require.Equal(t, "workers/"+draining.id, r.GetWorker())
-			require.EqualValues(t, draining.pid(), r.GetOutput().AsMap()["worker_pid"])
+			require.EqualValues(t, draining.Pid(), r.GetOutput().AsMap()["worker_pid"])
 		}
 		for _, n := range later {
 			require.Equal(t, agentserverv1.Run_QUEUED, c.getRun(n).GetState(), "the draining worker took no new run")
@@ -104,7 +105,7 @@ func TestDrain(t *testing.T) {
 		}
 		for _, rec := range readRecords(t, c.records) {
 			for _, n := range later {
-				require.False(t, rec.Run == n && rec.PPID == draining.pid(), "the draining worker executed a new run")
+				require.False(t, rec.Run == n && rec.PPID == draining.Pid(), "the draining worker executed a new run")
 			}
 		}
 	})

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -44,9 +45,9 @@ func TestSchedulerFailover(t *testing.T) {
 
 	from, to := s1, s2
 	for round := range rounds {
-		from.kill()
+		from.Kill()
 		for _, w := range []*worker{w1, w2} {
-			eventually(t, 30*time.Second, fmt.Sprintf("round %d: %s on %s", round+1, w.id, to.id), func() (bool, string) {
+			proctest.Eventually(t, 30*time.Second, fmt.Sprintf("round %d: %s on %s", round+1, w.id, to.id), func() (bool, string) {
 				sched, state := c.workerScheduler(w.id)
 				return sched == to.id && state == store.WorkerReady, sched
 			})
@@ -108,12 +109,12 @@ func TestSchedulerKillsWhileDispatching(t *testing.T) {
 		return n
 	}
 	for k := range kills {
-		eventually(t, 60*time.Second, "progress before the next kill", func() (bool, string) {
+		proctest.Eventually(t, 60*time.Second, "progress before the next kill", func() (bool, string) {
 			n := terminal()
 			return n >= (k+1)*runs/(kills+2), fmt.Sprintf("%d terminal", n)
 		})
 		victim := []*scheduler{s1, s2}[k%2]
-		victim.kill()
+		victim.Kill()
 		victim.restart()
 	}
 	c.waitAllTerminal(60 * time.Second)

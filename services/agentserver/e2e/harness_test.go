@@ -1,15 +1,11 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +22,7 @@ import (
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/pgtest"
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -36,134 +33,6 @@ const (
 	heartbeatInterval = 400 * time.Millisecond
 )
 
-// proc is one service process the test started. Its stdout and stderr go to a log file
-// that is printed (its tail) when the test fails.
-type proc struct {
-	t    *testing.T
-	name string
-	bin  string
-	env  []string
-	log  string
-
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	state  *os.ProcessState
-}
-
-// start starts the process; it must not be running.
-func (p *proc) start() {
-	p.t.Helper()
-	f, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	require.NoError(p.t, err)
-	fmt.Fprintf(f, "===== %s starting at %s\n", p.name, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(p.bin)
-	cmd.Env = append(baseEnv(), p.env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Its own process group (a signal to the test's group does not reach it) and death
-	// with the test binary, so a crashed test leaves nothing behind.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	require.NoError(p.t, cmd.Start(), "starting %s", p.name)
-	exited := make(chan struct{})
-	p.mu.Lock()
-	p.cmd, p.exited, p.state = cmd, exited, nil
-	p.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		f.Close()
-		p.mu.Lock()
-		p.state = cmd.ProcessState
-		p.mu.Unlock()
-		close(exited)
-	}()
-}
-
-// baseEnv is the test's environment without any setting of agentserver's services, so
-// that only what the test sets configures them (an AGENTSERVER_CONFIG file or a
-// DATABASE_URL in the developer's shell must not leak in).
-func baseEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch {
-		case name == "DATABASE_URL",
-			strings.HasPrefix(name, "AGENTSERVER_"), strings.HasPrefix(name, "GATEWAY_"),
-			strings.HasPrefix(name, "SCHEDULER_"), strings.HasPrefix(name, "WORKER_"),
-			strings.HasPrefix(name, "CONSUL_"), strings.HasPrefix(name, "OTEL_"):
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
-
-// pid is the process id of the current (or last) incarnation.
-func (p *proc) pid() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cmd.Process.Pid
-}
-
-// running reports whether the current incarnation has not exited yet.
-func (p *proc) running() bool {
-	p.mu.Lock()
-	exited := p.exited
-	p.mu.Unlock()
-	select {
-	case <-exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// signal sends sig to the process (SIGSTOP, SIGCONT, SIGTERM...).
-func (p *proc) signal(sig syscall.Signal) {
-	p.t.Helper()
-	p.mu.Lock()
-	cmd := p.cmd
-	p.mu.Unlock()
-	require.NoError(p.t, cmd.Process.Signal(sig), "sending %v to %s", sig, p.name)
-}
-
-// kill sends SIGKILL and waits until the process is reaped. It returns when that was: the
-// process and, through Pdeathsig, its executors were dead by then.
-func (p *proc) kill() time.Time {
-	p.t.Helper()
-	p.mu.Lock()
-	cmd, exited := p.cmd, p.exited
-	p.mu.Unlock()
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-exited:
-	case <-time.After(30 * time.Second):
-		p.t.Fatalf("%s (pid %d) did not die within 30s of SIGKILL", p.name, cmd.Process.Pid)
-	}
-	return time.Now()
-}
-
-// wait waits up to timeout for the process to exit and returns its exit state.
-func (p *proc) wait(timeout time.Duration) *os.ProcessState {
-	p.t.Helper()
-	p.mu.Lock()
-	exited := p.exited
-	p.mu.Unlock()
-	select {
-	case <-exited:
-	case <-time.After(timeout):
-		p.t.Fatalf("%s (pid %d) did not exit within %s", p.name, p.pid(), timeout)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state
-}
-
-// logText returns the process's log so far.
-func (p *proc) logText() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
-
 // cluster is a set of processes sharing one database: at most one gateway, any number of
 // schedulers and workers.
 type cluster struct {
@@ -173,14 +42,14 @@ type cluster struct {
 	db      *store.Store
 	records string
 
-	gateway    *proc
+	gateway    *proctest.Process
 	grpcAddr   string
 	conn       *grpc.ClientConn
 	assistants agentserverv1.AssistantServiceClient
 	runs       agentserverv1.RunServiceClient
 
+	procs      *proctest.Group
 	mu         sync.Mutex
-	procs      []*proc
 	schedulers []*scheduler
 	workers    []*worker
 	script     string
@@ -188,14 +57,15 @@ type cluster struct {
 
 // scheduler is a scheduler process with a fixed address, so it can be restarted there.
 type scheduler struct {
-	*proc
+	*proctest.Process
+	t    *testing.T
 	id   string
 	addr string
 }
 
 // worker is a worker-agent process. A restart is a new process with a new worker id.
 type worker struct {
-	*proc
+	*proctest.Process
 	id    string
 	slots string
 }
@@ -209,24 +79,14 @@ func newCluster(t *testing.T) *cluster {
 	c.records = filepath.Join(c.dir, "records.jsonl")
 	c.script = filepath.Join(c.dir, "executor.py")
 	require.NoError(t, os.WriteFile(c.script, []byte(executorScript), 0o755))
-	t.Cleanup(c.stopAll)
+	c.procs = proctest.NewGroup(t)
 
-	httpAddr, grpcAddr := freeAddr(t), freeAddr(t)
+	httpAddr, grpcAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
 	c.grpcAddr = grpcAddr
 	c.gateway = c.newProc("gateway", bins.gateway,
 		"DATABASE_URL="+c.dbURL, "GATEWAY_HTTP_ADDR="+httpAddr, "GATEWAY_GRPC_ADDR="+grpcAddr)
-	c.gateway.start()
-	eventually(t, 60*time.Second, "gateway healthy", func() (bool, string) {
-		if !c.gateway.running() {
-			t.Fatalf("gateway exited:\n%s", tail(c.gateway.logText(), 30))
-		}
-		resp, err := http.Get("http://" + httpAddr + "/healthz")
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
+	c.gateway.Start()
+	c.gateway.Await(60*time.Second, "gateway healthy", proctest.HTTPOK("http://"+httpAddr+"/healthz"))
 
 	// The gateway migrated the database before it listened.
 	db, err := store.Open(context.Background(), c.dbURL)
@@ -243,36 +103,14 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
-// newProc registers a process of the cluster (not started yet); its log goes to the
-// test's directory.
-func (c *cluster) newProc(name, bin string, env ...string) *proc {
-	p := &proc{t: c.t, name: name, bin: bin, env: env, log: filepath.Join(c.dir, name+".log")}
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
-	return p
-}
-
-// stopAll kills every process still running (their executors die with them) and, when
-// the test failed, prints the end of every log.
-func (c *cluster) stopAll() {
-	c.mu.Lock()
-	procs := append([]*proc(nil), c.procs...)
-	c.mu.Unlock()
-	for _, p := range procs {
-		p.mu.Lock()
-		started := p.cmd != nil
-		p.mu.Unlock()
-		if started && p.running() {
-			p.kill() // SIGKILL ends stopped (paused) processes too
-
-		}
-	}
-	if c.t.Failed() {
-		for _, p := range procs {
-			c.t.Logf("----- last lines of %s (%s):\n%s", p.name, p.log, tail(p.logText(), 40))
-		}
-	}
+// newProc registers a process of the cluster (not started yet): it sees only the
+// environment the test gives it (proctest.ServiceEnv), and its log goes to the test's
+// directory. When the test ends, every process still running is killed (SIGKILL ends
+// paused ones too; their executors die with them) and, if the test failed, the end of
+// every log is printed.
+func (c *cluster) newProc(name, bin string, env ...string) *proctest.Process {
+	return c.procs.New(proctest.Spec{Name: name, Bin: bin,
+		Env: append(proctest.ServiceEnv(), env...), Log: filepath.Join(c.dir, name+".log")})
 }
 
 // schedulerEnv is the scheduler configuration of every test; extra entries override it.
@@ -299,8 +137,8 @@ func (c *cluster) startScheduler(extra ...string) *scheduler {
 	n := len(c.schedulers) + 1
 	c.mu.Unlock()
 	id := fmt.Sprintf("scheduler-%d", n)
-	addr := freeAddr(c.t)
-	s := &scheduler{proc: c.newProc(id, bins.scheduler, c.schedulerEnv(addr, id, extra...)...), id: id, addr: addr}
+	addr := proctest.FreeAddr(c.t)
+	s := &scheduler{Process: c.newProc(id, bins.scheduler, c.schedulerEnv(addr, id, extra...)...), t: c.t, id: id, addr: addr}
 	c.mu.Lock()
 	c.schedulers = append(c.schedulers, s)
 	c.mu.Unlock()
@@ -311,18 +149,8 @@ func (c *cluster) startScheduler(extra ...string) *scheduler {
 // restart starts the scheduler again on its address and waits until it listens.
 func (s *scheduler) restart() {
 	s.t.Helper()
-	s.start()
-	eventually(s.t, 30*time.Second, s.id+" listening", func() (bool, string) {
-		if !s.running() {
-			s.t.Fatalf("%s exited:\n%s", s.id, tail(s.logText(), 30))
-		}
-		conn, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err != nil {
-			return false, err.Error()
-		}
-		conn.Close()
-		return true, ""
-	})
+	s.Start()
+	s.Await(30*time.Second, s.id+" listening", proctest.Listening(s.addr))
 }
 
 // workerOpts configures a worker process.
@@ -357,7 +185,7 @@ func (c *cluster) launchWorker(o workerOpts) *worker {
 	n := len(c.workers) + 1
 	c.mu.Unlock()
 	id := fmt.Sprintf("worker-%d-%s", n, uuid.NewString()[:4])
-	w := &worker{proc: c.newProc(id, bins.worker,
+	w := &worker{Process: c.newProc(id, bins.worker,
 		"WORKER_ID="+id,
 		"WORKER_SLOTS="+o.slots,
 		"SCHEDULER_ADDR="+strings.Join(addrs, ","),
@@ -368,7 +196,7 @@ func (c *cluster) launchWorker(o workerOpts) *worker {
 	c.mu.Lock()
 	c.workers = append(c.workers, w)
 	c.mu.Unlock()
-	w.start()
+	w.Start()
 	return w
 }
 
@@ -376,10 +204,7 @@ func (c *cluster) launchWorker(o workerOpts) *worker {
 func (c *cluster) waitWorkerReady(w *worker) string {
 	c.t.Helper()
 	var sched string
-	eventually(c.t, 30*time.Second, w.id+" ready", func() (bool, string) {
-		if !w.running() {
-			c.t.Fatalf("%s exited:\n%s", w.id, tail(w.logText(), 30))
-		}
+	w.Await(30*time.Second, w.id+" ready", func() (bool, string) {
 		var state int
 		err := c.db.Pool().QueryRow(context.Background(),
 			`SELECT state, scheduler_id FROM workers WHERE id = $1`, w.id).Scan(&state, &sched)
@@ -503,7 +328,7 @@ func (c *cluster) getRun(name string) *agentserverv1.Run {
 func (c *cluster) waitRunState(name string, state agentserverv1.Run_State, timeout time.Duration) *agentserverv1.Run {
 	c.t.Helper()
 	var r *agentserverv1.Run
-	eventually(c.t, timeout, name+" "+state.String(), func() (bool, string) {
+	proctest.Eventually(c.t, timeout, name+" "+state.String(), func() (bool, string) {
 		r = c.getRun(name)
 		if r.GetState() != state && terminal(r.GetState()) {
 			c.t.Fatalf("%s ended %s (%s), want %s", name, r.GetState(), r.GetError(), state)
@@ -517,7 +342,7 @@ func (c *cluster) waitRunState(name string, state agentserverv1.Run_State, timeo
 // returns how many runs there are.
 func (c *cluster) waitAllTerminal(timeout time.Duration) {
 	c.t.Helper()
-	eventually(c.t, timeout, "every run terminal", func() (bool, string) {
+	proctest.Eventually(c.t, timeout, "every run terminal", func() (bool, string) {
 		var open int
 		err := c.db.Pool().QueryRow(context.Background(),
 			`SELECT count(*) FROM runs WHERE state IN (1, 2, 7)`).Scan(&open)
@@ -574,37 +399,6 @@ func terminal(s agentserverv1.Run_State) bool {
 	return false
 }
 
-// eventually polls cond every 20ms until it holds, failing the test after timeout with
-// cond's last explanation. It is how the tests wait: never a bare sleep.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s: %s", timeout, what, why)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test ended while waiting for %s", what)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
-}
-
 // gone reports whether no live process has this pid: it does not exist (ESRCH), or it is
 // a zombie that nobody reaped yet (an orphan whose new parent, PID 1 of a container, may
 // never reap it), which runs no code.
@@ -652,18 +446,4 @@ func groupGone(pgid int) bool {
 		}
 	}
 	return true
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
 }

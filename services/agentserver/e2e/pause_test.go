@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -25,11 +26,11 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 
 	r := c.createRun("pausable", map[string]any{"action": "slow_first_claim", "slow_s": 60})
 	var pgid int
-	eventually(t, 30*time.Second, "first claim executing", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "first claim executing", func() (bool, string) {
 		for _, rec := range readRecords(t, c.records) {
 			if rec.Run == r.GetName() && rec.Phase == "start" {
 				require.EqualValues(t, 1, rec.Epoch)
-				require.Equal(t, first.pid(), rec.PPID)
+				require.Equal(t, first.Pid(), rec.PPID)
 				pgid = rec.PGID
 				return true, ""
 			}
@@ -37,7 +38,7 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 		return false, "no start record"
 	})
 	// Some executor events of the first claim are in the log before the pause.
-	eventually(t, 10*time.Second, "events of the first claim", func() (bool, string) {
+	proctest.Eventually(t, 10*time.Second, "events of the first claim", func() (bool, string) {
 		for _, e := range c.events(r.GetName()) {
 			if e.Type == "executor_event" {
 				return true, ""
@@ -47,11 +48,11 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 	})
 
 	second := c.startWorker(workerOpts{slots: "cpu=1", schedulers: []*scheduler{s}})
-	first.signal(syscall.SIGSTOP)
+	first.Signal(syscall.SIGSTOP)
 	paused := true
 	t.Cleanup(func() {
 		if paused {
-			first.signal(syscall.SIGCONT)
+			first.Signal(syscall.SIGCONT)
 		}
 	})
 
@@ -60,7 +61,7 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 	done := c.waitRunState(r.GetName(), agentserverv1.Run_SUCCEEDED, 30*time.Second)
 	require.Equal(t, "workers/"+second.id, done.GetWorker())
 	out := done.GetOutput().AsMap()
-	require.EqualValues(t, second.pid(), out["worker_pid"], "the output is the second worker's")
+	require.EqualValues(t, second.Pid(), out["worker_pid"], "the output is the second worker's")
 	accepted := c.dbRuns()[r.GetName()].epoch
 	require.Greater(t, accepted, int64(1))
 	require.EqualValues(t, accepted, out["epoch"])
@@ -68,10 +69,10 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 	require.False(t, groupGone(pgid), "the paused worker's executor is still running: nobody could tell it yet")
 	eventsBefore := len(c.events(r.GetName()))
 
-	first.signal(syscall.SIGCONT)
+	first.Signal(syscall.SIGCONT)
 	paused = false
 	// The resumed worker is told its lease is gone and kills its executor's group.
-	eventually(t, 30*time.Second, "paused worker's executor group killed", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "paused worker's executor group killed", func() (bool, string) {
 		return groupGone(pgid), "process group still has live members"
 	})
 	// Its late writes reached the scheduler and were refused: the events its executor
@@ -79,14 +80,14 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 	runID := strings.TrimPrefix(r.GetName(), "runs/")
 	refused := func(what string) int {
 		n := 0
-		for _, line := range strings.Split(s.logText(), "\n") {
+		for _, line := range strings.Split(s.LogText(), "\n") {
 			if strings.Contains(line, "refused "+what) && strings.Contains(line, first.id) && strings.Contains(line, runID) {
 				n++
 			}
 		}
 		return n
 	}
-	eventually(t, 30*time.Second, "late result refused", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "late result refused", func() (bool, string) {
 		return refused("result") >= 1, "no refused result logged yet"
 	})
 	lateEvents := refused("write")
@@ -97,7 +98,7 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 	after := c.getRun(r.GetName())
 	require.Equal(t, agentserverv1.Run_SUCCEEDED, after.GetState())
 	require.Equal(t, "workers/"+second.id, after.GetWorker())
-	require.EqualValues(t, second.pid(), after.GetOutput().AsMap()["worker_pid"])
+	require.EqualValues(t, second.Pid(), after.GetOutput().AsMap()["worker_pid"])
 	evs := c.events(r.GetName())
 	requeued := -1
 	for i, e := range evs {
@@ -118,11 +119,11 @@ func TestPausedWorkerIsFenced(t *testing.T) {
 	}
 
 	// The resumed worker is healthy and takes new work.
-	eventually(t, 30*time.Second, "resumed worker ready", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "resumed worker ready", func() (bool, string) {
 		sched, state := c.workerScheduler(first.id)
 		return sched == s.id && state == store.WorkerReady, "not ready"
 	})
-	require.True(t, first.running())
+	require.True(t, first.Running())
 }
 
 // Pause, alone: the paused worker is the only one, with a free slot. When it resumes,
@@ -150,7 +151,7 @@ func pausedAlone(t *testing.T, quiet bool) {
 
 	r := c.createRun("pausable", map[string]any{"action": "slow_first_claim", "slow_s": 60, "quiet": quiet})
 	var pgid int
-	eventually(t, 30*time.Second, "first claim executing", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "first claim executing", func() (bool, string) {
 		for _, rec := range readRecords(t, c.records) {
 			if rec.Run == r.GetName() && rec.Phase == "start" {
 				pgid = rec.PGID
@@ -160,14 +161,14 @@ func pausedAlone(t *testing.T, quiet bool) {
 		return false, "no start record"
 	})
 
-	w.signal(syscall.SIGSTOP)
+	w.Signal(syscall.SIGSTOP)
 	paused := true
 	t.Cleanup(func() {
 		if paused {
-			w.signal(syscall.SIGCONT)
+			w.Signal(syscall.SIGCONT)
 		}
 	})
-	eventually(t, 30*time.Second, "lease expired while paused", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "lease expired while paused", func() (bool, string) {
 		for _, e := range c.events(r.GetName()) {
 			if e.Data["reason"] == "lease_expired" {
 				return true, ""
@@ -175,15 +176,15 @@ func pausedAlone(t *testing.T, quiet bool) {
 		}
 		return false, "not yet"
 	})
-	w.signal(syscall.SIGCONT)
+	w.Signal(syscall.SIGCONT)
 	paused = false
 
 	done := c.waitRunState(r.GetName(), agentserverv1.Run_SUCCEEDED, 30*time.Second)
 	out := done.GetOutput().AsMap()
-	require.EqualValues(t, w.pid(), out["worker_pid"])
+	require.EqualValues(t, w.Pid(), out["worker_pid"])
 	require.Greater(t, out["epoch"], float64(1), "completed under a newer claim")
 	require.EqualValues(t, 1, done.GetAttempt(), "a paused worker uses no attempt")
-	eventually(t, 30*time.Second, "stale executor group killed", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "stale executor group killed", func() (bool, string) {
 		return groupGone(pgid), "process group still has live members"
 	})
 	for _, rec := range readRecords(t, c.records) {
@@ -195,5 +196,5 @@ func pausedAlone(t *testing.T, quiet bool) {
 	// the run for this worker (handed back while the stale execution was still there),
 	// depends on timing; both must end as above.
 	t.Logf("resumed worker: new claims handed back while the stale execution ran: %d",
-		strings.Count(w.logText(), "assignment supersedes a run still executing"))
+		strings.Count(w.LogText(), "assignment supersedes a run still executing"))
 }

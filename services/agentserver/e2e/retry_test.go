@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // Retries: an executor that fails with retryable errors on attempts 1 and 2 succeeds on
@@ -27,7 +28,7 @@ func TestRetries(t *testing.T) {
 		require.EqualValues(t, 3, r.GetMaxAttempts())
 		// Waiting for attempt 2: queued, with the time of the next attempt in the future.
 		var waiting *agentserverv1.Run
-		eventually(t, 30*time.Second, "run waiting for attempt 2", func() (bool, string) {
+		proctest.Eventually(t, 30*time.Second, "run waiting for attempt 2", func() (bool, string) {
 			waiting = c.getRun(r.GetName())
 			return waiting.GetState() == agentserverv1.Run_QUEUED && waiting.GetAttempt() == 2, waiting.GetState().String()
 		})

@@ -78,7 +78,7 @@ func TestTypedSlots(t *testing.T) {
 		require.Equal(t, tpu.id, r.worker, "a tpu run was placed on %s", r.worker)
 		e := execs[claimKey{name, r.epoch}]
 		require.NotNil(t, e)
-		require.Equal(t, tpu.pid(), e.worker, "a tpu run was executed by worker pid %d", e.worker)
+		require.Equal(t, tpu.Pid(), e.worker, "a tpu run was executed by worker pid %d", e.worker)
 		onTPU = append(onTPU, e)
 	}
 	require.Equal(t, 1, maxOverlap(onTPU), "one tpu slot: tpu runs one at a time")
@@ -95,7 +95,7 @@ func TestTypedSlots(t *testing.T) {
 	for _, e := range execs {
 		byWorker[e.worker] = append(byWorker[e.worker], e)
 	}
-	require.LessOrEqual(t, maxOverlap(byWorker[cpuOnly.pid()]), 2, "cpu-only worker: 2 slots")
-	require.LessOrEqual(t, maxOverlap(byWorker[tpu.pid()]), 2, "tpu worker: 1 cpu + 1 tpu slot")
+	require.LessOrEqual(t, maxOverlap(byWorker[cpuOnly.Pid()]), 2, "cpu-only worker: 2 slots")
+	require.LessOrEqual(t, maxOverlap(byWorker[tpu.Pid()]), 2, "tpu worker: 1 cpu + 1 tpu slot")
 	t.Logf("typed slots: tpu runs all on %s; cpu runs by worker: %v", tpu.id, fmt.Sprint(usedCPU))
 }

@@ -10,13 +10,14 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // hangPIDs waits until the hanging executor of run recorded its child and returns the
 // executor's pid and the child's.
 func (c *cluster) hangPIDs(run string) (executor, child int) {
 	c.t.Helper()
-	eventually(c.t, 30*time.Second, run+" executor child started", func() (bool, string) {
+	proctest.Eventually(c.t, 30*time.Second, run+" executor child started", func() (bool, string) {
 		for _, r := range readRecords(c.t, c.records) {
 			if r.Run == run && r.Phase == "child" {
 				executor, child = r.PID, r.Child
@@ -31,7 +32,7 @@ func (c *cluster) hangPIDs(run string) (executor, child int) {
 // waitGone polls until every pid is gone: no orphan is left.
 func waitGone(t *testing.T, what string, pids ...int) {
 	t.Helper()
-	eventually(t, 15*time.Second, what+" gone", func() (bool, string) {
+	proctest.Eventually(t, 15*time.Second, what+" gone", func() (bool, string) {
 		for _, pid := range pids {
 			if !gone(pid) {
 				return false, fmt.Sprintf("pid %d still alive", pid)

@@ -1,0 +1,103 @@
+package dev_test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/pgtest"
+)
+
+// buildNoop builds the Go no-op executor (examples/noop, its own module).
+func buildNoop(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "noop")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = filepath.Join(repoRoot(t), "examples", "noop")
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "building examples/noop: %s", out)
+	return bin
+}
+
+// 100,000 runs queued at once against 4 slots: none is rejected or lost, each ends
+// SUCCEEDED exactly once, and never more than 4 execute at a time.
+func TestBackpressureHundredThousandRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the 100,000-run backpressure test takes a minute or two")
+	}
+	db := pgtest.NewDatabase(t)
+	s := startServerOn(t, db)
+	noop := buildNoop(t)
+	createAssistant(t, s, "noop", fmt.Sprintf("executors:\n  - name: noop\n    command: [%q]\n", noop), nil)
+
+	const total, batch = 100_000, 1000
+	for b := range total / batch {
+		reqs := make([]map[string]any, batch)
+		for i := range reqs {
+			reqs[i] = map[string]any{"run": map[string]any{"assistant": "assistants/noop", "input": map[string]any{"i": b*batch + i}}}
+		}
+		var resp struct {
+			Runs []run `json:"runs"`
+		}
+		require.Equal(t, http.StatusOK, s.call(t, "POST", "/v1/runs:batchCreate", map[string]any{"requests": reqs}, &resp))
+		require.Len(t, resp.Runs, batch)
+		for _, r := range resp.Runs {
+			require.Equal(t, "QUEUED", r.State, "backpressure: a run waits, it is never rejected")
+		}
+	}
+
+	pool, err := pgxpool.New(t.Context(), db)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		var done int
+		require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM runs WHERE state = 3`).Scan(&done))
+		return done == total
+	}, 10*time.Minute, 500*time.Millisecond)
+	t.Logf("%d runs through 4 slots in %s (%.0f runs/s)", total, time.Since(start).Round(time.Second), total/time.Since(start).Seconds())
+
+	var runs, terminalEvents int
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM runs`).Scan(&runs))
+	require.NoError(t, pool.QueryRow(t.Context(),
+		`SELECT count(*) FROM run_events WHERE type = 'state' AND data->>'state' IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')`).Scan(&terminalEvents))
+	require.Equal(t, total, runs, "none lost, none duplicated")
+	require.Equal(t, total, terminalEvents, "each run ended exactly once")
+
+	// Never more than the 4 slots at once, from the runs' own start and end times.
+	rows, err := pool.Query(t.Context(), `SELECT start_time, end_time FROM runs`)
+	require.NoError(t, err)
+	type edge struct {
+		at    time.Time
+		delta int
+	}
+	var edges []edge
+	for rows.Next() {
+		var s, e time.Time
+		require.NoError(t, rows.Scan(&s, &e))
+		edges = append(edges, edge{s, 1}, edge{e, -1})
+	}
+	require.NoError(t, rows.Err())
+	sort.Slice(edges, func(i, j int) bool {
+		if !edges[i].at.Equal(edges[j].at) {
+			return edges[i].at.Before(edges[j].at)
+		}
+		return edges[i].delta < edges[j].delta // an end before a start at the same instant
+	})
+	running, peak := 0, 0
+	for _, e := range edges {
+		running += e.delta
+		peak = max(peak, running)
+	}
+	t.Logf("peak concurrency %d", peak)
+	require.LessOrEqual(t, peak, 4)
+}
