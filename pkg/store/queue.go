@@ -104,7 +104,10 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 				UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2,
 					lease_expire_time = now() + $3 * interval '1 millisecond', claim_time = now(),
 					start_time = coalesce(r.start_time, now()), next_attempt_time = NULL
-				FROM d WHERE r.id = d.run_id
+				-- By id, not by joining d: the planner cannot estimate d's rows and would
+				-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
+				-- does), and the candidates' queue rows are locked by this transaction.
+				WHERE r.id = ANY($1)
 				RETURNING r.*
 			), e AS (
 				INSERT INTO run_events (run_id, tenant_id, type, data)
