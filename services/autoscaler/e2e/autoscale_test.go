@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,6 +20,7 @@ import (
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/pgtest"
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/pkg/store"
 	"github.com/agentserver/agentserver/services/autoscaler/internal/api"
 	"github.com/agentserver/agentserver/services/autoscaler/internal/metrics"
@@ -80,59 +78,22 @@ pools:
 `
 )
 
-// proc is one process the test started; its output goes to a log file whose tail is
-// printed when the test fails.
-type proc struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startProc(t *testing.T, dir, name, bin string, args []string, env ...string) *proc {
+// startProc starts a process of the test with the test binary's environment and env; its
+// output goes to a log file whose tail is printed when the test fails.
+func startProc(t *testing.T, dir, name, bin string, args []string, env ...string) *proctest.Process {
 	t.Helper()
-	p := &proc{name: name, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
-	require.NoError(t, err)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	// Its own process group, and death with the test binary, so a crashed test leaves
-	// nothing behind (the autoscaler's workers die with the autoscaler the same way).
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, p.cmd.Start(), "starting %s", name)
-	go func() {
-		_ = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
+	p := proctest.New(t, proctest.Spec{Name: name, Bin: bin, Args: args,
+		Env: append(os.Environ(), env...), Log: filepath.Join(dir, name+".log")})
+	// It dies with the test binary (proctest), so a crashed test leaves nothing behind;
+	// the autoscaler's workers die with the autoscaler the same way.
+	p.Start()
 	t.Cleanup(func() {
 		// SIGTERM first: a scheduler or gateway shuts down cleanly, the autoscaler
 		// drains its workers. Then SIGKILL, if it takes too long.
-		if !p.exited() {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(30 * time.Second):
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(p.log)
-			t.Logf("----- last lines of %s (%s):\n%s", p.name, p.log, tail(string(b), 40))
-		}
+		p.Stop(30 * time.Second)
+		p.ReportLog()
 	})
 	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // sample is the autoscaler's status at one instant.
@@ -232,34 +193,14 @@ func TestBurstScalesUpThenBackDown(t *testing.T) {
 	ctx := t.Context()
 
 	// Gateway (it migrates the database) and scheduler.
-	gwHTTP, gwGRPC, schedAddr, listen := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	gwHTTP, gwGRPC, schedAddr, listen := proctest.FreeAddr(t), proctest.FreeAddr(t), proctest.FreeAddr(t), proctest.FreeAddr(t)
 	gw := startProc(t, dir, "gateway", bins.gateway, nil,
 		"DATABASE_URL="+dbURL, "GATEWAY_HTTP_ADDR="+gwHTTP, "GATEWAY_GRPC_ADDR="+gwGRPC)
-	eventually(t, 60*time.Second, "gateway healthy", func() (bool, string) {
-		if gw.exited() {
-			t.Fatal("gateway exited")
-		}
-		resp, err := http.Get("http://" + gwHTTP + "/healthz")
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
+	gw.Await(60*time.Second, "gateway healthy", proctest.HTTPOK("http://"+gwHTTP+"/healthz"))
 	sched := startProc(t, dir, "scheduler", bins.scheduler, nil,
 		"DATABASE_URL="+dbURL, "SCHEDULER_ID=scheduler-1", "SCHEDULER_GRPC_ADDR="+schedAddr,
 		"SCHEDULER_LEASE_TTL=5s", "SCHEDULER_HEARTBEAT_INTERVAL=500ms", "SCHEDULER_POLL_INTERVAL=200ms")
-	eventually(t, 30*time.Second, "scheduler listening", func() (bool, string) {
-		if sched.exited() {
-			t.Fatal("scheduler exited")
-		}
-		c, err := net.DialTimeout("tcp", schedAddr, time.Second)
-		if err != nil {
-			return false, err.Error()
-		}
-		c.Close()
-		return true, ""
-	})
+	sched.Await(30*time.Second, "scheduler listening", proctest.Listening(schedAddr))
 	db, err := store.Open(ctx, dbURL)
 	require.NoError(t, err)
 	t.Cleanup(db.Close)
@@ -288,10 +229,7 @@ process:
 	auto := autoscalerAPI{base: "http://" + listen}
 
 	// It starts the pool's min_replicas worker, which registers.
-	eventually(t, 60*time.Second, "the first worker ready", func() (bool, string) {
-		if as.exited() {
-			t.Fatal("autoscaler exited")
-		}
+	as.Await(60*time.Second, "the first worker ready", func() (bool, string) {
 		_, p, err := auto.pool(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -370,7 +308,7 @@ process:
 	t.Logf("gateway latency window right after the burst: %d requests, p95 %s", lat[0].Count, lat[0].P95)
 
 	// Up to max while the queue drains.
-	eventually(t, 60*time.Second, "the pool at max_replicas", func() (bool, string) {
+	proctest.Eventually(t, 60*time.Second, "the pool at max_replicas", func() (bool, string) {
 		_, p, err := auto.pool(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -378,7 +316,7 @@ process:
 		return p.Current == maxReplicas && p.Ready == maxReplicas, fmt.Sprintf("%+v", p)
 	})
 	atMax := time.Now()
-	eventually(t, 90*time.Second, "every run terminal", func() (bool, string) {
+	proctest.Eventually(t, 90*time.Second, "every run terminal", func() (bool, string) {
 		var open int
 		err := db.Pool().QueryRow(ctx, `SELECT count(*) FROM runs WHERE state IN ($1, $2, $3)`,
 			store.StateQueued, store.StateRunning, store.StateInterrupted).Scan(&open)
@@ -391,7 +329,7 @@ process:
 
 	// Back to min once idle for the sustained window, every decision applied.
 	var atMinEvals uint64
-	eventually(t, 60*time.Second, "the pool back at min_replicas", func() (bool, string) {
+	proctest.Eventually(t, 60*time.Second, "the pool back at min_replicas", func() (bool, string) {
 		st, p, err := auto.pool(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -404,7 +342,7 @@ process:
 	decisions, err := auto.decisions(ctx)
 	require.NoError(t, err)
 	// And it stays there: a dozen more evaluations (3 s) make no decision.
-	eventually(t, 30*time.Second, "a dozen more evaluations", func() (bool, string) {
+	proctest.Eventually(t, 30*time.Second, "a dozen more evaluations", func() (bool, string) {
 		st, _, err := auto.pool(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -458,14 +396,9 @@ process:
 	require.Equal(t, 1, reversals, "up, then down: the direction reversed once")
 
 	// Stopping the autoscaler drains its last worker; it exits 0 and no worker is left.
-	require.NoError(t, as.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case <-as.done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the autoscaler did not stop within 60s of SIGTERM")
-	}
-	require.Equal(t, 0, as.cmd.ProcessState.ExitCode(), "the autoscaler exits 0")
-	eventually(t, 30*time.Second, "no live worker", func() (bool, string) {
+	as.Signal(syscall.SIGTERM)
+	require.Equal(t, 0, as.Wait(60*time.Second).ExitCode(), "the autoscaler exits 0")
+	proctest.Eventually(t, 30*time.Second, "no live worker", func() (bool, string) {
 		var live int
 		err := db.Pool().QueryRow(ctx, `SELECT count(*) FROM workers WHERE state <> $1`, store.WorkerLost).Scan(&live)
 		if err != nil {
@@ -479,49 +412,4 @@ process:
 		total, workers, len(decisions), ready.Sub(start).Round(10*time.Millisecond), atMax.Sub(burstAt).Round(10*time.Millisecond),
 		drained.Sub(burstAt).Round(10*time.Millisecond), atMin.Sub(drained).Round(10*time.Millisecond),
 		time.Since(start).Round(10*time.Millisecond))
-}
-
-// eventually polls cond every 20ms until it holds, failing the test after timeout with
-// cond's last explanation. It is how the test waits: never a bare sleep.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s: %s", timeout, what, why)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("test ended while waiting for %s", what)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
 }
