@@ -97,13 +97,20 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 		if err != nil || len(admitted) == 0 {
 			return err
 		}
+		var limited []uuid.UUID
+		for _, c := range cands {
+			if c.limited {
+				limited = append(limited, c.id)
+			}
+		}
 		rows, err = tx.Query(ctx, `
 			WITH d AS (
 				DELETE FROM run_queue WHERE run_id = ANY($1) RETURNING run_id
 			), u AS (
 				UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2,
 					lease_expire_time = now() + $3 * interval '1 millisecond', claim_time = now(),
-					start_time = coalesce(r.start_time, now()), next_attempt_time = NULL
+					start_time = coalesce(r.start_time, now()), next_attempt_time = NULL,
+					limited = coalesce(r.id = ANY($4), false)
 				-- By id, not by joining d: the planner cannot estimate d's rows and would
 				-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
 				-- does), and the candidates' queue rows are locked by this transaction.
@@ -120,7 +127,7 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 				ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
 			LEFT JOIN threads t ON t.tenant_id = u.tenant_id AND t.id = u.thread_id
 			ORDER BY u.priority DESC, u.seq`,
-			admitted, p.WorkerID, p.LeaseTTL.Milliseconds())
+			admitted, p.WorkerID, p.LeaseTTL.Milliseconds(), limited)
 		if err != nil {
 			return err
 		}
