@@ -74,7 +74,7 @@ func TestWorkerKilledMidFlowResumesFromCheckpoint(t *testing.T) {
 	config, err := structpb.NewStruct(map[string]any{"record": records, "release": release})
 	require.NoError(t, err)
 	_, err = c.assistants.CreateAssistant(t.Context(), &agentserverv1.CreateAssistantRequest{AssistantId: "three-steps", Assistant: &agentserverv1.Assistant{
-		Flow: fmt.Sprintf("executors:\n  - name: x\n    command: [\"python3\", %q]\nsteps:\n  - {name: a, executor: x}\n  - {name: b, executor: x}\n  - {name: c, executor: x}\n", script),
+		Flow:   fmt.Sprintf("executors:\n  - name: x\n    command: [\"python3\", %q]\nsteps:\n  - {name: a, executor: x}\n  - {name: b, executor: x}\n  - {name: c, executor: x}\n", script),
 		Config: config,
 	}})
 	require.NoError(t, err)

@@ -528,6 +528,12 @@ func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.Conne
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 		err = s.store.Checkpoint(ctx, id, cp.GetEpoch(), cp.GetNextStep(), cp.GetState().AsMap())
+		if err == nil {
+			// Durable: the worker may start the next step.
+			sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_CheckpointAck{CheckpointAck: &schedulerv1.CheckpointAck{
+				Run: cp.GetRun(), Epoch: cp.GetEpoch(), NextStep: cp.GetNextStep(),
+			}}})
+		}
 		return s.fenced(sess, id, cp.GetEpoch(), err)
 	case *schedulerv1.ConnectRequest_Register:
 		return status.Error(codes.InvalidArgument, "register may only be the first message of a session")

@@ -135,12 +135,11 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 			if err != nil {
 				return fmt.Errorf("state is not a JSON object: %w", err)
 			}
-			// Fencing is checked by the scheduler; a refused checkpoint comes back as a
-			// lease_lost cancel, which ends this run.
-			w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Checkpoint{Checkpoint: &schedulerv1.Checkpoint{
-				Run: a.GetRun(), Epoch: a.GetEpoch(), NextStep: next, State: s,
-			}}})
-			return nil
+			// The next step starts only once the checkpoint is durable, so a step whose
+			// checkpoint was acknowledged never runs again. Fencing is checked by the
+			// scheduler; a refused checkpoint comes back as a lease_lost cancel, which
+			// ends this run (and this wait).
+			return w.checkpoint(ctx, &schedulerv1.Checkpoint{Run: a.GetRun(), Epoch: a.GetEpoch(), NextStep: next, State: s})
 		},
 	})
 	if out.State != nil {
@@ -171,6 +170,10 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 		switch {
 		case errors.Is(cause, errReleased):
 			res.Outcome = schedulerv1.RunResult_OUTCOME_RELEASED
+		case errors.Is(cause, executor.ErrTimedOut):
+			// The timeout hit while a checkpoint waited for its acknowledgement.
+			res.Outcome = schedulerv1.RunResult_OUTCOME_TIMED_OUT
+			res.Error = fmt.Sprintf("execution timeout of %s exceeded", a.GetTimeout().AsDuration().Round(time.Millisecond))
 		default:
 			res.Outcome = schedulerv1.RunResult_OUTCOME_CANCELLED
 		}
@@ -205,4 +208,43 @@ func (w *Worker) parseFlow(key, src string) (*flow.Flow, error) {
 type cachedFlow struct {
 	src  string
 	flow *flow.Flow
+}
+
+// pendingCheckpoint is a checkpoint sent and not yet acknowledged.
+type pendingCheckpoint struct {
+	msg  *schedulerv1.Checkpoint
+	done chan struct{}
+}
+
+// checkpoint sends cp and waits until the scheduler acknowledges it, or the run ends.
+// A run has at most one checkpoint in flight: its steps run one after another.
+func (w *Worker) checkpoint(ctx context.Context, cp *schedulerv1.Checkpoint) error {
+	p := &pendingCheckpoint{msg: cp, done: make(chan struct{})}
+	w.mu.Lock()
+	w.checkpoints[cp.GetRun()] = p
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		if w.checkpoints[cp.GetRun()] == p {
+			delete(w.checkpoints, cp.GetRun())
+		}
+		w.mu.Unlock()
+	}()
+	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Checkpoint{Checkpoint: cp}})
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("checkpoint of %s not acknowledged: %w", cp.GetRun(), context.Cause(ctx))
+	}
+}
+
+// checkpointAcked releases the run waiting for that checkpoint.
+func (w *Worker) checkpointAcked(ack *schedulerv1.CheckpointAck) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if p, ok := w.checkpoints[ack.GetRun()]; ok && p.msg.GetEpoch() == ack.GetEpoch() && p.msg.GetNextStep() == ack.GetNextStep() {
+		delete(w.checkpoints, ack.GetRun())
+		close(p.done)
+	}
 }

@@ -106,7 +106,9 @@ type Worker struct {
 
 	flowMu sync.Mutex
 	flows  map[string]cachedFlow
-	admin  *admin.Server
+	// checkpoints holds each run's checkpoint waiting for its acknowledgement (under mu).
+	checkpoints map[string]*pendingCheckpoint
+	admin       *admin.Server
 	// dialOpts are extra options of the scheduler connection (WithDialOptions).
 	dialOpts []grpc.DialOption
 }
@@ -176,7 +178,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 		cfg: cfg, slots: slots, labels: labels, addrs: addrs, log: log.With("worker", cfg.ID), exec: mgr,
 		hostname: hostname, gpus: gpus, runs: make(map[string]*activeRun), used: make(map[string]int),
 		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1),
-		dialOpts: dialOptions(opts),
+		dialOpts: dialOptions(opts), checkpoints: make(map[string]*pendingCheckpoint),
 	}
 	if cfg.AdminAddr != "" {
 		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log); err != nil {
@@ -412,6 +414,13 @@ func (w *Worker) session(ctx context.Context, addr string, registered *bool) err
 	for _, res := range resend {
 		w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: res}})
 	}
+	// A checkpoint the broken stream may have lost: send it again (writing it twice is
+	// harmless; its run waits for the acknowledgement).
+	w.mu.Lock()
+	for _, p := range w.checkpoints {
+		w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Checkpoint{Checkpoint: p.msg}})
+	}
+	w.mu.Unlock()
 
 	errc := make(chan error, 2)
 	go func() { errc <- w.sendLoop(ctx, stream, interval) }()
@@ -469,6 +478,8 @@ func (w *Worker) handle(m *schedulerv1.ConnectResponse) {
 			cause = errLeaseLost
 		}
 		w.stop(msg.Cancel.GetRun(), msg.Cancel.GetEpoch(), cause)
+	case *schedulerv1.ConnectResponse_CheckpointAck:
+		w.checkpointAcked(msg.CheckpointAck)
 	case *schedulerv1.ConnectResponse_ResultAck:
 		w.mu.Lock()
 		if res, ok := w.unacked[msg.ResultAck.GetRun()]; ok && res.GetEpoch() == msg.ResultAck.GetEpoch() {

@@ -91,7 +91,7 @@ func (x RunResult_Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RunResult_Outcome.Descriptor instead.
 func (RunResult_Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14, 0}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15, 0}
 }
 
 // GetClusterStatsRequest is the request of GetClusterStats.
@@ -491,6 +491,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_Drain
 	//	*ConnectResponse_ResultAck
+	//	*ConnectResponse_CheckpointAck
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -578,6 +579,15 @@ func (x *ConnectResponse) GetResultAck() *ResultAck {
 	return nil
 }
 
+func (x *ConnectResponse) GetCheckpointAck() *CheckpointAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_CheckpointAck); ok {
+			return x.CheckpointAck
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -607,6 +617,11 @@ type ConnectResponse_ResultAck struct {
 	ResultAck *ResultAck `protobuf:"bytes,5,opt,name=result_ack,json=resultAck,proto3,oneof"`
 }
 
+type ConnectResponse_CheckpointAck struct {
+	// The scheduler recorded a checkpoint; the run may go on to its next step.
+	CheckpointAck *CheckpointAck `protobuf:"bytes,6,opt,name=checkpoint_ack,json=checkpointAck,proto3,oneof"`
+}
+
 func (*ConnectResponse_Registered) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Assignment) isConnectResponse_Msg() {}
@@ -616,6 +631,8 @@ func (*ConnectResponse_Cancel) isConnectResponse_Msg() {}
 func (*ConnectResponse_Drain) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_ResultAck) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_CheckpointAck) isConnectResponse_Msg() {}
 
 // Register describes the worker and its inventory.
 type Register struct {
@@ -1258,6 +1275,71 @@ func (x *ResultAck) GetEpoch() int64 {
 	return 0
 }
 
+// CheckpointAck confirms that a checkpoint is durable. A worker starts a run's next step
+// only after it, so a step whose checkpoint was acknowledged never runs again.
+type CheckpointAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs/{run}
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// Epoch of the claim.
+	Epoch int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The checkpoint's next_step.
+	NextStep      string `protobuf:"bytes,3,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointAck) Reset() {
+	*x = CheckpointAck{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointAck) ProtoMessage() {}
+
+func (x *CheckpointAck) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointAck.ProtoReflect.Descriptor instead.
+func (*CheckpointAck) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CheckpointAck) GetRun() string {
+	if x != nil {
+		return x.Run
+	}
+	return ""
+}
+
+func (x *CheckpointAck) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *CheckpointAck) GetNextStep() string {
+	if x != nil {
+		return x.NextStep
+	}
+	return ""
+}
+
 // RunResult reports how a run ended on the worker.
 type RunResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1283,7 +1365,7 @@ type RunResult struct {
 
 func (x *RunResult) Reset() {
 	*x = RunResult{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1377,7 @@ func (x *RunResult) String() string {
 func (*RunResult) ProtoMessage() {}
 
 func (x *RunResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1390,7 @@ func (x *RunResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResult.ProtoReflect.Descriptor instead.
 func (*RunResult) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunResult) GetRun() string {
@@ -1384,7 +1466,7 @@ type RunEvent struct {
 
 func (x *RunEvent) Reset() {
 	*x = RunEvent{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1478,7 @@ func (x *RunEvent) String() string {
 func (*RunEvent) ProtoMessage() {}
 
 func (x *RunEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1491,7 @@ func (x *RunEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunEvent.ProtoReflect.Descriptor instead.
 func (*RunEvent) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RunEvent) GetRun() string {
@@ -1457,7 +1539,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1551,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1564,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Checkpoint) GetRun() string {
@@ -1542,7 +1624,7 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x05 \x01(\v2$.agentserver.scheduler.v1.CheckpointH\x00R\n" +
 	"checkpointB\x05\n" +
-	"\x03msg\"\xe3\x02\n" +
+	"\x03msg\"\xb5\x03\n" +
 	"\x0fConnectResponse\x12F\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2$.agentserver.scheduler.v1.RegisteredH\x00R\n" +
@@ -1553,7 +1635,8 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06cancel\x18\x03 \x01(\v2 .agentserver.scheduler.v1.CancelH\x00R\x06cancel\x127\n" +
 	"\x05drain\x18\x04 \x01(\v2\x1f.agentserver.scheduler.v1.DrainH\x00R\x05drain\x12D\n" +
 	"\n" +
-	"result_ack\x18\x05 \x01(\v2#.agentserver.scheduler.v1.ResultAckH\x00R\tresultAckB\x05\n" +
+	"result_ack\x18\x05 \x01(\v2#.agentserver.scheduler.v1.ResultAckH\x00R\tresultAck\x12P\n" +
+	"\x0echeckpoint_ack\x18\x06 \x01(\v2'.agentserver.scheduler.v1.CheckpointAckH\x00R\rcheckpointAckB\x05\n" +
 	"\x03msg\"\xec\x03\n" +
 	"\bRegister\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
@@ -1610,7 +1693,11 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05Drain\"3\n" +
 	"\tResultAck\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"\xce\x03\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"T\n" +
+	"\rCheckpointAck\x12\x10\n" +
+	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x1b\n" +
+	"\tnext_step\x18\x03 \x01(\tR\bnextStep\"\xce\x03\n" +
 	"\tRunResult\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12E\n" +
@@ -1656,7 +1743,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_agentserver_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
 	(RunResult_Outcome)(0),          // 0: agentserver.scheduler.v1.RunResult.Outcome
 	(*GetClusterStatsRequest)(nil),  // 1: agentserver.scheduler.v1.GetClusterStatsRequest
@@ -1673,60 +1760,62 @@ var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*Cancel)(nil),                  // 12: agentserver.scheduler.v1.Cancel
 	(*Drain)(nil),                   // 13: agentserver.scheduler.v1.Drain
 	(*ResultAck)(nil),               // 14: agentserver.scheduler.v1.ResultAck
-	(*RunResult)(nil),               // 15: agentserver.scheduler.v1.RunResult
-	(*RunEvent)(nil),                // 16: agentserver.scheduler.v1.RunEvent
-	(*Checkpoint)(nil),              // 17: agentserver.scheduler.v1.Checkpoint
-	nil,                             // 18: agentserver.scheduler.v1.Register.LabelsEntry
-	nil,                             // 19: agentserver.scheduler.v1.Assignment.TraceContextEntry
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
-	(*v1.SlotInventory)(nil),        // 21: agentserver.v1.SlotInventory
-	(*v1.Gpu)(nil),                  // 22: agentserver.v1.Gpu
-	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
-	(*structpb.Struct)(nil),         // 24: google.protobuf.Struct
-	(*structpb.Value)(nil),          // 25: google.protobuf.Value
+	(*CheckpointAck)(nil),           // 15: agentserver.scheduler.v1.CheckpointAck
+	(*RunResult)(nil),               // 16: agentserver.scheduler.v1.RunResult
+	(*RunEvent)(nil),                // 17: agentserver.scheduler.v1.RunEvent
+	(*Checkpoint)(nil),              // 18: agentserver.scheduler.v1.Checkpoint
+	nil,                             // 19: agentserver.scheduler.v1.Register.LabelsEntry
+	nil,                             // 20: agentserver.scheduler.v1.Assignment.TraceContextEntry
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*v1.SlotInventory)(nil),        // 22: agentserver.v1.SlotInventory
+	(*v1.Gpu)(nil),                  // 23: agentserver.v1.Gpu
+	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
+	(*structpb.Struct)(nil),         // 25: google.protobuf.Struct
+	(*structpb.Value)(nil),          // 26: google.protobuf.Value
 }
 var file_agentserver_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	20, // 0: agentserver.scheduler.v1.GetClusterStatsResponse.time:type_name -> google.protobuf.Timestamp
+	21, // 0: agentserver.scheduler.v1.GetClusterStatsResponse.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: agentserver.scheduler.v1.GetClusterStatsResponse.slot_types:type_name -> agentserver.scheduler.v1.SlotTypeStats
 	4,  // 2: agentserver.scheduler.v1.GetClusterStatsResponse.pools:type_name -> agentserver.scheduler.v1.PoolStats
-	21, // 3: agentserver.scheduler.v1.PoolStats.slots:type_name -> agentserver.v1.SlotInventory
+	22, // 3: agentserver.scheduler.v1.PoolStats.slots:type_name -> agentserver.v1.SlotInventory
 	7,  // 4: agentserver.scheduler.v1.ConnectRequest.register:type_name -> agentserver.scheduler.v1.Register
 	10, // 5: agentserver.scheduler.v1.ConnectRequest.heartbeat:type_name -> agentserver.scheduler.v1.Heartbeat
-	15, // 6: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
-	16, // 7: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
-	17, // 8: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
+	16, // 6: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
+	17, // 7: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
+	18, // 8: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
 	9,  // 9: agentserver.scheduler.v1.ConnectResponse.registered:type_name -> agentserver.scheduler.v1.Registered
 	11, // 10: agentserver.scheduler.v1.ConnectResponse.assignment:type_name -> agentserver.scheduler.v1.Assignment
 	12, // 11: agentserver.scheduler.v1.ConnectResponse.cancel:type_name -> agentserver.scheduler.v1.Cancel
 	13, // 12: agentserver.scheduler.v1.ConnectResponse.drain:type_name -> agentserver.scheduler.v1.Drain
 	14, // 13: agentserver.scheduler.v1.ConnectResponse.result_ack:type_name -> agentserver.scheduler.v1.ResultAck
-	21, // 14: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
-	22, // 15: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
-	18, // 16: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
-	8,  // 17: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
-	23, // 18: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
-	8,  // 19: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
-	21, // 20: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
-	22, // 21: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
-	24, // 22: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
-	24, // 23: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
-	23, // 24: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
-	19, // 25: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
-	25, // 26: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
-	0,  // 27: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
-	24, // 28: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
-	25, // 29: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
-	24, // 30: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
-	24, // 31: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
-	5,  // 32: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
-	1,  // 33: agentserver.scheduler.v1.SchedulerService.GetClusterStats:input_type -> agentserver.scheduler.v1.GetClusterStatsRequest
-	6,  // 34: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
-	2,  // 35: agentserver.scheduler.v1.SchedulerService.GetClusterStats:output_type -> agentserver.scheduler.v1.GetClusterStatsResponse
-	34, // [34:36] is the sub-list for method output_type
-	32, // [32:34] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	15, // 14: agentserver.scheduler.v1.ConnectResponse.checkpoint_ack:type_name -> agentserver.scheduler.v1.CheckpointAck
+	22, // 15: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
+	23, // 16: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
+	19, // 17: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
+	8,  // 18: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
+	24, // 19: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
+	8,  // 20: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
+	22, // 21: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
+	23, // 22: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
+	25, // 23: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
+	25, // 24: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
+	24, // 25: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
+	20, // 26: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
+	26, // 27: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
+	0,  // 28: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
+	25, // 29: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
+	26, // 30: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
+	25, // 31: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
+	25, // 32: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
+	5,  // 33: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
+	1,  // 34: agentserver.scheduler.v1.SchedulerService.GetClusterStats:input_type -> agentserver.scheduler.v1.GetClusterStatsRequest
+	6,  // 35: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
+	2,  // 36: agentserver.scheduler.v1.SchedulerService.GetClusterStats:output_type -> agentserver.scheduler.v1.GetClusterStatsResponse
+	35, // [35:37] is the sub-list for method output_type
+	33, // [33:35] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_scheduler_v1_scheduler_proto_init() }
@@ -1747,6 +1836,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Drain)(nil),
 		(*ConnectResponse_ResultAck)(nil),
+		(*ConnectResponse_CheckpointAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1754,7 +1844,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentserver_scheduler_v1_scheduler_proto_rawDesc), len(file_agentserver_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
