@@ -616,6 +616,10 @@ func (s *Server) settings(opts Options, port int) []string {
 		"lc_messages":             "C", // launch reads the log; see filteredEnv
 		"log_line_prefix":         "%m [%p] ",
 		"logging_collector":       "off", // the log goes through our pipe
+		// agentserver's queue table churns (a row in and out per run): look for tables to
+		// vacuum every few seconds rather than every minute, so dead queue entries never
+		// pile up at the head of the claim index.
+		"autovacuum_naptime": "5s",
 	}
 	if opts.Ephemeral {
 		conf["fsync"] = "off"
