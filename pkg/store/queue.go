@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -60,6 +61,11 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 	if p.Limit <= 0 {
 		return nil, nil
 	}
+	if claims, ok, err := s.claimFast(ctx, p); err != nil {
+		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
+	} else if ok {
+		return claims, nil
+	}
 	var claims []*Claim
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
@@ -103,30 +109,7 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 				limited = append(limited, c.id)
 			}
 		}
-		rows, err = tx.Query(ctx, `
-			WITH d AS (
-				DELETE FROM run_queue WHERE run_id = ANY($1) RETURNING run_id
-			), u AS (
-				UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2,
-					lease_expire_time = now() + $3 * interval '1 millisecond', claim_time = now(),
-					start_time = coalesce(r.start_time, now()), next_attempt_time = NULL,
-					limited = coalesce(r.id = ANY($4), false)
-				-- By id, not by joining d: the planner cannot estimate d's rows and would
-				-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
-				-- does), and the candidates' queue rows are locked by this transaction.
-				WHERE r.id = ANY($1)
-				RETURNING r.*
-			), e AS (
-				INSERT INTO run_events (run_id, tenant_id, type, data)
-				SELECT id, tenant_id, 'state', jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
-					'attempt', attempt, 'epoch', epoch) FROM u
-			)
-			SELECT `+runColumnsOf("u")+`, v.flow, v.config,
-				coalesce(u.checkpoint, CASE WHEN t.id IS NOT NULL THEN t.state || u.input END), u.resume
-			FROM u JOIN assistant_versions v
-				ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
-			LEFT JOIN threads t ON t.tenant_id = u.tenant_id AND t.id = u.thread_id
-			ORDER BY u.priority DESC, u.seq`,
+		rows, err = tx.Query(ctx, claimStatement("", "ANY($1)", "coalesce(r.id = ANY($4), false)"),
 			admitted, p.WorkerID, p.LeaseTTL.Milliseconds(), limited)
 		if err != nil {
 			return err
@@ -145,6 +128,81 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
 	}
 	return claims, nil
+}
+
+// claimStatement is the statement that turns chosen queue rows into claims: it deletes the
+// queue rows, gives the runs their lease and a new epoch, logs the transition and returns
+// the claims. ids is a SQL expression usable as `id = <ids>`/`IN`; $2 is the worker, $3 the
+// lease in milliseconds. cte, when set, is a leading CTE (ending with a comma) that ids may
+// refer to.
+func claimStatement(cte, ids, limited string) string {
+	match := "= " + ids
+	if strings.HasPrefix(ids, "(") {
+		match = "IN " + ids
+	}
+	return `
+		WITH ` + cte + ` d AS (
+			DELETE FROM run_queue WHERE run_id ` + match + ` RETURNING run_id
+		), u AS (
+			UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2,
+				lease_expire_time = now() + $3 * interval '1 millisecond', claim_time = now(),
+				start_time = coalesce(r.start_time, now()), next_attempt_time = NULL,
+				limited = ` + limited + `
+			-- By id, not by joining d: the planner cannot estimate d's rows and would
+			-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
+			-- does), and the chosen queue rows are locked by this statement or transaction.
+			WHERE r.id ` + match + `
+			RETURNING r.*
+		), e AS (
+			INSERT INTO run_events (run_id, tenant_id, type, data)
+			SELECT id, tenant_id, 'state', jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
+				'attempt', attempt, 'epoch', epoch) FROM u
+		)
+		SELECT ` + runColumnsOf("u") + `, v.flow, v.config,
+			coalesce(u.checkpoint, CASE WHEN t.id IS NOT NULL THEN t.state || u.input END), u.resume
+		FROM u JOIN assistant_versions v
+			ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
+		LEFT JOIN threads t ON t.tenant_id = u.tenant_id AND t.id = u.thread_id
+		ORDER BY u.priority DESC, u.seq`
+}
+
+// claimFast claims in one statement (one round trip, no explicit transaction) when no
+// assistant has a concurrency limit, the common case. It returns ok=false, having written
+// nothing, when some assistant has one: the caller then takes the two-step path.
+func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, ok bool, err error) {
+	rows, err := s.pool.Query(ctx, claimStatement(`cand AS (
+			SELECT q.run_id FROM run_queue q
+			WHERE NOT EXISTS (SELECT 1 FROM assistant_load)
+				AND q.slot_type = $1 AND q.available_time <= now()
+				AND ($5::bigint IS NULL OR (SELECT r.gpu_memory_bytes FROM runs r WHERE r.id = q.run_id) <= $5)
+			ORDER BY q.priority DESC, q.seq
+			LIMIT $4
+			FOR UPDATE OF q SKIP LOCKED
+		),`, "(SELECT run_id FROM cand)", "false"),
+		p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
+	if err != nil {
+		return nil, false, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		c, err := scanClaim(rows)
+		if err != nil {
+			return nil, false, err
+		}
+		claims = append(claims, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	if len(claims) > 0 {
+		return claims, true, nil
+	}
+	// Nothing claimed: an empty queue, or limits exist and the fast path stood aside.
+	var limits bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM assistant_load)`).Scan(&limits); err != nil {
+		return nil, false, err
+	}
+	return nil, !limits, nil
 }
 
 // admit drops the candidates that would exceed their assistant's concurrency limit. It
