@@ -328,3 +328,34 @@ func TestPipelineExample(t *testing.T) {
 	require.EqualValues(t, 1900, done.Output["total"])
 	require.Equal(t, "yes", done.Output["answer"])
 }
+
+// multitask "interrupt": a new run on a busy thread cancels the active one and runs after it.
+func TestThreadMultitaskInterrupt(t *testing.T) {
+	s := startServer(t)
+	createAssistant(t, s, "asker", stepsExecutor+`steps:
+  - name: count
+    executor: steps
+  - name: ask
+    executor: steps
+`, nil)
+	createAssistant(t, s, "counter", stepsExecutor+`steps:
+  - name: count
+    executor: steps
+`, nil)
+	var th struct {
+		Name string `json:"name"`
+	}
+	require.Equal(t, http.StatusOK, s.call(t, "POST", "/v1/threads", map[string]any{}, &th))
+	first := waitRun(t, s, createRun(t, s, map[string]any{"assistant": "assistants/asker", "thread": th.Name}).Name)
+	require.Equal(t, "INTERRUPTED", first.State)
+
+	second := createRun(t, s, map[string]any{"assistant": "assistants/counter", "thread": th.Name, "multitask": "interrupt"})
+	require.Equal(t, "CANCELLED", waitRun(t, s, first.Name).State, "the active run was cancelled")
+	done := waitRun(t, s, second.Name)
+	require.Equal(t, "SUCCEEDED", done.State, done.Error)
+	require.EqualValues(t, 1, done.Output["count"], "the cancelled run wrote nothing back to the thread")
+
+	var e apiError
+	require.Equal(t, http.StatusBadRequest, s.call(t, "POST", "/v1/runs", map[string]any{"assistant": "assistants/counter", "thread": th.Name, "multitask": "later"}, &e))
+	require.Contains(t, e.Message, "run.multitask")
+}
