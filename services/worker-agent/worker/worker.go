@@ -52,6 +52,9 @@ type Config struct {
 	Labels string
 	// AdminAddr serves /healthz, /readyz and /metrics; empty disables it.
 	AdminAddr string
+	// CgroupDir is a delegated cgroup v2 directory for per-replica memory limits; empty
+	// enforces resources.memory with address-space rlimits.
+	CgroupDir string
 	// GPU configures GPU discovery for gpu slots (gpu.go).
 	GPU GPUConfig
 }
@@ -70,6 +73,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.String(&cfg.WorkDir, "workdir", "WORKER_WORKDIR", cfg.WorkDir, "working directory of executor processes (default: current)")
 	set.Duration(&cfg.DrainGrace, "drain-grace", "WORKER_DRAIN_GRACE", cfg.DrainGrace, "how long running runs may finish on shutdown")
 	set.String(&cfg.Labels, "labels", "WORKER_LABELS", cfg.Labels, "labels, e.g. zone=a,disk=ssd")
+	set.String(&cfg.CgroupDir, "cgroup-dir", "WORKER_CGROUP_DIR", cfg.CgroupDir, "delegated cgroup v2 directory for per-replica memory limits (empty: rlimits)")
 	set.String(&cfg.AdminAddr, "admin-addr", "WORKER_ADMIN_ADDR", cfg.AdminAddr, "/healthz, /readyz and /metrics address, e.g. :9093 (empty: off; several workers on one host need different ports)")
 	bindGPU(set, &cfg.GPU)
 }
@@ -167,7 +171,12 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 	for _, n := range slots {
 		total += n
 	}
-	mgr, err := executor.NewManager(executor.Config{Dir: cfg.WorkDir, MaxConcurrency: total, Logger: log})
+	if cfg.CgroupDir != "" {
+		if err := executor.CheckCgroupDir(cfg.CgroupDir); err != nil {
+			return nil, fmt.Errorf("WORKER_CGROUP_DIR: %w", err)
+		}
+	}
+	mgr, err := executor.NewManager(executor.Config{Dir: cfg.WorkDir, MaxConcurrency: total, Logger: log, CgroupDir: cfg.CgroupDir})
 	if err != nil {
 		if gpus.closer != nil {
 			_ = gpus.closer.Close()

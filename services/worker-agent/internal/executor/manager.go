@@ -77,6 +77,10 @@ type Config struct {
 	// Logger receives what belongs to no run (stderr of idle replicas, replicas replaced).
 	// Default: slog.Default().
 	Logger *slog.Logger
+	// CgroupDir, when set, is a delegated cgroup v2 directory (memory controller enabled
+	// for its children): resources.memory is then enforced by a cgroup per replica.
+	// Otherwise it is an address-space rlimit.
+	CgroupDir string
 }
 
 func (c *Config) setDefaults() error {

@@ -64,6 +64,10 @@ type replica struct {
 
 	// memLimit is the executor's resources.memory in bytes (0 = none).
 	memLimit int64
+	// cgroupDir is the replica's own cgroup v2 group when the limit is a cgroup's.
+	cgroupDir string
+	// oomKilled records, before exited closes, that the kernel killed it for its limit.
+	oomKilled bool
 
 	mu       sync.Mutex
 	broken   bool // killed or broke the protocol: never reuse
@@ -93,7 +97,21 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 	}
 
 	cmd := exec.Command(def.Command[0], def.Command[1:]...)
-	if def.Resources.Memory > 0 {
+	var cgroupDir string
+	var cgroupFD *os.File
+	if def.Resources.Memory > 0 && cfg.CgroupDir != "" {
+		cg, err := newCgroupV2(cfg.CgroupDir)
+		if err == nil {
+			cgroupDir, err = cg.create(fmt.Sprintf("replica-%s-%d-%d", def.Name, index, time.Now().UnixNano()), def.Resources.Memory)
+		}
+		if err == nil {
+			cgroupFD, err = os.Open(cgroupDir)
+		}
+		if err != nil {
+			closeAll(inR, inW, outR, outW, errR, errW)
+			return nil, fmt.Errorf("memory limit: %w", err)
+		}
+	} else if def.Resources.Memory > 0 {
 		// resources.memory is an address-space limit on the replica and everything it
 		// starts, set by the shell before it execs the command: no window in which the
 		// process runs unlimited. (ulimit -v counts KiB.)
@@ -111,15 +129,28 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		// Dies with the worker even when the worker is SIGKILLed.
 		Pdeathsig: syscall.SIGKILL,
 	}
+	if cgroupFD != nil {
+		// Started inside its group (clone3 CLONE_INTO_CGROUP): limited from its first
+		// instruction.
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cgroupFD.Fd())
+	}
 	err = cmd.Start()
 	closeAll(inR, outW, errW) // the child holds its own copies
+	if cgroupFD != nil {
+		cgroupFD.Close()
+	}
 	if err != nil {
 		closeAll(inW, outR, errR)
+		if cgroupDir != "" {
+			_ = os.Remove(cgroupDir)
+		}
 		return nil, err
 	}
 
 	r := &replica{
 		memLimit:   def.Resources.Memory,
+		cgroupDir:  cgroupDir,
 		executor:   def.Name,
 		index:      index,
 		pid:        cmd.Process.Pid,
@@ -140,6 +171,10 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		r.exitState = cmd.ProcessState
 		// Whatever the replica left running in its group dies with it: no orphans.
 		_ = syscall.Kill(-r.pid, syscall.SIGKILL)
+		if r.cgroupDir != "" {
+			r.oomKilled = oomKilled(r.cgroupDir)
+			removeCgroup(r.cgroupDir)
+		}
 		close(r.exited)
 	}()
 	go r.readStdout()
@@ -354,7 +389,10 @@ func (r *replica) exitFailure() *failure {
 		how = fmt.Sprintf("exited with status %d", st.ExitCode())
 	}
 	msg := fmt.Sprintf("executor %q %s", r.executor, how)
-	if r.memLimit > 0 {
+	switch {
+	case r.oomKilled:
+		msg += fmt.Sprintf(" (it exceeded its memory limit, resources.memory, of %s and was killed)", flow.FormatQuantity(r.memLimit))
+	case r.memLimit > 0:
 		msg += fmt.Sprintf(" (its memory limit, resources.memory, is %s: allocations beyond it fail)", flow.FormatQuantity(r.memLimit))
 	}
 	if tail := r.stderrTail(); tail != "" {
