@@ -17,14 +17,17 @@ import (
 )
 
 // buildNoop builds the Go no-op executor (examples/noop, its own module).
-func buildNoop(t *testing.T) string {
+func buildNoop(t *testing.T) string { return buildExample(t, "noop") }
+
+// buildExample builds the Go executor of an example (its own module, outside go.work).
+func buildExample(t *testing.T, dir ...string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "noop")
+	bin := filepath.Join(t.TempDir(), "executor")
 	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Dir = filepath.Join(repoRoot(t), "examples", "noop")
+	cmd.Dir = filepath.Join(append([]string{repoRoot(t), "examples"}, dir...)...)
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "building examples/noop: %s", out)
+	require.NoError(t, err, "building examples/%s: %s", filepath.Join(dir...), out)
 	return bin
 }
 

@@ -3,6 +3,7 @@ package dev_test
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -312,12 +313,22 @@ func TestThreadsCarryStateAndSerialiseRuns(t *testing.T) {
 }
 
 // The shipped multi-step example runs as its comment says: it interrupts at "ask", and
-// resumes to the summed total.
+// resumes to the summed total; so does its Go twin.
 func TestPipelineExample(t *testing.T) {
-	s := startServer(t)
 	flow, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "pipeline", "flow.yaml"))
 	require.NoError(t, err)
-	createAssistant(t, s, "pipeline", string(flow), nil)
+	t.Run("python", func(t *testing.T) { runPipeline(t, string(flow)) })
+	goFlow, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "pipeline", "flow-go.yaml"))
+	require.NoError(t, err)
+	bin := buildExample(t, "pipeline", "go")
+	t.Run("go", func(t *testing.T) {
+		runPipeline(t, strings.Replace(string(goFlow), `["bin/pipeline"]`, fmt.Sprintf("[%q]", bin), 1))
+	})
+}
+
+func runPipeline(t *testing.T, flow string) {
+	s := startServer(t)
+	createAssistant(t, s, "pipeline", flow, nil)
 	r := waitRun(t, s, createRun(t, s, map[string]any{"assistant": "assistants/pipeline", "input": map[string]any{"n": 20}}).Name)
 	require.Equal(t, "INTERRUPTED", r.State, r.Error)
 	require.Equal(t, "proceed?", r.Prompt["question"])

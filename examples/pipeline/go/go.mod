@@ -1,0 +1,3 @@
+module github.com/agentserver/agentserver/examples/pipeline/go
+
+go 1.26.7
