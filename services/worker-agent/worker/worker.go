@@ -105,7 +105,7 @@ type Worker struct {
 	outbox  *outbox
 	// idle is signalled whenever a run ends.
 	idle chan struct{}
-	// sessionReady reports whether a session is registered now.
+	// connected reports whether a session is registered now (readiness).
 	connected bool
 
 	flowMu sync.Mutex
