@@ -363,3 +363,45 @@ func TestConsulDNS(t *testing.T) {
 	require.Equal(t, []int{7102}, lookup(svc+".service.consul"))
 	require.NoError(t, handles[1].Deregister(t.Context()))
 }
+
+// A killed instance leaves the catalog within its DeregisterAfter when a sibling process
+// reaps through the same agent (Consul alone takes 60-90 s, above).
+func TestReapRemovesKilledSiblingWithinItsWindow(t *testing.T) {
+	t.Parallel()
+	d, agent := newConsul(t)
+	svc := serviceName(t)
+	id := svc + "-child"
+	spec, err := json.Marshal(childSpec{
+		ConsulAddr: agent.HTTPAddr, Service: svc, ID: id,
+		Interval: time.Second, DeregisterAfter: 3 * time.Second,
+	})
+	require.NoError(t, err)
+	// The sibling that reaps: itself registered, so it never reaps itself.
+	self, err := d.Register(t.Context(), discovery.Registration{Service: svc, ID: svc + "-self", Address: "127.0.0.1", Port: 1,
+		Check: discovery.CheckTTL, Interval: time.Second, DeregisterAfter: 3 * time.Second})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go d.Reap(ctx, []string{svc}, self.ID(), 3*time.Second, 250*time.Millisecond, nil)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "registered\n", line)
+	waitFor(t, 10*time.Second, "child passing", func() (bool, string) { return passing(t, d, svc, id) })
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	killed := time.Now()
+	_ = cmd.Wait()
+	waitFor(t, 20*time.Second, "killed child leaving the catalog", func() (bool, string) {
+		return !inCatalog(t, agent.Client(), svc, id), "still registered"
+	})
+	t.Logf("after kill -9 (TTL 1s, DeregisterAfter 3s, reaper every 250ms): out of the catalog in %s", time.Since(killed).Round(100*time.Millisecond))
+	require.True(t, inCatalog(t, agent.Client(), svc, self.ID()), "the reaper never removes a live instance")
+}

@@ -32,9 +32,12 @@
 // HTTP checks, and when its TTL (one Interval) runs out without a heartbeat for
 // a TTL check. Removal from the catalog comes later: Consul enforces a minimum
 // of one minute for DeregisterCriticalServiceAfter and runs its reaper every
-// 30 seconds, so a killed process disappears from the catalog 60 to 90 seconds
-// after it turned critical, whatever DeregisterAfter says below one minute.
-// Nothing routes to it in between.
+// 30 seconds, so on its own a killed process disappears from the catalog 60 to
+// 90 seconds after it turned critical, whatever DeregisterAfter says below one
+// minute. [Consul.Reap] closes that gap: a live process removes, through its own
+// agent, sibling instances critical for longer than DeregisterAfter (the
+// announce package runs it in every agentserver process). Nothing routes to a
+// critical instance in any case.
 //
 // # DNS
 //

@@ -209,6 +209,11 @@ func Register(ctx context.Context, d discovery.Discovery, cfg Config, r discover
 	}
 	log.Info("registered with discovery", "service", r.Service, "id", h.ID(), "address", r.Address, "port", r.Port,
 		"check", r.Check.String(), "interval", r.Interval.String())
+	if c, ok := d.(*discovery.Consul); ok {
+		// Remove dead siblings from this agent after their DeregisterAfter: Consul's own
+		// reaper would take a minute or more.
+		go c.Reap(ctx, []string{Gateway, Scheduler, Worker}, h.ID(), r.DeregisterAfter, r.Interval, log)
+	}
 	return &Registration{handle: h, log: log}, nil
 }
 

@@ -164,8 +164,9 @@ func TestFailover(t *testing.T) {
 
 	// A gateway hangs (SIGSTOP) with calls in flight, then is killed -9: the calls it
 	// held fail UNAVAILABLE and are retried on the other gateway. Consul's gRPC check
-	// takes it out of the healthy set at its next run (interval 1 s, timeout 1 s); it
-	// stays in the catalog, critical, until Consul reaps it (a minute or more later).
+	// takes it out of the healthy set at its next run (interval 1 s, timeout 1 s); the
+	// processes sharing its Consul agent reap it from the catalog once it has been
+	// critical for deregisterAfter (Consul alone would take a minute or more).
 	waitSubmitted(killGatewayAt)
 	hung := time.Now()
 	g1.Signal(syscall.SIGSTOP)
@@ -182,7 +183,10 @@ func TestFailover(t *testing.T) {
 		return !ok, "still passing"
 	})
 	gatewayOut, gatewayOutSinceKill := time.Since(hung), time.Since(killed)
-	stillListed := c.inCatalog(announce.Gateway, "gateway-1")
+	proctest.Eventually(t, deregisterAfter+10*time.Second, "gateway-1 out of the catalog", func() (bool, string) {
+		return !c.inCatalog(announce.Gateway, "gateway-1"), "still in the catalog"
+	})
+	gatewayReaped := time.Since(killed)
 
 	// Kill -9 the scheduler with most workers: they find the other through Consul.
 	waitSubmitted(killSchedulerAt)
@@ -269,9 +273,9 @@ func TestFailover(t *testing.T) {
 	require.Len(t, execs, total)
 
 	t.Logf("failover: %d CreateRun requests (%d retried, max %d attempts, 0 failed), %d WaitRun calls, %d UNAVAILABLE attempts in all; "+
-		"hung gateway (%d calls stuck on it, then killed) left the healthy set %s after it stopped answering, %s after the kill (still in the catalog: %v); "+
+		"hung gateway (%d calls stuck on it, then killed) left the healthy set %s after it stopped answering, %s after the kill, and the catalog %s after the kill; "+
 		"killed scheduler left it after %s, its %d workers were READY with %s after %s; %d runs SUCCEEDED, %d lost, %d executed twice",
 		total, retried, maxAttempts, waits.Load(), unavailable.Load(), stuck, gatewayOut.Round(time.Millisecond),
-		gatewayOutSinceKill.Round(time.Millisecond), stillListed, schedulerOut.Round(time.Millisecond), len(moved), survivor.id,
+		gatewayOutSinceKill.Round(time.Millisecond), gatewayReaped.Round(100*time.Millisecond), schedulerOut.Round(time.Millisecond), len(moved), survivor.id,
 		workersBack.Round(time.Millisecond), total, lost, dup)
 }

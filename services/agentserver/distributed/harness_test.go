@@ -30,6 +30,7 @@ import (
 // its runs' leases expire.
 const (
 	checkInterval     = time.Second
+	deregisterAfter   = 3 * checkInterval // three failed checks, as the spec's default
 	workerTTL         = 3 * time.Second
 	leaseTTL          = 6 * time.Second
 	heartbeatInterval = time.Second
@@ -126,6 +127,7 @@ func (c *cluster) discoveryEnv(interval time.Duration) []string {
 		"CONSUL_HTTP_ADDR=" + c.consul.HTTPAddr,
 		"AGENTSERVER_ADVERTISE_HOST=127.0.0.1",
 		"AGENTSERVER_CHECK_INTERVAL=" + interval.String(),
+		"AGENTSERVER_DEREGISTER_AFTER=" + deregisterAfter.String(),
 	}
 }
 
