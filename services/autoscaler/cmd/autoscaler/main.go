@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -114,7 +115,7 @@ func newRunCmd(stdout, stderr io.Writer) *cobra.Command {
 // metrics.GatewayStats), or a JSON document over HTTP (metrics.HTTPSource). The returned
 // function releases the source's connections. dial are added to the connections' options
 // (discovery.DialOptions, so consul:/// and static:/// targets resolve).
-func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger, dial ...grpc.DialOption) (controller.MetricsSource, func() error, error) {
+func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger, d discovery.Discovery, dial ...grpc.DialOption) (controller.MetricsSource, func() error, error) {
 	noop := func() error { return nil }
 	schedulers, gateways := metrics.SplitTargets(cfg.SchedulerAddr), metrics.SplitTargets(cfg.GatewayAddrs)
 	switch {
@@ -145,6 +146,24 @@ func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger, dial ...grpc.
 	if len(gateways) == 0 {
 		return src, cluster.Close, nil
 	}
+	if services, ok := consulServices(gateways); ok && d != nil {
+		// A Consul name covers many gateways: ask each passing instance for its own p95.
+		gw := &metrics.InstanceGatewayStats{Timeout: cfg.RPCTimeout, Log: log, Resolve: func(ctx context.Context) ([]string, error) {
+			var addrs []string
+			for _, svc := range services {
+				insts, err := d.Resolve(ctx, svc)
+				if err != nil {
+					return nil, err
+				}
+				for _, in := range insts {
+					addrs = append(addrs, in.Addr())
+				}
+			}
+			return addrs, nil
+		}}
+		src.Gateway = gw
+		return src, func() error { return errors.Join(gw.Close(), cluster.Close()) }, nil
+	}
 	gw, err := metrics.NewGatewayStats(gateways, cfg.RPCTimeout, log, dial...)
 	if err != nil {
 		_ = cluster.Close()
@@ -152,6 +171,19 @@ func sourceFor(cfg runConfig, pol policy.Config, log *slog.Logger, dial ...grpc.
 	}
 	src.Gateway = gw
 	return src, func() error { return errors.Join(gw.Close(), cluster.Close()) }, nil
+}
+
+// consulServices returns the service names of targets when every one is consul:///name.
+func consulServices(targets []string) ([]string, bool) {
+	var out []string
+	for _, t := range targets {
+		name, ok := strings.CutPrefix(strings.TrimSpace(t), discovery.SchemeConsul+":///")
+		if !ok || name == "" {
+			return nil, false
+		}
+		out = append(out, name)
+	}
+	return out, len(out) > 0
 }
 
 func run(ctx context.Context, cfg runConfig, log *slog.Logger, stdout io.Writer) error {
@@ -182,7 +214,7 @@ func run(ctx context.Context, cfg runConfig, log *slog.Logger, stdout io.Writer)
 		announce.CheckTargets(d, "--gateway-addrs", metrics.SplitTargets(cfg.GatewayAddrs)...)); err != nil {
 		return err
 	}
-	src, closeSource, err := sourceFor(cfg, pol, log, discovery.DialOptions(d)...)
+	src, closeSource, err := sourceFor(cfg, pol, log, d, discovery.DialOptions(d)...)
 	if err != nil {
 		return err
 	}

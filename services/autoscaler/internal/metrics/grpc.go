@@ -199,8 +199,9 @@ func readyShare(n, ready, draining int) int {
 // healthy ones. The price: a gateway that saw a handful of slow requests counts fully;
 // the policy's sustained window is what keeps such noise from scaling.
 //
-// Each target is one gateway: a target that resolves to several addresses (a DNS or
-// Consul name) reports whichever gateway the call reaches.
+// Each target is one gateway: a target that resolves to several addresses (a DNS name)
+// reports whichever gateway the call reaches. For Consul names use InstanceGatewayStats,
+// which asks every listed instance.
 type GatewayStats struct {
 	targets []string
 	conns   []*grpc.ClientConn
