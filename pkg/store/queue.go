@@ -257,26 +257,16 @@ func admit(ctx context.Context, tx pgx.Tx, cands []candidate) ([]uuid.UUID, erro
 }
 
 func scanClaim(row pgx.Row) (*Claim, error) {
-	var r Run
 	var c Claim
-	var timeoutMS int64
-	var input, output, config, checkpoint, prompt, resume []byte
-	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
-		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
-		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
-		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step, &c.Flow, &config, &checkpoint, &resume); err != nil {
+	var config, checkpoint []byte
+	r, err := scanRunWith(row, &c.Flow, &config, &checkpoint, &c.Resume)
+	if err != nil {
 		return nil, err
 	}
-	c.Step = r.Step
-	c.Resume = resume
-	r.Timeout = time.Duration(timeoutMS) * time.Millisecond
-	if err := json.Unmarshal(input, &r.Input); err != nil {
-		return nil, fmt.Errorf("decoding run input: %w", err)
-	}
+	c.Run, c.Step, c.State = r, r.Step, r.Input
 	if err := json.Unmarshal(config, &c.Config); err != nil {
 		return nil, fmt.Errorf("decoding assistant config: %w", err)
 	}
-	c.State = r.Input
 	if checkpoint != nil {
 		// A fresh map: decoding into the input's map would merge the two.
 		var state map[string]any
@@ -285,7 +275,6 @@ func scanClaim(row pgx.Row) (*Claim, error) {
 		}
 		c.State = state
 	}
-	c.Run = &r
 	return &c, nil
 }
 

@@ -74,14 +74,18 @@ func runColumnsOf(t string) string {
 
 var runColumns = runColumnsOf("")
 
-func scanRun(row pgx.Row) (*Run, error) {
+func scanRun(row pgx.Row) (*Run, error) { return scanRunWith(row) }
+
+// scanRunWith scans the runColumns of a row followed by the extra destinations.
+func scanRunWith(row pgx.Row, extra ...any) (*Run, error) {
 	var r Run
 	var timeoutMS int64
 	var input, output, prompt []byte
-	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
+	dest := append([]any{&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
 		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
 		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
-		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step); err != nil {
+		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step}, extra...)
+	if err := row.Scan(dest...); err != nil {
 		return nil, err
 	}
 	if prompt != nil {
