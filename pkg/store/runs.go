@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // RunState is the state of a run; the numbers are those of agentserver.v1.Run.State.
@@ -188,6 +189,21 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		threads[i] = r.ThreadID
 	}
 	out := make([]*Run, n)
+	withThreads := false
+	for _, r := range runs {
+		withThreads = withThreads || r.ThreadID != ""
+	}
+	if !withThreads {
+		err := s.createFast(ctx, tenant, out, ids, assistants, inputs, priorities, timeouts, requestIDs, threads, d)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "AS404" {
+			return nil, &AssistantNotFoundError{ID: pgErr.Detail}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("creating runs: %w", err)
+		}
+		return out, nil
+	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT id FROM assistants WHERE tenant_id = $1 AND id = ANY($2)`, tenant, distinct)
 		if err != nil {
@@ -285,6 +301,78 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		return nil, fmt.Errorf("creating runs: %w", err)
 	}
 	return out, nil
+}
+
+// createFast creates runs without threads in one statement (autocommit: one round trip):
+// an unknown assistant raises AS404 and the statement writes nothing; the queue notify
+// runs in the same statement. Runs whose request id was used before are read afterwards.
+func (s *Store) createFast(ctx context.Context, tenant string, out []*Run, ids []uuid.UUID, assistants []string,
+	inputs [][]byte, priorities []*int32, timeouts []int64, requestIDs, threads []string, d RunDefaults) error {
+	rows, err := s.pool.Query(ctx, `
+		WITH input AS (
+			SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
+				WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
+		), guard AS (
+			SELECT agentserver_unknown_assistant(i.assistant_id) FROM input i
+			WHERE NOT EXISTS (SELECT 1 FROM assistants a WHERE a.tenant_id = $1 AND a.id = i.assistant_id)
+		), ins AS (
+			INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
+				slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes)
+			SELECT i.id, $1, a.id, a.version, NULL, nextval('run_seq'), 1,
+				coalesce(i.priority, a.priority), a.slot_type, i.input,
+				CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
+				least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
+				nullif(i.request_id, ''), a.gpu_memory_bytes
+			FROM input i JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
+			-- An InitPlan, run once before any row is inserted: it raises on an unknown
+			-- assistant, failing the whole statement.
+			WHERE (SELECT count(*) FROM guard) = 0
+			ORDER BY i.ord
+			ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+			RETURNING *
+		), q AS (
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins
+		), e AS (
+			INSERT INTO run_events (run_id, tenant_id, type, data)
+			SELECT id, tenant_id, 'state', '{"state": "QUEUED"}' FROM ins
+		), n AS (
+			SELECT pg_notify('`+QueueChannel+`', slot_type) FROM (SELECT DISTINCT slot_type FROM ins) x
+		)
+		-- n is a plain SELECT CTE: it runs (once, when runs were created) only because it
+		-- is referenced here.
+		SELECT `+runColumnsOf("ins")+`, (SELECT count(*) FROM n) FROM ins`,
+		tenant, ids, assistants, inputs, priorities, timeouts, requestIDs, threads,
+		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
+	if err != nil {
+		return err
+	}
+	byID := make(map[uuid.UUID]*Run, len(ids))
+	for rows.Next() {
+		var notified int64
+		r, err := scanRunWith(rows, &notified)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		byID[r.ID] = r
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for i := range ids {
+		if r, ok := byID[ids[i]]; ok {
+			out[i] = r
+			continue
+		}
+		// Not inserted: its request id was used before. Return that run.
+		r, err := scanRun(s.pool.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND request_id = $2`, tenant, requestIDs[i]))
+		if err != nil {
+			return fmt.Errorf("reading run of request %q: %w", requestIDs[i], err)
+		}
+		out[i] = r
+	}
+	return nil
 }
 
 // GetRun returns a run.
