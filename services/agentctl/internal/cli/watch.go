@@ -128,7 +128,9 @@ func (a *app) watchRun(ctx context.Context, c agentserverv1.RunServiceClient, na
 			return run, nil
 		case ctx.Err() != nil:
 			return nil, err
-		case watchCtx.Err() != nil:
+		case watchCtx.Err() != nil, limit > 0 && status.Code(err) == codes.DeadlineExceeded:
+			// --timeout passed. The server can end the stream at that deadline (it gets it
+			// with the call) a moment before the local timer marks watchCtx done.
 			return w.getRun(ctx)
 		case w.terminal:
 			// The run is over and shown; only fetching it failed. (Never reconnect now: a
