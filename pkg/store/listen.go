@@ -16,9 +16,13 @@ import (
 func Listen(ctx context.Context, url string, channels []string, log *slog.Logger, fn func(channel, payload string)) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
+		start := time.Now()
 		err := listenOnce(ctx, url, channels, fn)
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(start) > time.Minute {
+			backoff = 100 * time.Millisecond // it had been working: retry soon
 		}
 		log.Warn("listen connection lost; polling continues meanwhile", "err", err, "retry_in", backoff)
 		select {
