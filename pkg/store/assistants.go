@@ -132,16 +132,11 @@ func (s *Store) ListAssistants(ctx context.Context, tenant string, limit int, af
 		if err != nil {
 			return nil, fmt.Errorf("listing assistants: %w", err)
 		}
-		defer rows.Close()
-		var out []*Assistant
-		for rows.Next() {
-			a, err := scanAssistant(rows)
-			if err != nil {
-				return nil, fmt.Errorf("listing assistants: %w", err)
-			}
-			out = append(out, a)
+		out, err := collect(rows, scanAssistant)
+		if err != nil {
+			return nil, fmt.Errorf("listing assistants: %w", err)
 		}
-		return out, rows.Err()
+		return out, nil
 	})
 }
 

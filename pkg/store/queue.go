@@ -114,15 +114,8 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			c, err := scanClaim(rows)
-			if err != nil {
-				return err
-			}
-			claims = append(claims, c)
-		}
-		return rows.Err()
+		claims, err = collect(rows, scanClaim)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
@@ -183,15 +176,7 @@ func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, 
 	if err != nil {
 		return nil, false, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		c, err := scanClaim(rows)
-		if err != nil {
-			return nil, false, err
-		}
-		claims = append(claims, c)
-	}
-	if err := rows.Err(); err != nil {
+	if claims, err = collect(rows, scanClaim); err != nil {
 		return nil, false, err
 	}
 	if len(claims) > 0 {

@@ -153,162 +153,90 @@ const CancelChannel = "agentserver_cancel"
 
 // CreateRuns stores runs and enqueues them, all or nothing. A run whose RequestID was
 // used before is not created again: the earlier run is returned in its place. Unknown
-// assistants fail the whole call with *AssistantNotFoundError.
+// assistants fail the whole call with *AssistantNotFoundError. Runs without a thread take
+// one autocommit statement; runs on threads also need their threads locked, in a
+// transaction around the same statement.
 func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) ([]*Run, error) {
 	n := len(runs)
-	ids := make([]uuid.UUID, n)
-	assistants := make([]string, n)
-	inputs := make([][]byte, n)
-	priorities := make([]*int32, n)
-	timeouts := make([]int64, n)
-	requestIDs := make([]string, n)
-	threads := make([]string, n)
-	seen := make(map[string]bool)
-	var distinct []string
+	in := createInput{
+		ids: make([]uuid.UUID, n), assistants: make([]string, n), inputs: make([][]byte, n),
+		priorities: make([]*int32, n), timeouts: make([]int64, n), requestIDs: make([]string, n),
+		threads: make([]string, n),
+	}
+	withThreads := false
 	for i, r := range runs {
 		id, err := uuid.NewV7()
 		if err != nil {
 			return nil, err
 		}
-		ids[i] = id
-		assistants[i] = r.AssistantID
-		if !seen[r.AssistantID] {
-			seen[r.AssistantID] = true
-			distinct = append(distinct, r.AssistantID)
+		input := r.Input
+		if input == nil {
+			input = map[string]any{}
 		}
-		in := r.Input
-		if in == nil {
-			in = map[string]any{}
-		}
-		if inputs[i], err = json.Marshal(in); err != nil {
+		if in.inputs[i], err = json.Marshal(input); err != nil {
 			return nil, fmt.Errorf("encoding run input: %w", err)
 		}
-		priorities[i] = r.Priority
-		timeouts[i] = r.Timeout.Milliseconds()
-		requestIDs[i] = r.RequestID
-		threads[i] = r.ThreadID
-	}
-	out := make([]*Run, n)
-	withThreads := false
-	for _, r := range runs {
+		in.ids[i], in.assistants[i], in.priorities[i] = id, r.AssistantID, r.Priority
+		in.timeouts[i], in.requestIDs[i], in.threads[i] = r.Timeout.Milliseconds(), r.RequestID, r.ThreadID
 		withThreads = withThreads || r.ThreadID != ""
 	}
+	var out []*Run
+	var err error
 	if !withThreads {
-		err := s.createFast(ctx, tenant, out, ids, assistants, inputs, priorities, timeouts, requestIDs, threads, d)
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "AS404" {
-			return nil, &AssistantNotFoundError{ID: pgErr.Detail}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("creating runs: %w", err)
-		}
-		return out, nil
-	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT id FROM assistants WHERE tenant_id = $1 AND id = ANY($2)`, tenant, distinct)
-		if err != nil {
-			return err
-		}
-		found, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return err
-		}
-		if len(found) != len(distinct) {
-			have := make(map[string]bool, len(found))
-			for _, f := range found {
-				have[f] = true
-			}
-			for _, a := range distinct {
-				if !have[a] {
-					return &AssistantNotFoundError{ID: a}
-				}
-			}
-		}
-		rows, err = tx.Query(ctx, `
-			WITH input AS (
-				SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
-					WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
-			), ins AS (
-				INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
-					slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes)
-				SELECT i.id, $1, a.id, a.version, nullif(i.thread_id, ''), nextval('run_seq'), 1,
-					coalesce(i.priority, a.priority), a.slot_type, i.input,
-					CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
-					least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
-					nullif(i.request_id, ''), a.gpu_memory_bytes
-				FROM input i JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
-				ORDER BY i.ord
-				ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
-				RETURNING *
-			), q AS (
-				INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-				SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins WHERE thread_id IS NULL
-			), e AS (
-				INSERT INTO run_events (run_id, tenant_id, type, data)
-				SELECT id, tenant_id, 'state', '{"state": "QUEUED"}' FROM ins
-			)
-			SELECT `+runColumns+` FROM ins`,
-			tenant, ids, assistants, inputs, priorities, timeouts, requestIDs, threads,
-			d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
-		if err != nil {
-			return err
-		}
-		byID := make(map[uuid.UUID]*Run, n)
-		slotTypes := make(map[string]bool)
-		for rows.Next() {
-			r, err := scanRun(rows)
-			if err != nil {
-				rows.Close()
+		out, err = insertRuns(ctx, s.pool, tenant, in, d)
+	} else {
+		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if out, err = insertRuns(ctx, tx, tenant, in, d); err != nil {
 				return err
 			}
-			byID[r.ID] = r
-			slotTypes[r.SlotType] = true
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for i := range runs {
-			if r, ok := byID[ids[i]]; ok {
-				if r.ThreadID != "" {
+			for i, r := range out {
+				// Only runs this call created join their thread (not an earlier request's).
+				if r.ThreadID != "" && r.ID == in.ids[i] {
 					if err := joinThread(ctx, tx, r, runs[i].Multitask); err != nil {
 						return err
 					}
 				}
-				out[i] = r
-				continue
 			}
-			// Not inserted: its request id was used before. Return that run.
-			r, err := scanRun(tx.QueryRow(ctx, `SELECT `+runColumns+` FROM runs
-				WHERE tenant_id = $1 AND request_id = $2`, tenant, requestIDs[i]))
-			if err != nil {
-				return fmt.Errorf("reading run of request %q: %w", requestIDs[i], err)
-			}
-			out[i] = r
-		}
-		for st := range slotTypes {
-			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, QueueChannel, st); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		var nf *AssistantNotFoundError
-		var tnf *ThreadNotFoundError
-		if errors.As(err, &nf) || errors.As(err, &tnf) || errors.Is(err, ErrThreadBusy) {
-			return nil, err
-		}
+			return nil
+		})
+	}
+	var pgErr *pgconn.PgError
+	var tnf *ThreadNotFoundError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "AS404":
+		return nil, &AssistantNotFoundError{ID: pgErr.Detail}
+	case errors.As(err, &tnf) || errors.Is(err, ErrThreadBusy):
+		return nil, err
+	case err != nil:
 		return nil, fmt.Errorf("creating runs: %w", err)
 	}
 	return out, nil
 }
 
-// createFast creates runs without threads in one statement (autocommit: one round trip):
-// an unknown assistant raises AS404 and the statement writes nothing; the queue notify
-// runs in the same statement. Runs whose request id was used before are read afterwards.
-func (s *Store) createFast(ctx context.Context, tenant string, out []*Run, ids []uuid.UUID, assistants []string,
-	inputs [][]byte, priorities []*int32, timeouts []int64, requestIDs, threads []string, d RunDefaults) error {
-	rows, err := s.pool.Query(ctx, `
+// createInput holds the runs to create as the columns the insert statement unnests.
+type createInput struct {
+	ids        []uuid.UUID
+	assistants []string
+	inputs     [][]byte
+	priorities []*int32
+	timeouts   []int64
+	requestIDs []string
+	threads    []string
+}
+
+// dbtx is what insertRuns needs of a pool or a transaction.
+type dbtx interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// insertRuns inserts the runs in one statement and returns them in input order: an
+// unknown assistant raises AS404 and the statement writes nothing; runs without a thread
+// are queued and the queue NOTIFY is sent in the same statement (runs on a thread are
+// queued by joinThread). A run whose request id was used before comes back as that
+// earlier run.
+func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d RunDefaults) ([]*Run, error) {
+	rows, err := db.Query(ctx, `
 		WITH input AS (
 			SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
 				WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
@@ -318,7 +246,7 @@ func (s *Store) createFast(ctx context.Context, tenant string, out []*Run, ids [
 		), ins AS (
 			INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
 				slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes)
-			SELECT i.id, $1, a.id, a.version, NULL, nextval('run_seq'), 1,
+			SELECT i.id, $1, a.id, a.version, nullif(i.thread_id, ''), nextval('run_seq'), 1,
 				coalesce(i.priority, a.priority), a.slot_type, i.input,
 				CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
 				least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
@@ -332,7 +260,7 @@ func (s *Store) createFast(ctx context.Context, tenant string, out []*Run, ids [
 			RETURNING *
 		), q AS (
 			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins WHERE thread_id IS NULL
 		), e AS (
 			INSERT INTO run_events (run_id, tenant_id, type, data)
 			SELECT id, tenant_id, 'state', '{"state": "QUEUED"}' FROM ins
@@ -342,37 +270,36 @@ func (s *Store) createFast(ctx context.Context, tenant string, out []*Run, ids [
 		-- n is a plain SELECT CTE: it runs (once, when runs were created) only because it
 		-- is referenced here.
 		SELECT `+runColumnsOf("ins")+`, (SELECT count(*) FROM n) FROM ins`,
-		tenant, ids, assistants, inputs, priorities, timeouts, requestIDs, threads,
+		tenant, in.ids, in.assistants, in.inputs, in.priorities, in.timeouts, in.requestIDs, in.threads,
 		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	byID := make(map[uuid.UUID]*Run, len(ids))
-	for rows.Next() {
+	created, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Run, error) {
 		var notified int64
-		r, err := scanRunWith(rows, &notified)
-		if err != nil {
-			rows.Close()
-			return err
-		}
+		return scanRunWith(row, &notified)
+	})
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[uuid.UUID]*Run, len(created))
+	for _, r := range created {
 		byID[r.ID] = r
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	for i := range ids {
-		if r, ok := byID[ids[i]]; ok {
+	out := make([]*Run, len(in.ids))
+	for i, id := range in.ids {
+		if r, ok := byID[id]; ok {
 			out[i] = r
 			continue
 		}
 		// Not inserted: its request id was used before. Return that run.
-		r, err := scanRun(s.pool.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND request_id = $2`, tenant, requestIDs[i]))
+		r, err := scanRun(db.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE tenant_id = $1 AND request_id = $2`, tenant, in.requestIDs[i]))
 		if err != nil {
-			return fmt.Errorf("reading run of request %q: %w", requestIDs[i], err)
+			return nil, fmt.Errorf("reading run of request %q: %w", in.requestIDs[i], err)
 		}
 		out[i] = r
 	}
-	return nil
+	return out, nil
 }
 
 // GetRun returns a run.
@@ -418,16 +345,11 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit 
 		if err != nil {
 			return nil, fmt.Errorf("listing runs: %w", err)
 		}
-		defer rows.Close()
-		var out []*Run
-		for rows.Next() {
-			r, err := scanRun(rows)
-			if err != nil {
-				return nil, fmt.Errorf("listing runs: %w", err)
-			}
-			out = append(out, r)
+		out, err := collect(rows, scanRun)
+		if err != nil {
+			return nil, fmt.Errorf("listing runs: %w", err)
 		}
-		return out, rows.Err()
+		return out, nil
 	})
 }
 

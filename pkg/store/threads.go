@@ -148,16 +148,7 @@ func (s *Store) ListThreads(ctx context.Context, tenant string, limit int, after
 		if err != nil {
 			return nil, fmt.Errorf("listing threads: %w", err)
 		}
-		defer rows.Close()
-		var out []*Thread
-		for rows.Next() {
-			t, err := scanThread(rows)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, t)
-		}
-		return out, rows.Err()
+		return collect(rows, scanThread)
 	})
 }
 
