@@ -138,8 +138,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{
 		Store: st, Limits: limits, Log: log, Cache: api.NewAssistantCache(cfg.AssistantCacheTTL),
 	})
-	s.runs = &api.Runs{Store: st, Limits: limits, Log: log}
-	s.runs.EnableBatching(createBatch)
+	s.runs = api.NewRuns(st, limits, log, createBatch)
 	agentserverv1.RegisterRunServiceServer(s.grpc, s.runs)
 	agentserverv1.RegisterClusterServiceServer(s.grpc, &api.Cluster{Store: st, Log: log})
 	agentserverv1.RegisterThreadServiceServer(s.grpc, &api.Threads{Store: st, Log: log})

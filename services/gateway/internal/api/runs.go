@@ -89,13 +89,6 @@ func (s *Runs) CreateRun(ctx context.Context, req *agentserverv1.CreateRunReques
 	if err != nil {
 		return nil, err
 	}
-	if s.batcher == nil {
-		runs, err := s.Store.CreateRuns(ctx, tenant(ctx), []store.NewRun{nr}, s.defaults())
-		if err != nil {
-			return nil, err
-		}
-		return runToProto(runs[0]), nil
-	}
 	r, err := s.batcher.create(ctx, tenant(ctx), nr)
 	if err != nil {
 		return nil, err
@@ -103,18 +96,16 @@ func (s *Runs) CreateRun(ctx context.Context, req *agentserverv1.CreateRunReques
 	return runToProto(r), nil
 }
 
-// EnableBatching makes concurrent CreateRun calls share transactions (up to maxBatch
-// runs each). Call Close when done.
-func (s *Runs) EnableBatching(maxBatch int) {
-	s.batcher = newCreateBatcher(s.Store, s.defaults(), maxBatch)
+// NewRuns returns the run service. Concurrent CreateRun calls share transactions (up to
+// maxBatch runs each); call Close when done.
+func NewRuns(st *store.Store, limits Limits, log *slog.Logger, maxBatch int) *Runs {
+	s := &Runs{Store: st, Limits: limits, Log: log}
+	s.batcher = newCreateBatcher(st, s.defaults(), maxBatch)
+	return s
 }
 
-// Close stops the create batcher, if any, after writing what it holds.
-func (s *Runs) Close() {
-	if s.batcher != nil {
-		s.batcher.close()
-	}
-}
+// Close stops the create batcher after writing what it holds.
+func (s *Runs) Close() { s.batcher.close() }
 
 // BatchCreateRuns enqueues up to 1000 runs, all or nothing.
 func (s *Runs) BatchCreateRuns(ctx context.Context, req *agentserverv1.BatchCreateRunsRequest) (*agentserverv1.BatchCreateRunsResponse, error) {
