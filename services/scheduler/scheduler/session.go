@@ -590,6 +590,19 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 			Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(),
 		}
 	}
+	// The worker freed each slot before it sent the result, so the slots are free now,
+	// before the results commit: the dispatcher claims the next runs while this batch
+	// commits (claims and completions overlap instead of taking turns). A run whose
+	// result does not commit keeps its lease: the worker resends the result after it
+	// reconnects, or the lease expires and the run is recovered.
+	sess.mu.Lock()
+	for _, p := range params {
+		if in, ok := sess.runs[p.RunID]; ok && in.epoch == p.Epoch {
+			delete(sess.runs, p.RunID)
+		}
+	}
+	sess.mu.Unlock()
+	s.kick()
 	_, errs, err := s.store.FinishRuns(ctx, params)
 	if err != nil {
 		// Nothing was written and nothing acknowledged: the worker resends after it
@@ -600,14 +613,7 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 		if errors.Is(errs[i], store.ErrStaleEpoch) {
 			s.log.Warn("refused result from a worker whose lease moved on", "worker", sess.workerID, "run", p.RunID, "epoch", p.Epoch)
 		}
-		// Either way the worker's slot is free again.
-		sess.mu.Lock()
-		if in, ok := sess.runs[p.RunID]; ok && in.epoch == p.Epoch {
-			delete(sess.runs, p.RunID)
-		}
-		sess.mu.Unlock()
 	}
-	s.kick()
 	for _, r := range rs {
 		sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{
 			Run: r.GetRun(), Epoch: r.GetEpoch(),
