@@ -42,7 +42,7 @@ func newManager(t *testing.T, cfg executor.Config) *executor.Manager {
 	return m
 }
 
-func parseFlow(t *testing.T, src string) *flow.Flow {
+func parseFlow(t testing.TB, src string) *flow.Flow {
 	t.Helper()
 	f, err := flow.Parse([]byte(src))
 	require.NoError(t, err)
@@ -157,7 +157,7 @@ func requireAlive(t *testing.T, pid int) {
 	require.NoError(t, syscall.Kill(pid, 0), "process %d is gone", pid)
 }
 
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", "..", "..", ".."))
 	require.NoError(t, err)
@@ -744,4 +744,18 @@ func TestLargeStateRoundTrips(t *testing.T) {
 	out, _ := run(t, m, oneStep(t, ""), map[string]any{"big": big})
 	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
 	require.Equal(t, big, out.State["big"])
+}
+
+// An executor that exits without reading its request fails the step as a crash (whether
+// the request was written before it exited or hit a closed pipe), never as a hang.
+func TestExitBeforeReadingRequest(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, executor.Config{})
+	f := parseFlow(t, "executors:\n  - name: t\n    command: [/bin/sh, -c, \"exec 0<&-; exit 3\"]\n")
+	for range 5 {
+		out, _ := run(t, m, f, map[string]any{"big": strings.Repeat("x", 256<<10)})
+		require.Equal(t, executor.OutcomeFailed, out.Kind, out.Error)
+		require.True(t, out.Retryable)
+		require.Contains(t, out.Error, `executor "t" exited with status 3`)
+	}
 }

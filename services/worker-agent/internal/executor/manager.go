@@ -25,6 +25,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,8 +133,11 @@ type Manager struct {
 	logger *slog.Logger
 	seq    atomic.Uint64
 
-	mu     sync.Mutex
-	pools  map[string]*pool
+	mu    sync.Mutex
+	pools map[string]*pool
+	// keys caches poolKey's answers: hashing an executor definition costs more than the
+	// rest of a no-op step's bookkeeping.
+	keys   map[keyOf]string
 	closed chan struct{}
 	once   sync.Once
 	wg     sync.WaitGroup
@@ -215,23 +219,57 @@ func (m *Manager) reapIdle() {
 	}
 }
 
-// pool returns the pool for def under flowKey and extraEnv, registering one more user; call
-// release when done with it.
-func (m *Manager) pool(flowKey string, def flow.Executor, extraEnv []string) (*pool, error) {
-	// The key covers the definition and the caller's env, so that a replica is only ever
-	// reused by requests that would have started it identically (same GPU, same command).
+// keyOf identifies a poolKey computation: a parsed flow is never modified, so its
+// executor definitions, and the key derived from one with an environment, never change.
+type keyOf struct {
+	flow     *flow.Flow
+	flowKey  string
+	executor string
+	envLen   int
+	env      string // the environment's entries joined by NUL, which none can contain
+}
+
+// maxCachedKeys bounds Manager.keys; the cache starts over when it is full.
+const maxCachedKeys = 1024
+
+// poolKey returns the key of the pool of f's executor def under flowKey and extraEnv. It
+// covers the definition and the caller's env, so that a replica is only ever reused by
+// requests that would have started it identically (same GPU, same command). Call with m.mu
+// held.
+func (m *Manager) poolKey(f *flow.Flow, flowKey string, def flow.Executor, extraEnv []string) string {
+	ko := keyOf{flow: f, flowKey: flowKey, executor: def.Name, envLen: len(extraEnv)}
+	switch len(extraEnv) {
+	case 0:
+	case 1:
+		ko.env = extraEnv[0]
+	default:
+		ko.env = strings.Join(extraEnv, "\x00")
+	}
+	if key, ok := m.keys[ko]; ok {
+		return key
+	}
 	h := sha256.New()
 	_ = json.NewEncoder(h).Encode(struct {
 		Def flow.Executor
 		Env []string
 	}{def, extraEnv})
 	key := flowKey + "\x00" + def.Name + "\x00" + hex.EncodeToString(h.Sum(nil))
+	if m.keys == nil || len(m.keys) >= maxCachedKeys {
+		m.keys = make(map[keyOf]string)
+	}
+	m.keys[ko] = key
+	return key
+}
 
+// pool returns the pool for f's executor def under flowKey and extraEnv, registering one
+// more user; call release when done with it.
+func (m *Manager) pool(f *flow.Flow, flowKey string, def flow.Executor, extraEnv []string) (*pool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.isClosed() {
 		return nil, ErrClosed
 	}
+	key := m.poolKey(f, flowKey, def, extraEnv)
 	p := m.pools[key]
 	if p == nil {
 		limit := def.Replicas

@@ -311,7 +311,7 @@ func (rs *runState) step(ctx context.Context, step flow.Step, state map[string]a
 	if !ok {
 		return stepResult{err: &failure{msg: fmt.Sprintf("step %q names executor %q, which the flow does not have", step.Name, step.Executor)}}
 	}
-	p, err := rs.m.pool(rs.spec.FlowKey, def, rs.spec.Env)
+	p, err := rs.m.pool(rs.spec.Flow, rs.spec.FlowKey, def, rs.spec.Env)
 	if err != nil {
 		return stepResult{err: err}
 	}
