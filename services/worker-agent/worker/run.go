@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -89,7 +90,8 @@ func (w *Worker) event(a *schedulerv1.Assignment, typ string, data map[string]an
 // environment, and returns its result.
 func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []string) *schedulerv1.RunResult {
 	res := &schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch()}
-	f, err := w.parseFlow(fmt.Sprintf("%s@%d", a.GetAssistant(), a.GetAssistantVersion()), a.GetFlow())
+	flowKey := a.GetAssistant() + "@" + strconv.FormatInt(a.GetAssistantVersion(), 10)
+	f, err := w.parseFlow(flowKey, a.GetFlow())
 	if err != nil {
 		res.Outcome = schedulerv1.RunResult_OUTCOME_FAILED
 		res.Error = "invalid flow: " + err.Error()
@@ -104,7 +106,7 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 		RunName:   a.GetRun(),
 		Attempt:   int(a.GetAttempt()),
 		Epoch:     a.GetEpoch(),
-		FlowKey:   fmt.Sprintf("%s@%d", a.GetAssistant(), a.GetAssistantVersion()),
+		FlowKey:   flowKey,
 		Flow:      f,
 		State:     a.GetState().AsMap(),
 		Config:    a.GetConfig().AsMap(),
