@@ -107,6 +107,11 @@ type Server struct {
 // createBatch is the most runs one group-commit of concurrent CreateRun calls writes.
 const createBatch = 256
 
+// streamWorkers is how many goroutines serve calls and keep their grown stacks between
+// calls (a call finding all of them busy gets a goroutine of its own, as without them):
+// a fresh goroutine per call grows its stack again for every CreateRun.
+const streamWorkers = 64
+
 // New builds a gateway and binds its listeners.
 func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
@@ -132,6 +137,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	window := latency.NewWindow(time.Minute, 1<<16)
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.ChainUnaryInterceptor(unaryGatewayHeader(cfg.ID), window.Interceptor(), api.UnaryErrors(log)),
 		grpc.ChainStreamInterceptor(streamGatewayHeader(cfg.ID), api.StreamErrors(log)),
 	)
