@@ -47,7 +47,7 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 	w.runs[r.name] = r
 	w.used[r.slotType]++
 	w.mu.Unlock()
-	go func() {
+	w.runners.do(func() {
 		res := w.execute(ctx, a, runEnv(r))
 		cancel(nil)
 		w.mu.Lock()
@@ -61,7 +61,7 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 		case w.idle <- struct{}{}:
 		default:
 		}
-	}()
+	})
 }
 
 // finish queues a result and keeps it until the scheduler acknowledges it. A result of an

@@ -105,6 +105,8 @@ type Worker struct {
 	outbox  *outbox
 	// idle is signalled whenever a run ends.
 	idle chan struct{}
+	// runners execute the runs.
+	runners *runners
 	// connected reports whether a session is registered now (readiness).
 	connected bool
 
@@ -186,7 +188,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 	w := &Worker{
 		cfg: cfg, slots: slots, labels: labels, addrs: addrs, log: log.With("worker", cfg.ID), exec: mgr,
 		hostname: hostname, gpus: gpus, runs: make(map[string]*activeRun), used: make(map[string]int),
-		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1),
+		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1), runners: newRunners(),
 		dialOpts: dialOptions(opts), checkpoints: make(map[string]*pendingCheckpoint),
 	}
 	if cfg.AdminAddr != "" {
@@ -209,6 +211,7 @@ func (w *Worker) ID() string { return w.cfg.ID }
 // every result is acknowledged (or a last grace period passes).
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.exec.Close()
+	defer w.runners.stop()
 	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSessions()
 	// GPU wiring (gpu.go): keep GPU readings fresh for heartbeats while sessions run.
