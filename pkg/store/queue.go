@@ -168,14 +168,11 @@ func claimStatement(cte, ids, limited string) string {
 // assistant has a concurrency limit, the common case. It returns ok=false, having written
 // nothing, when some assistant has one: the caller then takes the two-step path.
 func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, ok bool, err error) {
+	// agentserver_claim_candidates (migration 8) is the ordered, locking scan of the
+	// queue with its plan pinned; the one-time filter skips it when limits exist.
 	rows, err := s.pool.Query(ctx, claimStatement(`cand AS (
-			SELECT q.run_id FROM run_queue q
+			SELECT c.run_id FROM agentserver_claim_candidates($1, $4, $5) AS c(run_id)
 			WHERE NOT EXISTS (SELECT 1 FROM assistant_load)
-				AND q.slot_type = $1 AND q.available_time <= now()
-				AND ($5::bigint IS NULL OR (SELECT r.gpu_memory_bytes FROM runs r WHERE r.id = q.run_id) <= $5)
-			ORDER BY q.priority DESC, q.seq
-			LIMIT $4
-			FOR UPDATE OF q SKIP LOCKED
 		),`, "(SELECT run_id FROM cand)", "false"),
 		p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
 	if err != nil {
