@@ -219,8 +219,8 @@ func (s *Store) ReconcileLoad(ctx context.Context) error {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE assistant_load l SET running = (
-			SELECT count(*) FROM runs r
-			WHERE r.tenant_id = l.tenant_id AND r.assistant_id = l.assistant_id AND r.state = 2)`)
+			SELECT count(*) FROM run_leases r
+			WHERE r.tenant_id = l.tenant_id AND r.assistant_id = l.assistant_id)`)
 		return err
 	})
 	if err != nil {

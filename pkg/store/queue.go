@@ -137,15 +137,20 @@ func claimStatement(cte, ids, limited string) string {
 		WITH ` + cte + ` d AS (
 			DELETE FROM run_queue WHERE run_id ` + match + ` RETURNING run_id
 		), u AS (
-			UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2,
-				lease_expire_time = now() + $3 * interval '1 millisecond', claim_time = now(),
+			UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2, claim_time = now(),
 				start_time = coalesce(r.start_time, now()), next_attempt_time = NULL,
 				limited = ` + limited + `
 			-- By id, not by joining d: the planner cannot estimate d's rows and would
 			-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
 			-- does), and the chosen queue rows are locked by this statement or transaction.
-			WHERE r.id ` + match + `
+			-- Only a QUEUED run is claimed: a queue row left behind by a run that ended
+			-- meanwhile (cancelled as it was promoted on its thread) is just deleted.
+			WHERE r.id ` + match + ` AND r.state = 1
 			RETURNING r.*
+		), l AS (
+			INSERT INTO run_leases (run_id, epoch, worker_id, tenant_id, assistant_id, slot_type, expire_time)
+			SELECT id, epoch, worker_id, tenant_id, assistant_id, slot_type, now() + $3 * interval '1 millisecond'
+			FROM u
 		), e AS (
 			INSERT INTO run_events (run_id, tenant_id, type, data)
 			SELECT id, tenant_id, 'state', jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
@@ -163,14 +168,11 @@ func claimStatement(cte, ids, limited string) string {
 // assistant has a concurrency limit, the common case. It returns ok=false, having written
 // nothing, when some assistant has one: the caller then takes the two-step path.
 func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, ok bool, err error) {
+	// agentserver_claim_candidates (migration 8) is the ordered, locking scan of the
+	// queue with its plan pinned; the one-time filter skips it when limits exist.
 	rows, err := s.pool.Query(ctx, claimStatement(`cand AS (
-			SELECT q.run_id FROM run_queue q
+			SELECT c.run_id FROM agentserver_claim_candidates($1, $4, $5) AS c(run_id)
 			WHERE NOT EXISTS (SELECT 1 FROM assistant_load)
-				AND q.slot_type = $1 AND q.available_time <= now()
-				AND ($5::bigint IS NULL OR (SELECT r.gpu_memory_bytes FROM runs r WHERE r.id = q.run_id) <= $5)
-			ORDER BY q.priority DESC, q.seq
-			LIMIT $4
-			FOR UPDATE OF q SKIP LOCKED
 		),`, "(SELECT run_id FROM cand)", "false"),
 		p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
 	if err != nil {
@@ -286,10 +288,11 @@ func (s *Store) RenewLeases(ctx context.Context, held map[string][]Lease, ttl ti
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	rows, err := s.pool.Query(ctx, `UPDATE runs r SET lease_expire_time = now() + $4 * interval '1 millisecond'
+	// A run_leases row exists exactly while its run is RUNNING under that epoch.
+	rows, err := s.pool.Query(ctx, `UPDATE run_leases l SET expire_time = now() + $4 * interval '1 millisecond'
 		FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS h(id, epoch, worker_id)
-		WHERE r.id = h.id AND r.epoch = h.epoch AND r.worker_id = h.worker_id AND r.state = 2
-		RETURNING r.id, r.epoch`, ids, epochs, workers, ttl.Milliseconds())
+		WHERE l.run_id = h.id AND l.epoch = h.epoch AND l.worker_id = h.worker_id
+		RETURNING l.run_id, l.epoch`, ids, epochs, workers, ttl.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("renewing leases: %w", err)
 	}
@@ -470,8 +473,8 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 	case outcome == OutcomeReleased:
 		res.State = StateQueued
 		b.Queue(`
-			WITH u AS (
-				UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL,
+			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), u AS (
+				UPDATE runs SET state = 1, worker_id = NULL,
 					checkpoint = coalesce($2, checkpoint)
 				WHERE id = $1 RETURNING *)
 			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
@@ -479,8 +482,8 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 	case outcome == OutcomeFailed && p.Retryable && r.attempt < r.maxAttempts:
 		res.State, res.Retried = StateQueued, true
 		b.Queue(`
-			WITH u AS (
-				UPDATE runs SET state = 1, worker_id = NULL, lease_expire_time = NULL, attempt = attempt + 1,
+			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), u AS (
+				UPDATE runs SET state = 1, worker_id = NULL, attempt = attempt + 1,
 					error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
 					checkpoint = NULL, next_step = NULL
 				WHERE id = $1 RETURNING *)
@@ -502,12 +505,14 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 			if err != nil {
 				return fmt.Errorf("encoding prompt: %w", err)
 			}
-			b.Queue(`UPDATE runs SET state = 7, lease_expire_time = NULL, resume = NULL,
+			b.Queue(`WITH l AS (DELETE FROM run_leases WHERE run_id = $1)
+				UPDATE runs SET state = 7, resume = NULL,
 				checkpoint = coalesce($2, checkpoint), next_step = nullif($3, ''), prompt = $4 WHERE id = $1`,
 				p.RunID, state, p.Step, prompt)
 		} else {
-			b.Queue(`UPDATE runs SET state = $2, output = $3, error = $4, end_time = now(),
-				lease_expire_time = NULL WHERE id = $1`, p.RunID, res.State, out, errMsg)
+			b.Queue(`WITH l AS (DELETE FROM run_leases WHERE run_id = $1)
+				UPDATE runs SET state = $2, output = $3, error = $4, end_time = now() WHERE id = $1`,
+				p.RunID, res.State, out, errMsg)
 		}
 	}
 	data := map[string]any{"state": stateName(res.State)}
@@ -652,7 +657,7 @@ func (s *Store) ValidateLeases(ctx context.Context, workerID string, leases []Le
 	for i, l := range leases {
 		ids[i] = l.RunID
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, epoch, slot_type FROM runs WHERE id = ANY($1) AND state = 2 AND worker_id = $2`, ids, workerID)
+	rows, err := s.pool.Query(ctx, `SELECT run_id, epoch, slot_type FROM run_leases WHERE run_id = ANY($1) AND worker_id = $2`, ids, workerID)
 	if err != nil {
 		return nil, nil, fmt.Errorf("validating leases of worker %s: %w", workerID, err)
 	}
@@ -711,12 +716,17 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 	var res RecoverResult
 	rows, err := s.pool.Query(ctx, `
 		WITH due AS (
-			SELECT id, lease_expire_time < now() AS expired FROM runs
-			WHERE state = 2 AND (lease_expire_time < now()
-				OR claim_time + (timeout_ms * interval '1 millisecond') + $2 * interval '1 millisecond' < now())
-			ORDER BY lease_expire_time
+			-- Both rows locked, neither waited for: a completion or renewal in progress
+			-- is left alone.
+			SELECT l.run_id AS id, l.expire_time < now() AS expired
+			FROM run_leases l JOIN runs r ON r.id = l.run_id AND r.epoch = l.epoch AND r.state = 2
+			WHERE l.expire_time < now()
+				OR r.claim_time + (r.timeout_ms * interval '1 millisecond') + $2 * interval '1 millisecond' < now()
+			ORDER BY l.expire_time
 			LIMIT $1
-			FOR UPDATE SKIP LOCKED
+			FOR UPDATE OF l, r SKIP LOCKED
+		), dl AS (
+			DELETE FROM run_leases WHERE run_id IN (SELECT id FROM due)
 		), u AS (
 			UPDATE runs r SET
 				state = CASE
@@ -724,7 +734,6 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 					WHEN r.claim_time + (r.timeout_ms * interval '1 millisecond') < now() THEN 6
 					ELSE 1 END,
 				epoch = r.epoch + 1,
-				lease_expire_time = NULL,
 				worker_id = CASE WHEN due.expired THEN NULL ELSE r.worker_id END,
 				end_time = CASE WHEN r.cancel_requested
 					OR r.claim_time + (r.timeout_ms * interval '1 millisecond') < now() THEN now() END,
@@ -787,8 +796,9 @@ func (s *Store) CancelRequests(ctx context.Context, workerIDs []string) (map[str
 	if len(workerIDs) == 0 {
 		return out, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT worker_id, id, epoch FROM runs
-		WHERE state = 2 AND cancel_requested AND worker_id = ANY($1)`, workerIDs)
+	rows, err := s.pool.Query(ctx, `SELECT l.worker_id, l.run_id, l.epoch
+		FROM run_leases l JOIN runs r ON r.id = l.run_id
+		WHERE r.cancel_requested AND l.worker_id = ANY($1)`, workerIDs)
 	if err != nil {
 		return nil, fmt.Errorf("reading cancel requests: %w", err)
 	}

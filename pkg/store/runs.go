@@ -386,6 +386,13 @@ func cancelInTx(ctx context.Context, tx pgx.Tx, tenant string, id uuid.UUID) (*R
 	}
 	switch r.State {
 	case StateQueued, StateInterrupted:
+		if r.ThreadID != "" {
+			// A run waiting behind its thread's active run (locked above, as a settling
+			// thread locks the run it promotes) leaves the thread's queue.
+			if _, err := tx.Exec(ctx, `DELETE FROM thread_queue WHERE run_id = $1`, id); err != nil {
+				return nil, err
+			}
+		}
 		r, err = scanRun(tx.QueryRow(ctx, `UPDATE runs SET state = 5, end_time = now(), error = 'cancelled',
 			next_attempt_time = NULL WHERE id = $1 RETURNING `+runColumns, id))
 		if err != nil {

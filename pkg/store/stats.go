@@ -49,7 +49,7 @@ func (s *Store) ClusterStats(ctx context.Context) ([]SlotTypeStats, []PoolStats,
 		st.Queued, st.Delayed = q, d
 	}
 	rows.Close()
-	rows, err = s.pool.Query(ctx, `SELECT slot_type, count(*) FROM runs WHERE state = 2 GROUP BY slot_type`)
+	rows, err = s.pool.Query(ctx, `SELECT slot_type, count(*) FROM run_leases GROUP BY slot_type`)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading running runs: %w", err)
 	}

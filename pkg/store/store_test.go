@@ -210,7 +210,7 @@ func TestFencingRefusesStaleEpoch(t *testing.T) {
 	require.NoError(t, st.Checkpoint(t.Context(), run.ID, first.Run.Epoch, "b", map[string]any{"step": "a"}))
 
 	// The old worker's lease expires; the run is requeued and claimed again.
-	_, err := st.Pool().Exec(t.Context(), `UPDATE runs SET lease_expire_time = now() - interval '1 second' WHERE id = $1`, run.ID)
+	_, err := st.Pool().Exec(t.Context(), `UPDATE run_leases SET expire_time = now() - interval '1 second' WHERE run_id = $1`, run.ID)
 	require.NoError(t, err)
 	rec, err := st.RecoverRuns(t.Context(), store.RecoverParams{Batch: 100, TimeoutGrace: time.Minute})
 	require.NoError(t, err)

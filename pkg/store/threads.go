@@ -83,9 +83,16 @@ func joinThread(ctx context.Context, tx pgx.Tx, r *Run, policy Multitask) error 
 		return err
 	}
 	switch policy {
-	case MultitaskEnqueue:
-		return nil
-	case MultitaskInterrupt:
+	case MultitaskEnqueue, MultitaskInterrupt:
+		// The run waits behind the active one; it is queued first, so that cancelling
+		// the active run (interrupt) promotes it.
+		if _, err := tx.Exec(ctx, `INSERT INTO thread_queue (run_id, tenant_id, thread_id, seq)
+			SELECT id, tenant_id, thread_id, seq FROM runs WHERE id = $1`, r.ID); err != nil {
+			return err
+		}
+		if policy == MultitaskEnqueue {
+			return nil
+		}
 		_, err := cancelInTx(ctx, tx, r.TenantID, *active)
 		return err
 	default:

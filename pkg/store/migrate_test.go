@@ -1,0 +1,73 @@
+package store
+
+import (
+	"database/sql"
+	"io/fs"
+	"testing"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/pgtest"
+)
+
+// Migration 7 moves the leases of RUNNING runs into run_leases and the runs waiting on a
+// thread into thread_queue; a database upgraded with runs in flight keeps every lease and
+// every waiting run, and going back down restores them on runs.
+func TestMigration7MovesLeasesAndWaitingRuns(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, err := sql.Open("pgx", pgtest.NewDatabase(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	sub, err := fs.Sub(migrations, "migrations")
+	require.NoError(t, err)
+	p, err := goose.NewProvider(goose.DialectPostgres, db, sub)
+	require.NoError(t, err)
+	_, err = p.UpTo(ctx, 6)
+	require.NoError(t, err)
+
+	expire := time.Now().Add(time.Minute).UTC().Truncate(time.Microsecond)
+	_, err = db.ExecContext(ctx, `INSERT INTO threads (tenant_id, id, active_run_id)
+		VALUES ('default', 't', '00000000-0000-0000-0000-000000000002')`)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority, slot_type,
+			input, max_attempts, timeout_ms, epoch, worker_id, lease_expire_time, claim_time)
+		VALUES
+			('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, NULL, 1, 2, 0, 'gpu', '{}', 1, 1000, 3, 'w1', $1, now()),
+			('00000000-0000-0000-0000-000000000002', 'default', 'a', 1, 't', 2, 1, 0, 'cpu', '{}', 1, 1000, 0, NULL, NULL, NULL),
+			('00000000-0000-0000-0000-000000000003', 'default', 'a', 1, 't', 3, 1, 0, 'cpu', '{}', 1, 1000, 0, NULL, NULL, NULL),
+			('00000000-0000-0000-0000-000000000004', 'default', 'a', 1, NULL, 4, 3, 0, 'cpu', '{}', 1, 1000, 1, 'w1', NULL, now())`,
+		expire)
+	require.NoError(t, err)
+
+	_, err = p.Up(ctx)
+	require.NoError(t, err)
+	var run, worker, slot string
+	var epoch int64
+	var got time.Time
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT run_id::text, epoch, worker_id, slot_type, expire_time FROM run_leases`).
+		Scan(&run, &epoch, &worker, &slot, &got))
+	require.Equal(t, []any{"00000000-0000-0000-0000-000000000001", int64(3), "w1", "gpu"}, []any{run, epoch, worker, slot})
+	require.True(t, got.Equal(expire), "lease expiry kept: %s, want %s", got, expire)
+	var waiting []string
+	rows, err := db.QueryContext(ctx, `SELECT run_id::text FROM thread_queue ORDER BY seq`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id string
+		require.NoError(t, rows.Scan(&id))
+		waiting = append(waiting, id)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"00000000-0000-0000-0000-000000000003"}, waiting, "only the run behind the active one waits")
+
+	_, err = p.DownTo(ctx, 6)
+	require.NoError(t, err)
+	var back time.Time
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT lease_expire_time FROM runs WHERE id = '00000000-0000-0000-0000-000000000001'`).Scan(&back))
+	require.True(t, back.Equal(expire), "lease expiry restored on runs: %s, want %s", back, expire)
+	_, err = p.Up(ctx)
+	require.NoError(t, err, "migrates up again")
+}
