@@ -418,7 +418,14 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 		unique = append(unique, i)
 	}
 	order = unique
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	order, err := s.finishSucceeded(ctx, ps, states, order, res)
+	if err != nil {
+		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
+	}
+	if len(order) == 0 {
+		return res, errs, nil
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		lock := &pgx.Batch{}
 		for _, i := range order {
 			lock.Queue(`SELECT attempt, max_attempts, cancel_requested, tenant_id, assistant_id, coalesce(thread_id, '')
@@ -461,6 +468,65 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
 	}
 	return res, errs, nil
+}
+
+// finishSucceeded ends the successful runs among ps[order] in one statement (one round
+// trip, its own transaction): the common case of a run that is not on a thread and was
+// not claimed under a concurrency limit, so no trigger fires and no lock order matters.
+// It returns the indexes it did not finish (other outcomes, runs on threads or limited,
+// and stale claims), which take the general path.
+func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [][]byte, order []int, res []FinishResult) ([]int, error) {
+	var ids []uuid.UUID
+	var epochs []int64
+	var outputs [][]byte
+	for _, i := range order {
+		if ps[i].Outcome == OutcomeSucceeded && ps[i].Error == "" {
+			ids = append(ids, ps[i].RunID)
+			epochs = append(epochs, ps[i].Epoch)
+			outputs = append(outputs, states[i])
+		}
+	}
+	if len(ids) == 0 {
+		return order, nil
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH u AS (
+			UPDATE runs r SET state = 3, output = i.output, error = '', end_time = now()
+			FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS i(id, epoch, output)
+			WHERE r.id = i.id AND r.epoch = i.epoch AND r.state = 2 AND NOT r.limited AND r.thread_id IS NULL
+			RETURNING r.id, r.tenant_id
+		), l AS (
+			DELETE FROM run_leases WHERE run_id IN (SELECT id FROM u)
+		), e AS (
+			INSERT INTO run_events (run_id, tenant_id, type, data)
+			SELECT id, tenant_id, 'state', '{"state": "SUCCEEDED"}' FROM u
+		)
+		SELECT id FROM u`, ids, epochs, outputs)
+	if err != nil {
+		return nil, err
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, err
+	}
+	if len(done) == 0 {
+		return order, nil
+	}
+	finished := make(map[uuid.UUID]bool, len(done))
+	for _, id := range done {
+		finished[id] = true
+	}
+	rest := order[:0:0]
+	for _, i := range order {
+		// order holds each claim once, and a run has one RUNNING claim: the finished id
+		// is this entry's.
+		if ps[i].Outcome == OutcomeSucceeded && ps[i].Error == "" && finished[ps[i].RunID] {
+			res[i].State = StateSucceeded
+			continue
+		}
+		rest = append(rest, i)
+	}
+	return rest, nil
 }
 
 // queueFinish adds the statements that end one locked run to b and records the outcome.

@@ -499,6 +499,67 @@ func TestFinishRunsInOneBatch(t *testing.T) {
 	require.Equal(t, 1, running, "the load counter follows the batch: only the stale one still runs")
 }
 
+// Successes of plain runs end in one statement; a stale success, a failure and a success
+// on a thread in the same batch take the general path, and every run ends as it should.
+func TestFinishRunsMixedBatch(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	_, err := st.CreateThread(t.Context(), tenant, "t", nil, map[string]any{"turn": 0.0})
+	require.NoError(t, err)
+	enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
+	enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: "t"})
+	cs := claim(t, st, "w", "cpu", 4)
+	require.Len(t, cs, 4)
+	var plain []*store.Claim
+	var onThread *store.Claim
+	for _, c := range cs {
+		if c.Run.ThreadID != "" {
+			onThread = c
+		} else {
+			plain = append(plain, c)
+		}
+	}
+	require.NotNil(t, onThread)
+	res, errs, err := st.FinishRuns(t.Context(), []store.FinishParams{
+		{RunID: plain[0].Run.ID, Epoch: plain[0].Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"ok": true}},
+		{RunID: plain[1].Run.ID, Epoch: plain[1].Run.Epoch - 1, Outcome: store.OutcomeSucceeded},
+		{RunID: plain[2].Run.ID, Epoch: plain[2].Run.Epoch, Outcome: store.OutcomeFailed, Error: "boom"},
+		{RunID: onThread.Run.ID, Epoch: onThread.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"turn": 1.0}},
+	})
+	require.NoError(t, err)
+	require.NoError(t, errs[0])
+	require.ErrorIs(t, errs[1], store.ErrStaleEpoch)
+	require.NoError(t, errs[2])
+	require.NoError(t, errs[3])
+	require.Equal(t, []store.RunState{store.StateSucceeded, 0, store.StateFailed, store.StateSucceeded},
+		[]store.RunState{res[0].State, res[1].State, res[2].State, res[3].State})
+
+	got, err := st.GetRun(t.Context(), tenant, plain[0].Run.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateSucceeded, got.State)
+	require.Equal(t, map[string]any{"ok": true}, got.Output)
+	got, err = st.GetRun(t.Context(), tenant, plain[1].Run.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateRunning, got.State, "a stale result changes nothing")
+	th, err := st.GetThread(t.Context(), tenant, "t")
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"turn": 1.0}, th.State, "the thread run's trigger ran")
+	var leases []string
+	rows, err := st.Pool().Query(t.Context(), `SELECT run_id::text FROM run_leases`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id string
+		require.NoError(t, rows.Scan(&id))
+		leases = append(leases, id)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{plain[1].Run.ID.String()}, leases, "only the run still RUNNING holds a lease")
+	evs, err := st.ListRunEvents(t.Context(), tenant, plain[0].Run.ID, 0, 100)
+	require.NoError(t, err)
+	require.Equal(t, "SUCCEEDED", evs[len(evs)-1].Data["state"])
+}
+
 // A result resent after a reconnect can arrive twice in one batch: the run still ends once.
 func TestFinishRunsTwiceInOneBatchEndsOnce(t *testing.T) {
 	t.Parallel()
