@@ -44,6 +44,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// PollInterval bounds how long a queued run waits when a wake-up is missed.
 	PollInterval time.Duration
+	// ClaimCooldown is the least time between two claims that found runs: under load the
+	// wake-ups that arrive meanwhile are served by one larger claim. An idle scheduler
+	// claims at once.
+	ClaimCooldown time.Duration
 	// RecoverInterval is how often expired leases and overdue runs are looked for.
 	RecoverInterval time.Duration
 	// RetryBaseDelay is the backoff before the 2nd attempt; it doubles per attempt.
@@ -67,6 +71,7 @@ func Defaults() Config {
 		LeaseTTL:          15 * time.Second,
 		HeartbeatInterval: 2 * time.Second,
 		PollInterval:      time.Second,
+		ClaimCooldown:     time.Millisecond,
 		RecoverInterval:   time.Second,
 		RetryBaseDelay:    time.Second,
 		RetryMaxDelay:     5 * time.Minute,
@@ -84,6 +89,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("heartbeat interval (%s) must be positive and at most half the lease TTL (%s)", c.HeartbeatInterval, c.LeaseTTL)
 	case c.PollInterval <= 0 || c.RecoverInterval <= 0 || c.ReconcileInterval <= 0:
 		return errors.New("poll, recover and reconcile intervals must be positive")
+	case c.ClaimCooldown < 0 || c.ClaimCooldown >= c.PollInterval:
+		return fmt.Errorf("claim cooldown (%s) must be at least 0 and below the poll interval (%s)", c.ClaimCooldown, c.PollInterval)
 	case c.RetryBaseDelay < 0 || c.RetryMaxDelay < c.RetryBaseDelay:
 		return errors.New("retry delays must satisfy 0 <= base <= max")
 	}
@@ -220,12 +227,19 @@ func (s *Server) snapshot() []*session {
 	return out
 }
 
-// dispatchLoop claims runs for free slots whenever woken, and at least every PollInterval.
+// dispatchLoop claims runs for free slots whenever woken, and at least every PollInterval;
+// after a claim that found runs it rests ClaimCooldown first.
 func (s *Server) dispatchLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
 	for {
-		s.dispatch(ctx)
+		if s.dispatch(ctx) > 0 && s.cfg.ClaimCooldown > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(s.cfg.ClaimCooldown):
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -235,9 +249,9 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 	}
 }
 
-// dispatch fills every free slot of every live session it can. Sessions are visited in
-// random order so no worker is always served first.
-func (s *Server) dispatch(ctx context.Context) {
+// dispatch fills every free slot of every live session it can and returns the number of
+// runs claimed. Sessions are visited in random order so no worker is always served first.
+func (s *Server) dispatch(ctx context.Context) (claimed int) {
 	sessions := s.snapshot()
 	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
 	for _, sess := range sessions {
@@ -250,7 +264,7 @@ func (s *Server) dispatch(ctx context.Context) {
 				return
 			}
 			if slotType == gpuSlotType && sess.hasGPUs() {
-				s.dispatchGPUs(ctx, sess, free)
+				claimed += s.dispatchGPUs(ctx, sess, free)
 				continue
 			}
 			claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
@@ -265,8 +279,10 @@ func (s *Server) dispatch(ctx context.Context) {
 			for _, c := range claims {
 				sess.assign(c, "")
 			}
+			claimed += len(claims)
 		}
 	}
+	return claimed
 }
 
 // gpuSlotType is the slot type whose slots are GPUs, placed one run per GPU.
@@ -274,7 +290,7 @@ const gpuSlotType = "gpu"
 
 // dispatchGPUs fills free GPUs one run each, choosing for every GPU a run that needs no
 // more GPU memory than the GPU has free (largest free memory first).
-func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int) {
+func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int) (claimed int) {
 	gpus := sess.freeGPUs()
 	for _, g := range gpus[:min(free, len(gpus))] {
 		mem := max(g.MemoryTotalBytes-g.MemoryUsedBytes, 0)
@@ -290,7 +306,9 @@ func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int) {
 		for _, c := range claims {
 			sess.assign(c, g.UUID)
 		}
+		claimed += len(claims)
 	}
+	return claimed
 }
 
 // leaseLoop renews the leases of workers that heartbeat.
