@@ -339,6 +339,16 @@ type FinishParams struct {
 	Step string
 	// Prompt is what an interrupted step asks; it goes into the run's event log.
 	Prompt any
+	// Events are events the worker reported for this claim just before its result: they
+	// are written, in order, before the run's state event, under the same fence (refused
+	// with the result when the claim is stale).
+	Events []Event
+}
+
+// Event is one entry for a run's event log.
+type Event struct {
+	Type string
+	Data map[string]any
 }
 
 // FinishResult says what became of the run.
@@ -400,7 +410,8 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 	for i := range order {
 		order[i] = i
 	}
-	sort.Slice(order, func(a, b int) bool { return bytes.Compare(ps[order[a]].RunID[:], ps[order[b]].RunID[:]) < 0 })
+	// Stable: of the copies of one result, the first (which carries its events) is kept.
+	sort.SliceStable(order, func(a, b int) bool { return bytes.Compare(ps[order[a]].RunID[:], ps[order[b]].RunID[:]) < 0 })
 	// A claim appears once per transaction: a worker that resends an unacknowledged
 	// result can put the same result twice in one batch, and both copies would see the
 	// run still RUNNING. The later copies are refused like any stale write. (Results of
@@ -458,6 +469,14 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 		})
 		write := &pgx.Batch{}
 		for _, r := range rows {
+			for _, e := range ps[r.i].Events {
+				b, err := json.Marshal(e.Data)
+				if err != nil {
+					return fmt.Errorf("encoding event of run %s: %w", ps[r.i].RunID, err)
+				}
+				write.Queue(`INSERT INTO run_events (run_id, tenant_id, type, data) VALUES ($1, $2, $3, $4)`,
+					ps[r.i].RunID, r.tenant, e.Type, b)
+			}
 			if err := queueFinish(write, ps[r.i], states[r.i], r, &res[r.i]); err != nil {
 				return err
 			}
@@ -479,11 +498,21 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	var ids []uuid.UUID
 	var epochs []int64
 	var outputs [][]byte
+	var evRuns []uuid.UUID
+	var evTypes []string
+	var evData [][]byte
 	for _, i := range order {
 		if ps[i].Outcome == OutcomeSucceeded && ps[i].Error == "" {
 			ids = append(ids, ps[i].RunID)
 			epochs = append(epochs, ps[i].Epoch)
 			outputs = append(outputs, states[i])
+			for _, e := range ps[i].Events {
+				b, err := json.Marshal(e.Data)
+				if err != nil {
+					return nil, fmt.Errorf("encoding event of run %s: %w", ps[i].RunID, err)
+				}
+				evRuns, evTypes, evData = append(evRuns, ps[i].RunID), append(evTypes, e.Type), append(evData, b)
+			}
 		}
 	}
 	if len(ids) == 0 {
@@ -498,10 +527,18 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 		), l AS (
 			DELETE FROM run_leases WHERE run_id IN (SELECT id FROM u)
 		), e AS (
+			-- The worker's events in their order, then the state events: one INSERT, so
+			-- the log's seq follows that order.
 			INSERT INTO run_events (run_id, tenant_id, type, data)
-			SELECT id, tenant_id, 'state', '{"state": "SUCCEEDED"}' FROM u
+			SELECT x.run_id, u.tenant_id, x.type, x.data FROM (
+				SELECT ev.run_id, ev.type, ev.data, ev.ord
+				FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS ev(run_id, type, data, ord)
+				UNION ALL
+				SELECT id, 'state', '{"state": "SUCCEEDED"}', 9223372036854775807 FROM u
+			) x JOIN u ON u.id = x.run_id
+			ORDER BY x.ord
 		)
-		SELECT id FROM u`, ids, epochs, outputs)
+		SELECT id FROM u`, ids, epochs, outputs, evRuns, evTypes, evData)
 	if err != nil {
 		return nil, err
 	}

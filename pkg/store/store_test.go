@@ -522,10 +522,13 @@ func TestFinishRunsMixedBatch(t *testing.T) {
 	}
 	require.NotNil(t, onThread)
 	res, errs, err := st.FinishRuns(t.Context(), []store.FinishParams{
-		{RunID: plain[0].Run.ID, Epoch: plain[0].Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"ok": true}},
-		{RunID: plain[1].Run.ID, Epoch: plain[1].Run.Epoch - 1, Outcome: store.OutcomeSucceeded},
+		{RunID: plain[0].Run.ID, Epoch: plain[0].Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"ok": true},
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "a"}}, {Type: "log", Data: map[string]any{"line": "x"}}}},
+		{RunID: plain[1].Run.ID, Epoch: plain[1].Run.Epoch - 1, Outcome: store.OutcomeSucceeded,
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "stale"}}}},
 		{RunID: plain[2].Run.ID, Epoch: plain[2].Run.Epoch, Outcome: store.OutcomeFailed, Error: "boom"},
-		{RunID: onThread.Run.ID, Epoch: onThread.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"turn": 1.0}},
+		{RunID: onThread.Run.ID, Epoch: onThread.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"turn": 1.0},
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "t"}}}},
 	})
 	require.NoError(t, err)
 	require.NoError(t, errs[0])
@@ -555,9 +558,27 @@ func TestFinishRunsMixedBatch(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, []string{plain[1].Run.ID.String()}, leases, "only the run still RUNNING holds a lease")
-	evs, err := st.ListRunEvents(t.Context(), tenant, plain[0].Run.ID, 0, 100)
-	require.NoError(t, err)
-	require.Equal(t, "SUCCEEDED", evs[len(evs)-1].Data["state"])
+	// The events that came with a result precede its state event, in their order.
+	for _, c := range []struct {
+		run  *store.Claim
+		want []string
+	}{
+		{plain[0], []string{"state:QUEUED", "state:RUNNING", "step_started:a", "log:", "state:SUCCEEDED"}},
+		{plain[1], []string{"state:QUEUED", "state:RUNNING"}},
+		{onThread, []string{"state:QUEUED", "state:RUNNING", "step_started:t", "state:SUCCEEDED"}},
+	} {
+		evs, err := st.ListRunEvents(t.Context(), tenant, c.run.Run.ID, 0, 100)
+		require.NoError(t, err)
+		var got []string
+		for _, e := range evs {
+			detail, _ := e.Data["state"].(string)
+			if step, ok := e.Data["step"].(string); ok {
+				detail = step
+			}
+			got = append(got, e.Type+":"+detail)
+		}
+		require.Equal(t, c.want, got, "events of %s", c.run.Run.ID)
+	}
 }
 
 // A result resent after a reconnect can arrive twice in one batch: the run still ends once.

@@ -430,18 +430,34 @@ const maxMessageBatch = 512
 // handleBatch processes messages of a worker in arrival order per run: its events first
 // (one statement), then checkpoints, then results (one transaction), then the newest
 // heartbeat. A run's events and checkpoints always precede its result in the stream, so
-// this order keeps each run's writes in order.
+// this order keeps each run's writes in order. Events of a claim whose result is in the
+// same batch are written with the result, under its fence, instead of on their own.
 func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedulerv1.ConnectRequest) error {
 	var events []store.EventParams
 	var results []*schedulerv1.RunResult
 	var rest []*schedulerv1.ConnectRequest
 	var heartbeat *schedulerv1.ConnectRequest
+	finishing := make(map[string]bool)
+	for _, m := range batch {
+		if r := m.GetResult(); r != nil {
+			finishing[fmt.Sprintf("%s@%d", r.GetRun(), r.GetEpoch())] = true
+		}
+	}
+	var withResult map[store.Lease][]store.Event
 	for _, m := range batch {
 		switch msg := m.GetMsg().(type) {
 		case *schedulerv1.ConnectRequest_Event:
 			id, err := parseRunName(msg.Event.GetRun())
 			if err != nil {
 				return status.Error(codes.InvalidArgument, err.Error())
+			}
+			if finishing[fmt.Sprintf("%s@%d", msg.Event.GetRun(), msg.Event.GetEpoch())] {
+				if withResult == nil {
+					withResult = make(map[store.Lease][]store.Event)
+				}
+				l := store.Lease{RunID: id, Epoch: msg.Event.GetEpoch()}
+				withResult[l] = append(withResult[l], store.Event{Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
+				continue
 			}
 			events = append(events, store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
 		case *schedulerv1.ConnectRequest_Result:
@@ -469,7 +485,7 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 		}
 	}
 	if len(results) > 0 {
-		if err := s.handleResults(ctx, sess, results); err != nil {
+		if err := s.handleResults(ctx, sess, results, withResult); err != nil {
 			return err
 		}
 	}
@@ -512,7 +528,7 @@ func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.Conne
 			s.kick()
 		}
 	case *schedulerv1.ConnectRequest_Result:
-		return s.handleResults(ctx, sess, []*schedulerv1.RunResult{msg.Result})
+		return s.handleResults(ctx, sess, []*schedulerv1.RunResult{msg.Result}, nil)
 	case *schedulerv1.ConnectRequest_Event:
 		ev := msg.Event
 		id, err := parseRunName(ev.GetRun())
@@ -563,7 +579,9 @@ var outcomes = map[schedulerv1.RunResult_Outcome]store.Outcome{
 	schedulerv1.RunResult_OUTCOME_INTERRUPTED: store.OutcomeInterrupted,
 }
 
-func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedulerv1.RunResult) error {
+// handleResults records results; events[lease] are the events that came with a result
+// (written before it, once).
+func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedulerv1.RunResult, events map[store.Lease][]store.Event) error {
 	params := make([]store.FinishParams, len(rs))
 	for i, r := range rs {
 		id, err := parseRunName(r.GetRun())
@@ -584,11 +602,13 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 		if r.GetState() != nil {
 			state = r.GetState().AsMap()
 		}
+		l := store.Lease{RunID: id, Epoch: r.GetEpoch()}
 		params[i] = store.FinishParams{
 			RunID: id, Epoch: r.GetEpoch(), Outcome: outcome, State: state, Error: r.GetError(),
 			Retryable: r.GetRetryable(), RetryDelay: s.retryDelay(attempt),
-			Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(),
+			Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(), Events: events[l],
 		}
+		delete(events, l) // a result resent twice in one batch carries them once
 	}
 	// The worker freed each slot before it sent the result, so the slots are free now,
 	// before the results commit: the dispatcher claims the next runs while this batch
