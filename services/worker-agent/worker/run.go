@@ -81,8 +81,19 @@ func (w *Worker) event(a *schedulerv1.Assignment, typ string, data map[string]an
 	if err != nil {
 		s, _ = structpb.NewStruct(map[string]any{"error": "event data is not JSON: " + err.Error()})
 	}
+	w.pushEvent(a, typ, s)
+}
+
+// stepStarted sends the step_started event of step, {"step": step}, built directly: it is
+// sent for every step of every run. (Step names are validated ASCII, which NewStruct
+// would check again.)
+func (w *Worker) stepStarted(a *schedulerv1.Assignment, step string) {
+	w.pushEvent(a, "step_started", &structpb.Struct{Fields: map[string]*structpb.Value{"step": structpb.NewStringValue(step)}})
+}
+
+func (w *Worker) pushEvent(a *schedulerv1.Assignment, typ string, data *structpb.Struct) {
 	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Event{Event: &schedulerv1.RunEvent{
-		Run: a.GetRun(), Epoch: a.GetEpoch(), Type: typ, Data: s,
+		Run: a.GetRun(), Epoch: a.GetEpoch(), Type: typ, Data: data,
 	}}})
 }
 
@@ -120,7 +131,7 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 		}
 	}
 	out := w.exec.Run(ctx, spec, executor.Callbacks{
-		OnStepStart: func(step string) { w.event(a, "step_started", map[string]any{"step": step}) },
+		OnStepStart: func(step string) { w.stepStarted(a, step) },
 		OnEvent: func(step string, data map[string]any) {
 			w.event(a, "executor_event", map[string]any{"step": step, "data": data})
 		},

@@ -29,8 +29,12 @@ func (r *runners) do(f func()) {
 }
 
 func (r *runners) loop(f func()) {
-	for range runnerJobs {
+	for n := 1; ; n++ {
 		f()
+		if n == runnerJobs {
+			// Retire before taking another run: one taken here must run here.
+			return
+		}
 		select {
 		case f = <-r.jobs:
 		case <-r.quit:

@@ -292,8 +292,12 @@ func (r *replica) settleStderr() {
 		t := r.errReader
 		before := t.reads.Load()
 		if t.inRead.Load() && t.pending() == 0 {
+			// The pipe held nothing, so everything written before the answer was read;
+			// the reader may still be handing on what its current Read returned: let it
+			// run, and count it settled once that Read is still the one in progress.
+			// (Bytes arriving meanwhile were written after the answer: no need to look.)
 			runtime.Gosched()
-			if t.inRead.Load() && t.pending() == 0 && t.reads.Load() == before {
+			if t.inRead.Load() && t.reads.Load() == before {
 				return
 			}
 		}
