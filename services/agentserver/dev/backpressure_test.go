@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 
@@ -32,7 +31,7 @@ func buildExample(t *testing.T, dir ...string) string {
 }
 
 // 100,000 runs queued at once against 4 slots: none is rejected or lost, each ends
-// SUCCEEDED exactly once, and never more than 4 execute at a time.
+// SUCCEEDED exactly once, and the worker is never assigned more than its 4 slots.
 func TestBackpressureHundredThousandRuns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the 100,000-run backpressure test takes a minute or two")
@@ -76,31 +75,11 @@ func TestBackpressureHundredThousandRuns(t *testing.T) {
 	require.Equal(t, total, runs, "none lost, none duplicated")
 	require.Equal(t, total, terminalEvents, "each run ended exactly once")
 
-	// Never more than the 4 slots at once, from the runs' own start and end times.
-	rows, err := pool.Query(t.Context(), `SELECT start_time, end_time FROM runs`)
-	require.NoError(t, err)
-	type edge struct {
-		at    time.Time
-		delta int
-	}
-	var edges []edge
-	for rows.Next() {
-		var s, e time.Time
-		require.NoError(t, rows.Scan(&s, &e))
-		edges = append(edges, edge{s, 1}, edge{e, -1})
-	}
-	require.NoError(t, rows.Err())
-	sort.Slice(edges, func(i, j int) bool {
-		if !edges[i].at.Equal(edges[j].at) {
-			return edges[i].at.Before(edges[j].at)
-		}
-		return edges[i].delta < edges[j].delta // an end before a start at the same instant
-	})
-	running, peak := 0, 0
-	for _, e := range edges {
-		running += e.delta
-		peak = max(peak, running)
-	}
-	t.Logf("peak concurrency %d", peak)
-	require.LessOrEqual(t, peak, 4)
+	// Never more runs assigned than the worker's 4 slots: a worker hands an assignment
+	// without a free slot straight back, which requeues the run and claims it again under a
+	// new epoch. (The runs' start and end times cannot show this: a slot is reused as soon
+	// as the worker reports the result, before the result's end_time commits.)
+	var reclaimed int
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT count(*) FROM runs WHERE epoch <> 1`).Scan(&reclaimed))
+	require.Zero(t, reclaimed, "every run was claimed exactly once: none handed back, none recovered")
 }
