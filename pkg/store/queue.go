@@ -68,22 +68,11 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 	}
 	var claims []*Claim
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			SELECT q.run_id, q.tenant_id, q.assistant_id,
-				EXISTS (SELECT 1 FROM assistant_load l
-					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id)
-			FROM run_queue q
-			WHERE q.slot_type = $1 AND q.available_time <= now()
-				-- A scalar subquery (one primary-key probe per row), not NOT EXISTS: the
-				-- planner would turn that into an anti-join over every queued row plus a
-				-- sort, where this keeps an ordered scan of run_queue_claim that stops
-				-- at LIMIT.
-				AND NOT coalesce((SELECT l.running >= l.concurrency_limit FROM assistant_load l
-					WHERE l.tenant_id = q.tenant_id AND l.assistant_id = q.assistant_id), false)
-				AND ($3::bigint IS NULL OR (SELECT r.gpu_memory_bytes FROM runs r WHERE r.id = q.run_id) <= $3)
-			ORDER BY q.priority DESC, q.seq
-			LIMIT $2
-			FOR UPDATE OF q SKIP LOCKED`, p.SlotType, p.Limit, p.MaxGPUMemory)
+		// Saturated assistants are skipped by a primary-key probe per queued row (not an
+		// anti-join, which became a scan and sort of every queued row); the function pins
+		// the ordered scan of run_queue_claim that stops at the limit (migration 9).
+		rows, err := tx.Query(ctx, `SELECT run_id, tenant_id, assistant_id, limited
+			FROM agentserver_claim_candidates_limited($1, $2, $3)`, p.SlotType, p.Limit, p.MaxGPUMemory)
 		if err != nil {
 			return err
 		}
