@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,15 +92,27 @@ func (s *SMI) Detect(ctx context.Context) (Inventory, error) {
 // Close does nothing: SMI holds nothing between runs.
 func (*SMI) Close() error { return nil }
 
+// smiFields are the field names of SMIQuery, in its order.
+var smiFields = strings.Split(SMIQuery, ",")
+
 // ParseSMI parses the output of `nvidia-smi --query-gpu=<SMIQuery>
 // --format=csv,noheader,nounits`: one line per GPU, fields separated by ", ". It accepts
 // the values nvidia-smi prints for what it cannot read ("[N/A]", "[Not Supported]", any
 // "[…]", "N/A"), units left in ("81920 MiB", "35 %"), trailing whitespace and CRLF line ends,
 // and model names that contain commas. Lines that are not GPU records (nvidia-smi's own
 // messages, such as "Unable to determine the device handle for GPU…": they do not start with
-// an index and a comma) come back as notes. A record with a missing UUID or a malformed
-// number is an error.
+// an index and a comma) come back as notes. A record with a missing UUID, a malformed number
+// or fewer fields than the query asks for is an error.
+//
+// It also reads output with a header line (`--format=csv` without noheader, e.g.
+// "index, uuid, name, memory.total [MiB], …"): from a header on, the columns are found by
+// name, so the fields may come in any order and among any others (an output of a longer
+// --query-gpu list), as long as every field of SMIQuery is there. A header that lacks one is
+// an error, and so is a record under a header with a different number of fields than the
+// header names (model names with commas cannot be told apart from extra columns there).
 func ParseSMI(out []byte) (gpus []GPU, notes []string, err error) {
+	var columns []int // with a header: where each field of SMIQuery is; nil without
+	width := 0        // with a header: how many fields it names
 	for n, line := range strings.Split(string(out), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" {
@@ -109,17 +122,91 @@ func ParseSMI(out []byte) (gpus []GPU, notes []string, err error) {
 		for i := range fields {
 			fields[i] = strings.TrimSpace(fields[i])
 		}
-		if _, err := strconv.Atoi(fields[0]); err != nil || len(fields) < 7 {
-			notes = append(notes, line)
+		if names, ok := smiHeader(fields); ok {
+			if columns, err = smiColumns(names); err != nil {
+				return nil, nil, fmt.Errorf("line %d %q: %w", n+1, line, err)
+			}
+			width = len(names)
 			continue
 		}
-		g, err := parseSMIRecord(fields)
+		var g GPU
+		switch {
+		case columns != nil && len(fields) == 1:
+			// A message among records ("Unable to determine the device handle for …").
+			notes = append(notes, line)
+			continue
+		case columns != nil && len(fields) != width:
+			return nil, nil, fmt.Errorf("line %d %q: %d fields, the header names %d", n+1, line, len(fields), width)
+		case columns != nil:
+			record := make([]string, len(columns))
+			for i, c := range columns {
+				record[i] = fields[c]
+			}
+			if _, err := strconv.Atoi(record[0]); err != nil {
+				return nil, nil, fmt.Errorf("line %d %q: index %q is not a GPU index", n+1, line, record[0])
+			}
+			g, err = parseSMIRecord(record)
+		default:
+			if _, err := strconv.Atoi(fields[0]); err != nil {
+				notes = append(notes, line)
+				continue
+			}
+			if len(fields) < len(smiFields) {
+				return nil, nil, fmt.Errorf("line %d %q: %d fields, the query (%s) asks for %d", n+1, line, len(fields), SMIQuery, len(smiFields))
+			}
+			g, err = parseSMIRecord(fields)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("line %d %q: %w", n+1, line, err)
 		}
 		gpus = append(gpus, g)
 	}
 	return gpus, notes, nil
+}
+
+// smiHeader reports whether fields are a CSV header of nvidia-smi ("index, uuid, name,
+// memory.total [MiB], …") and returns the field names without their units.
+func smiHeader(fields []string) ([]string, bool) {
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		if j := strings.Index(f, " ["); j > 0 && strings.HasSuffix(f, "]") {
+			f = f[:j] // "memory.total [MiB]"
+		}
+		if f == "" || !isFieldName(f) {
+			return nil, false
+		}
+		names[i] = f
+	}
+	return names, slices.Contains(names, "index") || slices.Contains(names, "uuid")
+}
+
+// isFieldName reports whether f looks like a --query-gpu field name: letters, digits, '_'
+// and '.', starting with a letter.
+func isFieldName(f string) bool {
+	for i, r := range f {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case i > 0 && (r >= '0' && r <= '9' || r == '_' || r == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// smiColumns finds the fields of SMIQuery among the names of a header.
+func smiColumns(names []string) ([]int, error) {
+	columns := make([]int, len(smiFields))
+	var missing []string
+	for i, f := range smiFields {
+		if columns[i] = slices.Index(names, f); columns[i] < 0 {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("the header has no column for %s (the fields of %s are needed)", strings.Join(missing, ", "), SMIQuery)
+	}
+	return columns, nil
 }
 
 func parseSMIRecord(f []string) (GPU, error) {

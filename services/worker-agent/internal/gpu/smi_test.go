@@ -91,6 +91,110 @@ func TestParseSMIFixtures(t *testing.T) {
 	require.Equal(t, ptr(100), gpus[1].UtilizationPercent)
 }
 
+// Fixtures recorded from real drivers (see testdata/nvidia-smi/README.md for where each one
+// comes from); the values asserted are the ones written in the recorded text.
+const (
+	maskedUUID = "GPU-00000000-0000-0000-0000-000000000000" // as the capture masked it
+	h100       = "NVIDIA H100 80GB HBM3"
+)
+
+func TestParseSMIRecorded(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		file  string
+		gpus  []gpu.GPU
+		notes []string
+	}{
+		// `--format=csv` with a header and units, 212 fields of which ours are 7: index 29th,
+		// uuid 7th, name 5th, "81559 MiB", "0 MiB", "0 %", temperature.gpu "41" (no unit).
+		{file: "recorded-h100-80gb-hbm3-590.48.01-capture-nvidia_gpu_exporter.csv", gpus: []gpu.GPU{
+			{Index: 0, UUID: maskedUUID, Model: h100, MemoryTotalBytes: 81559 * mib, MemoryUsedBytes: 0, UtilizationPercent: ptr(0), TemperatureCelsius: ptr(41)},
+		}},
+		// The same GPU in MIG mode (mig.mode.current "Enabled"): utilization.gpu is "[N/A]".
+		{file: "recorded-h100-80gb-hbm3-mig-590.48.01-capture-nvidia_gpu_exporter.csv", gpus: []gpu.GPU{
+			{Index: 0, UUID: maskedUUID, Model: h100, MemoryTotalBytes: 81559 * mib, MemoryUsedBytes: 59 * mib, UtilizationPercent: nil, TemperatureCelsius: ptr(42)},
+		}},
+		// nvidia-smi's messages come back as notes, word for word.
+		{file: "recorded-no-devices-issue-open-gpu-kernel-modules-862.txt", notes: []string{"No devices were found"}},
+		{file: "recorded-driver-not-loaded-issue-mattshma-bigdata-108.txt", notes: []string{"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running."}},
+		{file: "recorded-gpu-unknown-error-issue-syno_nvidia_gpu_driver-22.txt", notes: []string{"Unable to determine the device handle for GPU0000:07:00.0: Unknown Error"}},
+		{file: "recorded-gpu-lost-issue-OWOD-81.txt", notes: []string{"Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost. Reboot the system to recover this GPU"}},
+	} {
+		gpus, notes, err := gpu.ParseSMI(fixture(t, tc.file))
+		require.NoError(t, err, tc.file)
+		require.Equal(t, tc.gpus, gpus, tc.file)
+		require.Equal(t, tc.notes, notes, tc.file)
+	}
+
+	// A recorded header of another field list (name, pci.bus, index, uuid: five GeForce GPUs)
+	// has no memory, utilisation or temperature: rejected, saying which columns are missing,
+	// rather than read as GPUs without memory.
+	_, _, err := gpu.ParseSMI(fixture(t, "recorded-5-geforce-header-pr-nuxhash-10.csv"))
+	require.ErrorContains(t, err, `line 1 "name, pci.bus, index, uuid": the header has no column for memory.total, memory.used, utilization.gpu, temperature.gpu`)
+}
+
+// TestSMIDetectRecordedMessages runs the stand-in with the recorded messages and the exit
+// statuses nvidia-smi's manual page gives for them (6: no GPU found, 9: driver not loaded,
+// 15: GPU lost); the statuses were not part of the recordings.
+func TestSMIDetectRecordedMessages(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+
+	inv, err := (&gpu.SMI{Path: standIn(t, "recorded-no-devices-issue-open-gpu-kernel-modules-862.txt", 6)}).Detect(ctx)
+	require.NoError(t, err)
+	require.Empty(t, inv.GPUs)
+
+	_, err = (&gpu.SMI{Path: standIn(t, "recorded-driver-not-loaded-issue-mattshma-bigdata-108.txt", 9)}).Detect(ctx)
+	require.ErrorIs(t, err, gpu.ErrNoDriver)
+	require.ErrorContains(t, err, "exited with status 9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.")
+
+	// The only GPU lost: nothing was read, so there is no usable driver, and the reason is
+	// nvidia-smi's own words.
+	_, err = (&gpu.SMI{Path: standIn(t, "recorded-gpu-lost-issue-OWOD-81.txt", 15)}).Detect(ctx)
+	require.ErrorIs(t, err, gpu.ErrNoDriver)
+	require.ErrorContains(t, err, "exited with status 15: Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost. Reboot the system to recover this GPU")
+
+	_, err = (&gpu.SMI{Path: standIn(t, "recorded-gpu-unknown-error-issue-syno_nvidia_gpu_driver-22.txt", 15)}).Detect(ctx)
+	require.ErrorIs(t, err, gpu.ErrNoDriver)
+	require.ErrorContains(t, err, "Unable to determine the device handle for GPU0000:07:00.0: Unknown Error")
+}
+
+func TestParseSMIHeader(t *testing.T) {
+	t.Parallel()
+	// Our fields with a header, units, in another order and among other columns, a message
+	// line among the records and CRLF line ends.
+	out := "uuid, temperature.gpu, index, pci.bus_id, name, memory.used [MiB], utilization.gpu [%], memory.total [MiB]\r\n" +
+		"GPU-a, 35, 1, 00000000:17:00.0, NVIDIA L4, 1024 MiB, 7 %, 23034 MiB\r\n" +
+		"Unable to determine the device handle for GPU0000:18:00.0: Unknown Error\r\n" +
+		"GPU-b, [N/A], 2, 00000000:19:00.0, NVIDIA L4, [N/A], [N/A], 23034 MiB\r\n"
+	gpus, notes, err := gpu.ParseSMI([]byte(out))
+	require.NoError(t, err)
+	require.Equal(t, []gpu.GPU{
+		{Index: 1, UUID: "GPU-a", Model: "NVIDIA L4", MemoryTotalBytes: 23034 * mib, MemoryUsedBytes: 1024 * mib, UtilizationPercent: ptr(7), TemperatureCelsius: ptr(35)},
+		{Index: 2, UUID: "GPU-b", Model: "NVIDIA L4", MemoryTotalBytes: 23034 * mib},
+	}, gpus)
+	require.Equal(t, []string{"Unable to determine the device handle for GPU0000:18:00.0: Unknown Error"}, notes)
+
+	// The header of our own query without noheader: the columns in our order.
+	gpus, _, err = gpu.ParseSMI([]byte("index, uuid, name, memory.total [MiB], memory.used [MiB], utilization.gpu [%], temperature.gpu\n" +
+		"0, GPU-x, NVIDIA A100-SXM4-80GB, 81920 MiB, 4 MiB, 0 %, 31\n"))
+	require.NoError(t, err)
+	require.Equal(t, []gpu.GPU{{Index: 0, UUID: "GPU-x", Model: "NVIDIA A100-SXM4-80GB", MemoryTotalBytes: 81920 * mib, MemoryUsedBytes: 4 * mib, UtilizationPercent: ptr(0), TemperatureCelsius: ptr(31)}}, gpus)
+
+	for in, msg := range map[string]string{
+		// A record with more or fewer fields than the header names.
+		"index, uuid, name, memory.total [MiB], memory.used [MiB], utilization.gpu [%], temperature.gpu\n0, GPU-x, Tesla T4, PCIe, 15360 MiB, 0 MiB, 5 %, 40\n": `line 2 "0, GPU-x, Tesla T4, PCIe, 15360 MiB, 0 MiB, 5 %, 40": 8 fields, the header names 7`,
+		"index, uuid, name, memory.total [MiB], memory.used [MiB], utilization.gpu [%], temperature.gpu\n0, GPU-x, NVIDIA L4\n":                                 `line 2 "0, GPU-x, NVIDIA L4": 3 fields, the header names 7`,
+		"uuid, index, name, memory.total, memory.used, utilization.gpu, temperature.gpu\nGPU-x, first, L4, 1, 2, 3, 4\n":                                        `index "first" is not a GPU index`,
+		"index, uuid\n0, GPU-x\n": "the header has no column for name, memory.total, memory.used, utilization.gpu, temperature.gpu",
+		// Without a header, a record that starts with an index but lacks fields.
+		"0, GPU-x, NVIDIA L4, 23034\n": `line 1 "0, GPU-x, NVIDIA L4, 23034": 4 fields, the query (index,uuid,name,memory.total,memory.used,utilization.gpu,temperature.gpu) asks for 7`,
+	} {
+		_, _, err := gpu.ParseSMI([]byte(in))
+		require.ErrorContains(t, err, msg, in)
+	}
+}
+
 func TestParseSMIVariants(t *testing.T) {
 	t.Parallel()
 	// Units left in (csv without nounits), a name with a comma, bare N/A, CRLF.
