@@ -41,6 +41,12 @@ func TestTmpPlan2(t *testing.T) {
 		require.NoError(t, err)
 		t.Logf("finish of %d: %v", len(ps), time.Since(start))
 	}
+	_, err = st.pool.Exec(ctx, `UPDATE runs SET state = 3 WHERE id IN (SELECT run_id FROM run_queue LIMIT 90000)`)
+	require.NoError(t, err)
+	_, err = st.pool.Exec(ctx, `DELETE FROM run_queue WHERE run_id IN (SELECT id FROM runs WHERE state = 3)`)
+	require.NoError(t, err)
+	_, err = st.pool.Exec(ctx, `VACUUM ANALYZE runs, run_queue`)
+	require.NoError(t, err)
 	cs, err := st.ClaimRuns(ctx, ClaimParams{WorkerID: "w", SlotType: "cpu", Limit: 4, LeaseTTL: time.Minute})
 	require.NoError(t, err)
 	ids := []uuid.UUID{}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -114,14 +113,16 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 
 // claimStatement is the statement that turns chosen queue rows into claims: it deletes the
 // queue rows, gives the runs their lease and a new epoch, logs the transition and returns
-// the claims. ids is a SQL expression usable as `id = <ids>`/`IN`; $2 is the worker, $3 the
+// the claims. ids is an `ANY(…)` expression of the chosen run ids; $2 is the worker, $3 the
 // lease in milliseconds. cte, when set, is a leading CTE (ending with a comma) that ids may
 // refer to.
+//
+// Rows are matched with `= ANY(array)`, never `IN (subquery)`: an index probe per id
+// whatever the statistics say. With statistics taken while the queue was empty the planner
+// ran `IN (SELECT … FROM cand)` as a nested loop over every queued row (33 ms per claim of
+// 30 runs with 3,500 queued).
 func claimStatement(cte, ids, limited string) string {
 	match := "= " + ids
-	if strings.HasPrefix(ids, "(") {
-		match = "IN " + ids
-	}
 	return `
 		WITH ` + cte + ` d AS (
 			DELETE FROM run_queue WHERE run_id ` + match + ` RETURNING run_id
@@ -162,7 +163,7 @@ func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, 
 	rows, err := s.pool.Query(ctx, claimStatement(`cand AS (
 			SELECT c.run_id FROM agentserver_claim_candidates($1, $4, $5) AS c(run_id)
 			WHERE NOT EXISTS (SELECT 1 FROM assistant_load)
-		),`, "(SELECT run_id FROM cand)", "false"),
+		),`, "ANY(ARRAY(SELECT run_id FROM cand))", "false"),
 		p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
 	if err != nil {
 		return nil, false, err
@@ -511,10 +512,12 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 		WITH u AS (
 			UPDATE runs r SET state = 3, output = i.output, error = '', end_time = now()
 			FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS i(id, epoch, output)
-			WHERE r.id = i.id AND r.epoch = i.epoch AND r.state = 2 AND NOT r.limited AND r.thread_id IS NULL
+			-- r.id = ANY($1): an index probe per run whatever the statistics say.
+			WHERE r.id = ANY($1) AND r.id = i.id AND r.epoch = i.epoch AND r.state = 2
+				AND NOT r.limited AND r.thread_id IS NULL
 			RETURNING r.id, r.tenant_id
 		), l AS (
-			DELETE FROM run_leases WHERE run_id IN (SELECT id FROM u)
+			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
 		), e AS (
 			-- The worker's events in their order, then the state events: one INSERT, so
 			-- the log's seq follows that order.
@@ -818,7 +821,7 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 			LIMIT $1
 			FOR UPDATE OF l, r SKIP LOCKED
 		), dl AS (
-			DELETE FROM run_leases WHERE run_id IN (SELECT id FROM due)
+			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM due))
 		), u AS (
 			UPDATE runs r SET
 				state = CASE
@@ -936,6 +939,7 @@ func (s *Store) AppendRunEvents(ctx context.Context, evs []EventParams) ([]Lease
 		SELECT r.id, r.tenant_id, e.type, e.data
 		FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS e(run_id, epoch, type, data, ord)
 		JOIN runs r ON r.id = e.run_id AND r.epoch = e.epoch AND r.state = 2
+		WHERE r.id = ANY($1)
 		ORDER BY e.ord
 		FOR SHARE OF r
 		RETURNING run_id`, ids, epochs, types, datas)
