@@ -64,6 +64,35 @@ func TestNVMLThroughStandInLibrary(t *testing.T) {
 	require.ErrorContains(t, err, "nvmlInit: Driver Not Loaded (NVML error 9)")
 }
 
+// TestNVMLRecordedH100 reads, through the stand-in library, the values `nvidia-smi -q`
+// printed on a real H100 80GB HBM3 with driver 590.48.01 (captures of
+// utkuozdemir/nvidia_gpu_exporter; testdata/NVML.md gives the file, commit and line of each).
+// The library is ours; only its answers are recorded. nvidia-smi prints whole MiB, so bytes
+// are MiB << 20 here: what lies below a MiB was not recorded.
+func TestNVMLRecordedH100(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		define string
+		gpu    gpu.GPU
+	}{
+		// idle :: query (-q): FB Memory Usage Total 81559 MiB, Reserved 479 MiB, Used 0 MiB;
+		// Utilization GPU 0 %; GPU Current Temp 41 C. Used excludes the 479 MiB reserved
+		// (memory v2), as nvidia-smi's Used line does.
+		{"-DRECORDED_H100", gpu.GPU{Index: 0, UUID: maskedUUID, Model: h100, MemoryTotalBytes: 81559 * mib, MemoryUsedBytes: 0, UtilizationPercent: ptr(0), TemperatureCelsius: ptr(41)}},
+		// load :: query (-q), same GPU: Used 19818 MiB (Reserved 479 MiB); GPU 100 %; 59 C.
+		{"-DRECORDED_H100_LOAD", gpu.GPU{Index: 0, UUID: maskedUUID, Model: h100, MemoryTotalBytes: 81559 * mib, MemoryUsedBytes: 19818 * mib, UtilizationPercent: ptr(100), TemperatureCelsius: ptr(59)}},
+		// MIG capture, idle :: query (-q): MIG Mode Current Enabled, Utilization GPU N/A
+		// (nil, not 0); Used 59 MiB (Reserved 479 MiB); 42 C.
+		{"-DRECORDED_H100_MIG", gpu.GPU{Index: 0, UUID: maskedUUID, Model: h100, MemoryTotalBytes: 81559 * mib, MemoryUsedBytes: 59 * mib, UtilizationPercent: nil, TemperatureCelsius: ptr(42)}},
+	} {
+		n := gpu.NewNVML(fakeNVML(t, tc.define))
+		inv, err := n.Detect(t.Context())
+		require.NoError(t, err, tc.define)
+		require.Equal(t, gpu.Inventory{Source: gpu.SourceNVML, DriverVersion: "590.48.01", GPUs: []gpu.GPU{tc.gpu}}, inv, tc.define)
+		require.NoError(t, n.Close())
+	}
+}
+
 func TestNVMLMissingLibrary(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "libnvidia-ml.so.1")
