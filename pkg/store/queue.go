@@ -359,22 +359,11 @@ func (s *Store) FinishRun(ctx context.Context, p FinishParams) (FinishResult, er
 	return res[0], errs[0]
 }
 
-// FinishRuns records the ends of several executions in one transaction (group commit),
-// each fenced like FinishRun: errs[i] is ErrStaleEpoch where item i was refused. err is
-// set, and nothing is written, when the transaction itself fails.
-func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) (res []FinishResult, errs []error, err error) {
-	for attempt := 1; ; attempt++ {
-		res, errs, err = s.finishRuns(ctx, ps)
-		var pgErr *pgconn.PgError
-		// Two batches that end runs of the same limited assistants or threads in another
-		// order can deadlock on those rows; the loser is rolled back whole and may retry.
-		if err != nil && errors.As(err, &pgErr) && pgErr.Code == "40P01" && attempt < 3 {
-			continue
-		}
-		return res, errs, err
-	}
-}
-
+// FinishRuns records the ends of several executions together (group commit), each fenced
+// like FinishRun: errs[i] is ErrStaleEpoch where item i was refused. Successes of runs
+// neither on a thread nor limited are written by one statement, the rest by one
+// transaction. err is set when a write fails; what that write held is not written, and a
+// caller that sends the whole batch again gets ErrStaleEpoch for the items already ended.
 type finishRow struct {
 	i                    int
 	attempt, maxAttempts int32
@@ -383,7 +372,7 @@ type finishRow struct {
 	thread               string
 }
 
-func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
+func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
 	res := make([]FinishResult, len(ps))
 	errs := make([]error, len(ps))
 	states := make([][]byte, len(ps))
@@ -426,7 +415,28 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 	if len(order) == 0 {
 		return res, errs, nil
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// Two batches that end runs of the same limited assistants or threads in another order
+	// can deadlock on those rows; the loser is rolled back whole and retried (only this
+	// transaction: the successes written above stay written).
+	for attempt := 1; ; attempt++ {
+		err = s.finishLocked(ctx, ps, states, order, res, errs)
+		var pgErr *pgconn.PgError
+		if err != nil && errors.As(err, &pgErr) && pgErr.Code == "40P01" && attempt < 3 {
+			continue
+		}
+		break
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
+	}
+	return res, errs, nil
+}
+
+// finishLocked ends ps[order] in one transaction: it locks the runs in id order, marks
+// the stale claims in errs, and writes each run's events and end in (assistant, thread)
+// order.
+func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]byte, order []int, res []FinishResult, errs []error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		lock := &pgx.Batch{}
 		for _, i := range order {
 			lock.Queue(`SELECT attempt, max_attempts, cancel_requested, tenant_id, assistant_id, coalesce(thread_id, '')
@@ -473,10 +483,6 @@ func (s *Store) finishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 		}
 		return tx.SendBatch(ctx, write).Close()
 	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
-	}
-	return res, errs, nil
 }
 
 // finishSucceeded ends the successful runs among ps[order] in one statement (one round
