@@ -625,8 +625,8 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 	s.kick()
 	_, errs, err := s.store.FinishRuns(ctx, params)
 	if err != nil {
-		// Nothing was written and nothing acknowledged: the worker resends after it
-		// reconnects.
+		// Nothing acknowledged: the worker resends after it reconnects; results that were
+		// written all the same are then refused as stale and acknowledged.
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	for i, p := range params {
