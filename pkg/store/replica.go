@@ -86,6 +86,7 @@ func openReplica(ctx context.Context, url string, o openOptions) (*replica, erro
 		// falls back to the primary.
 		cfg.ConnConfig.ConnectTimeout = 2 * time.Second
 	}
+	cfg.AfterConnect = registerUUID
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("read replica: %w", err)
