@@ -603,3 +603,51 @@ func TestFinishRunsTwiceInOneBatchEndsOnce(t *testing.T) {
 	}
 	require.Equal(t, 1, terminal)
 }
+
+// Runs waiting on a thread start in submission order; a waiting run cancelled while the
+// active run ends (concurrently: the two can deadlock and are retried) is never promoted,
+// and the next one is.
+func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	for round := range 10 {
+		thread := fmt.Sprintf("t%d", round)
+		_, err := st.CreateThread(t.Context(), tenant, thread, nil, nil)
+		require.NoError(t, err)
+		active := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: thread})[0]
+		x := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: thread, Multitask: store.MultitaskEnqueue})[0]
+		y := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: thread, Multitask: store.MultitaskEnqueue})[0]
+		c := claim(t, st, "w", "cpu", 10)
+		require.Len(t, c, 1, "only the active run of the thread is queued")
+		require.Equal(t, active.ID, c[0].Run.ID)
+
+		var wg sync.WaitGroup
+		var cancelErr, finishErr error
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, cancelErr = st.CancelRun(t.Context(), tenant, x.ID)
+		}()
+		go func() {
+			defer wg.Done()
+			_, finishErr = st.FinishRun(t.Context(), store.FinishParams{RunID: active.ID, Epoch: c[0].Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{}})
+		}()
+		wg.Wait()
+		require.NoError(t, cancelErr)
+		require.NoError(t, finishErr)
+
+		got, err := st.GetRun(t.Context(), tenant, x.ID)
+		require.NoError(t, err)
+		require.Equal(t, store.StateCancelled, got.State)
+		th, err := st.GetThread(t.Context(), tenant, thread)
+		require.NoError(t, err)
+		require.NotNil(t, th.ActiveRunID)
+		require.Equal(t, y.ID, *th.ActiveRunID, "the next waiting run is promoted, never the cancelled one")
+		c = claim(t, st, "w", "cpu", 10)
+		require.Len(t, c, 1)
+		require.Equal(t, y.ID, c[0].Run.ID)
+		_, err = st.FinishRun(t.Context(), store.FinishParams{RunID: y.ID, Epoch: c[0].Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{}})
+		require.NoError(t, err)
+	}
+}
