@@ -418,3 +418,19 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// WriteExecutable writes an executable file (a script the test will run) without this
+// process ever holding it open for writing. A file written with os.WriteFile and run while
+// a parallel test forks can fail with "text file busy": the child forked meanwhile holds
+// the write descriptor until it execs (Go issue 22315). The content goes to a private
+// temporary file, and a child process (install) writes the executable itself.
+func WriteExecutable(t testing.TB, path string, content []byte) {
+	t.Helper()
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".executable-*")
+	require.NoError(t, err)
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(content)
+	require.NoError(t, errors.Join(err, tmp.Close()))
+	out, err := exec.Command("install", "-m", "0755", tmp.Name(), path).CombinedOutput()
+	require.NoError(t, err, "installing %s: %s", path, out)
+}

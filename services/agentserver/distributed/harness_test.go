@@ -104,7 +104,7 @@ func newCluster(t *testing.T) *cluster {
 	require.NoError(t, err)
 	c.script = filepath.Join(c.dir, "executor.py")
 	c.records = filepath.Join(c.dir, "records.jsonl")
-	require.NoError(t, os.WriteFile(c.script, []byte(executorScript), 0o755))
+	proctest.WriteExecutable(t, c.script, []byte(executorScript))
 	require.NoError(t, store.Migrate(t.Context(), c.dbURL))
 	c.db, err = store.Open(t.Context(), c.dbURL)
 	require.NoError(t, err)

@@ -78,7 +78,7 @@ func newCluster(t *testing.T) *cluster {
 	c := &cluster{t: t, dir: t.TempDir(), dbURL: pgtest.NewDatabase(t)}
 	c.records = filepath.Join(c.dir, "records.jsonl")
 	c.script = filepath.Join(c.dir, "executor.py")
-	require.NoError(t, os.WriteFile(c.script, []byte(executorScript), 0o755))
+	proctest.WriteExecutable(t, c.script, []byte(executorScript))
 	c.procs = proctest.NewGroup(t)
 
 	httpAddr, grpcAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)

@@ -207,7 +207,7 @@ func TestBurstScalesUpThenBackDown(t *testing.T) {
 
 	// The autoscaler, its policy, and a process driver of worker-agents for pool cpu.
 	script := filepath.Join(dir, "sleeper.py")
-	require.NoError(t, os.WriteFile(script, []byte(sleeper), 0o755))
+	proctest.WriteExecutable(t, script, []byte(sleeper))
 	policyFile, driverFile := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "driver.yaml")
 	require.NoError(t, os.WriteFile(policyFile, []byte(policyYAML), 0o600))
 	require.NoError(t, os.WriteFile(driverFile, fmt.Appendf(nil, `kind: process

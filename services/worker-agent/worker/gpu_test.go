@@ -23,6 +23,8 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
+
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // testdata is the worker-agent's testdata directory (fixtures and stand-ins).
@@ -360,7 +362,7 @@ func TestProbeCommand(t *testing.T) {
 		dir := t.TempDir()
 		script, err := os.ReadFile(filepath.Join(testdata, "fake-nvidia-smi"))
 		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "nvidia-smi"), script, 0o755))
+		proctest.WriteExecutable(t, filepath.Join(dir, "nvidia-smi"), script)
 		output, err := os.ReadFile(filepath.Join(testdata, "nvidia-smi", fixture))
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "nvidia-smi.output"), output, 0o644))

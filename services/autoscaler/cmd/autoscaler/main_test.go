@@ -21,6 +21,8 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a poller.
@@ -133,7 +135,7 @@ func TestRunScalesThroughTheCommandDriver(t *testing.T) {
 	dir := t.TempDir()
 	calls := filepath.Join(dir, "calls.log")
 	script := filepath.Join(dir, "scale.sh")
-	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\necho \"$POOL=$COUNT\" >> "+calls+"\n"), 0o755))
+	proctest.WriteExecutable(t, script, []byte("#!/bin/sh\necho \"$POOL=$COUNT\" >> "+calls+"\n"))
 	driverFile := filepath.Join(dir, "driver.yaml")
 	require.NoError(t, os.WriteFile(driverFile, []byte("kind: command\ncommand:\n  pools: [cpu]\n  scale: ["+script+"]\n"), 0o600))
 	policyFile := filepath.Join(dir, "policy.yaml")
@@ -222,7 +224,7 @@ func TestRunReadsTheSchedulersOverGRPC(t *testing.T) {
 	dir := t.TempDir()
 	calls := filepath.Join(dir, "calls.log")
 	script := filepath.Join(dir, "scale.sh")
-	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\necho \"$POOL=$COUNT\" >> "+calls+"\n"), 0o755))
+	proctest.WriteExecutable(t, script, []byte("#!/bin/sh\necho \"$POOL=$COUNT\" >> "+calls+"\n"))
 	driverFile := filepath.Join(dir, "driver.yaml")
 	require.NoError(t, os.WriteFile(driverFile, []byte("kind: command\ncommand:\n  pools: [cpu]\n  scale: ["+script+"]\n  initial: {cpu: 1}\n"), 0o600))
 	policyFile := filepath.Join(dir, "policy.yaml")

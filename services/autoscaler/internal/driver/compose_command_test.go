@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // recorder is a Runner that records command lines and answers from a script.
@@ -97,7 +99,7 @@ func TestComposeErrors(t *testing.T) {
 func writeScript(t *testing.T, dir, name, body string) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
-	require.NoError(t, os.WriteFile(path, []byte("#!/bin/sh\nset -eu\n"+body), 0o755))
+	proctest.WriteExecutable(t, path, []byte("#!/bin/sh\nset -eu\n"+body))
 	return path
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentserver/agentserver/pkg/proctest"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
 )
 
@@ -38,7 +39,7 @@ func standIn(t *testing.T, fixtureName string, status int) string {
 	script, err := os.ReadFile(filepath.Join(testdata, "fake-nvidia-smi"))
 	require.NoError(t, err)
 	path := filepath.Join(dir, "nvidia-smi")
-	require.NoError(t, os.WriteFile(path, script, 0o755))
+	proctest.WriteExecutable(t, path, script)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "nvidia-smi.output"), fixture(t, fixtureName), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "nvidia-smi.exit"), []byte(strconv.Itoa(status)), 0o644))
 	return path
