@@ -22,9 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
-	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
-
 	"github.com/agentserver/agentserver/pkg/proctest"
+	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
 )
 
 // testdata is the worker-agent's testdata directory (fixtures and stand-ins).

@@ -21,7 +21,6 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
-
 	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
