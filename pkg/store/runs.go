@@ -358,23 +358,16 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit 
 // Cancelling a finished run changes nothing. It returns the run as it is after the call.
 func (s *Store) CancelRun(ctx context.Context, tenant string, id uuid.UUID) (*Run, error) {
 	var out *Run
-	var err error
-	for attempt := 1; ; attempt++ {
-		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// Cancelling a run waiting on a thread while the thread's active run ends can deadlock
+	// (the ending run's trigger locks the waiting run to promote it; the cancel's trigger
+	// waits for the thread row): PostgreSQL rolls one back, and the cancel is tried again.
+	err := retryDeadlock(func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
 			out, err = cancelInTx(ctx, tx, tenant, id)
 			return err
 		})
-		// Cancelling a run waiting on a thread while the thread's active run ends can
-		// deadlock (the ending run's trigger locks the waiting run to promote it; the
-		// cancel's trigger waits for the thread row): PostgreSQL rolls one back, and the
-		// cancel is simply tried again.
-		var pgErr *pgconn.PgError
-		if err != nil && errors.As(err, &pgErr) && pgErr.Code == "40P01" && attempt < 3 {
-			continue
-		}
-		break
-	}
+	})
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrNotFound
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -141,4 +142,16 @@ func migrateDB(ctx context.Context, db *sql.DB) error {
 // collect reads every row with scan (scanRun, scanAssistant, ...) and closes rows.
 func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (T, error) { return scan(row) })
+}
+
+// retryDeadlock runs tx, a whole transaction, again when PostgreSQL rolled it back to
+// break a deadlock (SQLSTATE 40P01), at most three times in all.
+func retryDeadlock(tx func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := tx()
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "40P01" || attempt == 3 {
+			return err
+		}
+	}
 }
