@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Claim is a run handed to a worker: the run, the flow of its assistant version and the
@@ -375,13 +374,23 @@ type finishRow struct {
 func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
 	res := make([]FinishResult, len(ps))
 	errs := make([]error, len(ps))
+	// Encoded once for both paths (and for a retried transaction): each item's state and
+	// the data of each of its events.
 	states := make([][]byte, len(ps))
+	events := make([][][]byte, len(ps))
 	for i, p := range ps {
 		if p.State != nil {
 			var err error
 			if states[i], err = json.Marshal(p.State); err != nil {
 				return nil, nil, fmt.Errorf("encoding state of run %s: %w", p.RunID, err)
 			}
+		}
+		for _, e := range p.Events {
+			b, err := json.Marshal(e.Data)
+			if err != nil {
+				return nil, nil, fmt.Errorf("encoding event of run %s: %w", p.RunID, err)
+			}
+			events[i] = append(events[i], b)
 		}
 	}
 	// Lock the runs in id order, every batch the same way.
@@ -408,7 +417,7 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 		unique = append(unique, i)
 	}
 	order = unique
-	order, err := s.finishSucceeded(ctx, ps, states, order, res)
+	order, err := s.finishSucceeded(ctx, ps, states, events, order, res)
 	if err != nil {
 		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
 	}
@@ -418,14 +427,7 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 	// Two batches that end runs of the same limited assistants or threads in another order
 	// can deadlock on those rows; the loser is rolled back whole and retried (only this
 	// transaction: the successes written above stay written).
-	for attempt := 1; ; attempt++ {
-		err = s.finishLocked(ctx, ps, states, order, res, errs)
-		var pgErr *pgconn.PgError
-		if err != nil && errors.As(err, &pgErr) && pgErr.Code == "40P01" && attempt < 3 {
-			continue
-		}
-		break
-	}
+	err = retryDeadlock(func() error { return s.finishLocked(ctx, ps, states, events, order, res, errs) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
 	}
@@ -435,7 +437,7 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 // finishLocked ends ps[order] in one transaction: it locks the runs in id order, marks
 // the stale claims in errs, and writes each run's events and end in (assistant, thread)
 // order.
-func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]byte, order []int, res []FinishResult, errs []error) error {
+func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult, errs []error) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		lock := &pgx.Batch{}
 		for _, i := range order {
@@ -469,13 +471,9 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 		})
 		write := &pgx.Batch{}
 		for _, r := range rows {
-			for _, e := range ps[r.i].Events {
-				b, err := json.Marshal(e.Data)
-				if err != nil {
-					return fmt.Errorf("encoding event of run %s: %w", ps[r.i].RunID, err)
-				}
+			for k, e := range ps[r.i].Events {
 				write.Queue(`INSERT INTO run_events (run_id, tenant_id, type, data) VALUES ($1, $2, $3, $4)`,
-					ps[r.i].RunID, r.tenant, e.Type, b)
+					ps[r.i].RunID, r.tenant, e.Type, events[r.i][k])
 			}
 			if err := queueFinish(write, ps[r.i], states[r.i], r, &res[r.i]); err != nil {
 				return err
@@ -490,7 +488,7 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 // not claimed under a concurrency limit, so no trigger fires and no lock order matters.
 // It returns the indexes it did not finish (other outcomes, runs on threads or limited,
 // and stale claims), which take the general path.
-func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [][]byte, order []int, res []FinishResult) ([]int, error) {
+func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult) ([]int, error) {
 	var ids []uuid.UUID
 	var epochs []int64
 	var outputs [][]byte
@@ -502,12 +500,8 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 			ids = append(ids, ps[i].RunID)
 			epochs = append(epochs, ps[i].Epoch)
 			outputs = append(outputs, states[i])
-			for _, e := range ps[i].Events {
-				b, err := json.Marshal(e.Data)
-				if err != nil {
-					return nil, fmt.Errorf("encoding event of run %s: %w", ps[i].RunID, err)
-				}
-				evRuns, evTypes, evData = append(evRuns, ps[i].RunID), append(evTypes, e.Type), append(evData, b)
+			for k, e := range ps[i].Events {
+				evRuns, evTypes, evData = append(evRuns, ps[i].RunID), append(evTypes, e.Type), append(evData, events[i][k])
 			}
 		}
 	}
