@@ -437,10 +437,15 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 	var results []*schedulerv1.RunResult
 	var rest []*schedulerv1.ConnectRequest
 	var heartbeat *schedulerv1.ConnectRequest
-	finishing := make(map[string]bool)
+	// The claims (run name, epoch) whose result is in this batch.
+	type claim struct {
+		run   string
+		epoch int64
+	}
+	finishing := make(map[claim]bool)
 	for _, m := range batch {
 		if r := m.GetResult(); r != nil {
-			finishing[fmt.Sprintf("%s@%d", r.GetRun(), r.GetEpoch())] = true
+			finishing[claim{r.GetRun(), r.GetEpoch()}] = true
 		}
 	}
 	var withResult map[store.Lease][]store.Event
@@ -451,7 +456,7 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 			if err != nil {
 				return status.Error(codes.InvalidArgument, err.Error())
 			}
-			if finishing[fmt.Sprintf("%s@%d", msg.Event.GetRun(), msg.Event.GetEpoch())] {
+			if finishing[claim{msg.Event.GetRun(), msg.Event.GetEpoch()}] {
 				if withResult == nil {
 					withResult = make(map[store.Lease][]store.Event)
 				}
