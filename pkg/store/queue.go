@@ -65,7 +65,7 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 		return claims, nil
 	}
 	var claims []*Claim
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
 		// Saturated assistants are skipped by a primary-key probe per queued row (not an
 		// anti-join, which became a scan and sort of every queued row); the function pins
 		// the ordered scan of run_queue_claim that stops at the limit (migration 9).
@@ -159,7 +159,7 @@ func claimStatement(cte, ids, limited string) string {
 func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, ok bool, err error) {
 	// agentserver_claim_candidates (migration 8) is the ordered, locking scan of the
 	// queue with its plan pinned; the one-time filter skips it when limits exist.
-	rows, err := s.pool.Query(ctx, claimStatement(`cand AS (
+	rows, err := s.hot.Query(ctx, claimStatement(`cand AS (
 			SELECT c.run_id FROM agentserver_claim_candidates($1, $4, $5) AS c(run_id)
 			WHERE NOT EXISTS (SELECT 1 FROM assistant_load)
 		),`, "ANY(ARRAY(SELECT run_id FROM cand))", "false"),
@@ -175,7 +175,7 @@ func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, 
 	}
 	// Nothing claimed: an empty queue, or limits exist and the fast path stood aside.
 	var limits bool
-	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM assistant_load)`).Scan(&limits); err != nil {
+	if err := s.hot.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM assistant_load)`).Scan(&limits); err != nil {
 		return nil, false, err
 	}
 	return nil, !limits, nil
@@ -278,7 +278,7 @@ func (s *Store) RenewLeases(ctx context.Context, held map[string][]Lease, ttl ti
 		return nil, nil
 	}
 	// A run_leases row exists exactly while its run is RUNNING under that epoch.
-	rows, err := s.pool.Query(ctx, `UPDATE run_leases l SET expire_time = now() + $4 * interval '1 millisecond'
+	rows, err := s.hot.Query(ctx, `UPDATE run_leases l SET expire_time = now() + $4 * interval '1 millisecond'
 		FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS h(id, epoch, worker_id)
 		WHERE l.run_id = h.id AND l.epoch = h.epoch AND l.worker_id = h.worker_id
 		RETURNING l.run_id, l.epoch`, ids, epochs, workers, ttl.Milliseconds())
@@ -438,7 +438,7 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 // the stale claims in errs, and writes each run's events and end in (assistant, thread)
 // order.
 func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult, errs []error) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
 		lock := &pgx.Batch{}
 		for _, i := range order {
 			lock.Queue(`SELECT attempt, max_attempts, cancel_requested, tenant_id, assistant_id, coalesce(thread_id, '')
@@ -508,7 +508,7 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	if len(ids) == 0 {
 		return order, nil
 	}
-	rows, err := s.pool.Query(ctx, `
+	rows, err := s.hot.Query(ctx, `
 		WITH u AS (
 			UPDATE runs r SET state = 3, output = i.output, error = '', end_time = now()
 			FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS i(id, epoch, output)
@@ -934,7 +934,7 @@ func (s *Store) AppendRunEvents(ctx context.Context, evs []EventParams) ([]Lease
 		}
 		ids[i], epochs[i], types[i], datas[i] = e.RunID, e.Epoch, e.Type, b
 	}
-	rows, err := s.pool.Query(ctx, `
+	rows, err := s.hot.Query(ctx, `
 		INSERT INTO run_events (run_id, tenant_id, type, data)
 		SELECT r.id, r.tenant_id, e.type, e.data
 		FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS e(run_id, epoch, type, data, ord)

@@ -329,19 +329,27 @@ type RunCursor struct {
 // ListRuns returns up to limit runs, newest first, after the cursor (nil = from the top).
 // It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit int, after *RunCursor) ([]*Run, error) {
-	var afterTime *time.Time
-	var afterID *uuid.UUID
-	if after != nil {
-		afterTime, afterID = &after.CreateTime, &after.ID
+	// The statement names only the filters that are set, each combination its own prepared
+	// statement: PostgreSQL turns to a generic plan once it looks no costlier than the custom
+	// ones, and a generic plan of "($3 = '' OR assistant_id = $3)" cannot use
+	// runs_list_assistant.
+	sql := `SELECT ` + runColumns + ` FROM runs WHERE tenant_id = $1`
+	args := []any{tenant, limit}
+	if f.State != 0 {
+		args = append(args, f.State)
+		sql += fmt.Sprintf(" AND state = $%d", len(args))
 	}
+	if f.AssistantID != "" {
+		args = append(args, f.AssistantID)
+		sql += fmt.Sprintf(" AND assistant_id = $%d", len(args))
+	}
+	if after != nil {
+		args = append(args, after.CreateTime, after.ID)
+		sql += fmt.Sprintf(" AND (create_time, id) < ($%d, $%d)", len(args)-1, len(args))
+	}
+	sql += " ORDER BY create_time DESC, id DESC LIMIT $2"
 	return readStale(ctx, s, func(q querier) ([]*Run, error) {
-		rows, err := q.Query(ctx, `SELECT `+runColumns+` FROM runs
-			WHERE tenant_id = $1
-				AND ($2::smallint = 0 OR state = $2)
-				AND ($3::text = '' OR assistant_id = $3)
-				AND ($4::timestamptz IS NULL OR (create_time, id) < ($4, $5::uuid))
-			ORDER BY create_time DESC, id DESC
-			LIMIT $6`, tenant, f.State, f.AssistantID, afterTime, afterID, limit)
+		rows, err := q.Query(ctx, sql, args...)
 		if err != nil {
 			return nil, fmt.Errorf("listing runs: %w", err)
 		}

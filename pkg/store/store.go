@@ -57,6 +57,9 @@ func (e *AssistantNotFoundError) Is(target error) bool { return target == ErrNot
 // Store is the PostgreSQL store. It is safe for concurrent use.
 type Store struct {
 	pool *pgxpool.Pool
+	// hot runs the statements of the claim → finish cycle with plans made once per
+	// connection (hotSettings). Everything else uses pool.
+	hot *pgxpool.Pool
 	// replica serves the reads that tolerate staleness; nil without one (replica.go).
 	replica *replica
 }
@@ -76,20 +79,30 @@ func Open(ctx context.Context, url string, opts ...OpenOption) (*Store, error) {
 		cfg.MaxConns = 16
 	}
 	cfg.AfterConnect = registerUUID
+	hotCfg := cfg.Copy()
+	hotCfg.AfterConnect = hotConnect
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
+		return nil, fmt.Errorf("connecting to database: %w", err)
+	}
+	// Connections are opened on first use: a gateway, which never claims, opens none.
+	hot, err := pgxpool.NewWithConfig(ctx, hotCfg)
+	if err != nil {
+		pool.Close()
 		return nil, fmt.Errorf("connecting to database: %w", err)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
+		hot.Close()
 		return nil, fmt.Errorf("connecting to database (is PostgreSQL running and DATABASE_URL right?): %w", err)
 	}
-	st := &Store{pool: pool}
+	st := &Store{pool: pool, hot: hot}
 	if o.readURL != "" {
 		if st.replica, err = openReplica(ctx, o.readURL, o); err != nil {
 			pool.Close()
+			hot.Close()
 			return nil, err
 		}
 	}
@@ -104,7 +117,38 @@ func (s *Store) Close() {
 	if s.replica != nil {
 		s.replica.close()
 	}
+	s.hot.Close()
 	s.pool.Close()
+}
+
+// hotSettings are the session settings of the hot pool's connections.
+//
+// PostgreSQL re-plans a prepared statement at every execution while its custom plans look
+// cheaper than its generic plan. The claim and finish statements take arrays of ids
+// (unnest($1), = ANY($1)), which a custom plan sizes exactly and a generic plan guesses,
+// so both were planned anew at every execution: 12 % of PostgreSQL's CPU under sustained
+// load (perf of benchall's sustained workload; 1 % with generic plans).
+//
+// A generic plan is made once and kept until the tables' statistics change, so it must
+// stay right whatever the tables' sizes become: run_leases and run_queue are small at
+// times and huge at others, and a sequential scan chosen while one was small would read
+// all of it at every call once it has grown. Sequential and bitmap scans are therefore off
+// on these connections: every statement sent through them probes indexes by key (the
+// candidate scan of the claim pins its own plan, migrations 8 and 9).
+//
+// Session settings rather than startup parameters, which PgBouncer refuses. The scheduler
+// connects directly (its LISTEN needs it); through PgBouncer in transaction mode the
+// settings stay with whichever server connection ran them, changing only plan choices.
+const hotSettings = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET enable_bitmapscan = off"
+
+func hotConnect(ctx context.Context, conn *pgx.Conn) error {
+	if err := registerUUID(ctx, conn); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, hotSettings); err != nil {
+		return fmt.Errorf("preparing a connection of the claim and finish path: %w", err)
+	}
+	return nil
 }
 
 // Migrate applies every pending migration. Several processes may call it at once: a

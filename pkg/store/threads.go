@@ -143,15 +143,17 @@ type ThreadCursor struct {
 // ListThreads returns up to limit threads, newest first, after the cursor.
 // It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListThreads(ctx context.Context, tenant string, limit int, after *ThreadCursor) ([]*Thread, error) {
-	var afterTime *time.Time
-	var afterID *string
+	// The cursor condition only when there is a cursor: a generic plan of "$2 IS NULL OR …"
+	// would serve both cases at once.
+	sql := `SELECT ` + threadColumns + ` FROM threads WHERE tenant_id = $1`
+	args := []any{tenant, limit}
 	if after != nil {
-		afterTime, afterID = &after.CreateTime, &after.ID
+		sql += ` AND (create_time, id) < ($3, $4)`
+		args = append(args, after.CreateTime, after.ID)
 	}
+	sql += ` ORDER BY create_time DESC, id DESC LIMIT $2`
 	return readStale(ctx, s, func(q querier) ([]*Thread, error) {
-		rows, err := q.Query(ctx, `SELECT `+threadColumns+` FROM threads
-			WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (create_time, id) < ($2, $3::text))
-			ORDER BY create_time DESC, id DESC LIMIT $4`, tenant, afterTime, afterID, limit)
+		rows, err := q.Query(ctx, sql, args...)
 		if err != nil {
 			return nil, fmt.Errorf("listing threads: %w", err)
 		}

@@ -187,7 +187,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	logf("starting PostgreSQL (durable=%v)", cfg.durable)
 	opts := pgserver.Options{DataDir: filepath.Join(dir, "pg"), Ephemeral: !cfg.durable}
 	if cfg.statements {
-		opts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+		opts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all", "pg_stat_statements.track_planning": "on"}
 	}
 	pg, err := pgserver.Start(ctx, opts)
 	if err != nil {
@@ -707,6 +707,7 @@ type statement struct {
 	CallsPerJob float64 `json:"calls_per_job"`
 	TotalMS     float64 `json:"total_ms"`
 	MeanMS      float64 `json:"mean_ms"`
+	PlanMS      float64 `json:"plan_ms"` // total planning time (track_planning)
 	Rows        int64   `json:"rows"`
 }
 
@@ -747,10 +748,10 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 		return
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, total_exec_time, rows
+		SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, total_exec_time, total_plan_time, rows
 		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
 		WHERE d.datname = $1
-		ORDER BY total_exec_time DESC LIMIT 15`, db)
+		ORDER BY total_exec_time + total_plan_time DESC LIMIT 15`, db)
 	if err != nil {
 		logf("reading pg_stat_statements: %v", err)
 		return
@@ -759,7 +760,7 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 	var out []statement
 	for rows.Next() {
 		var st statement
-		if err := rows.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.Rows); err != nil {
+		if err := rows.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.PlanMS, &st.Rows); err != nil {
 			logf("reading pg_stat_statements: %v", err)
 			return
 		}
@@ -781,13 +782,13 @@ func (s *statements) print(w io.Writer) {
 	for _, key := range slices.Sorted(maps.Keys(s.last)) {
 		fmt.Fprintf(w, "\nstatements of %s (last round, by total time):\n", key)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "calls/job\tmean ms\ttotal ms\tquery")
+		fmt.Fprintln(tw, "calls/job\tmean ms\ttotal ms\tplan ms\tquery")
 		for _, st := range s.last[key] {
 			q := st.Query
 			if len(q) > 110 {
 				q = q[:110] + "…"
 			}
-			fmt.Fprintf(tw, "%.2f\t%.3f\t%.0f\t%s\n", st.CallsPerJob, st.MeanMS, st.TotalMS, q)
+			fmt.Fprintf(tw, "%.2f\t%.3f\t%.0f\t%.0f\t%s\n", st.CallsPerJob, st.MeanMS, st.TotalMS, st.PlanMS, q)
 		}
 		tw.Flush()
 	}
