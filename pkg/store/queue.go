@@ -110,6 +110,23 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 	return claims, nil
 }
 
+// VacuumQueue vacuums run_queue and run_leases, the two tables every claim and completion
+// rewrites (a row in and out per run), skipping a table another vacuum is working on.
+//
+// A claim walks run_queue_claim from its head, where the entries of the runs claimed
+// since the last vacuum lie dead: each claim read past all of them (after 300,000 claims
+// a claim of 34 read 1,693 index pages, 7.6 ms; after VACUUM 5 pages, 0.25 ms). Autovacuum
+// looks at a database once per autovacuum_naptime (one minute by default), while a busy
+// scheduler claims thousands of runs a second; schedulers therefore vacuum after every
+// few thousand claims (scheduler.Config.QueueVacuumRuns). Vacuuming a table one does not
+// own is skipped by PostgreSQL with a warning, leaving it to autovacuum.
+func (s *Store) VacuumQueue(ctx context.Context) error {
+	if _, err := s.pool.Exec(ctx, `VACUUM (SKIP_LOCKED) run_queue, run_leases`); err != nil {
+		return fmt.Errorf("vacuuming run_queue and run_leases: %w", err)
+	}
+	return nil
+}
+
 // claimStatement is the statement that turns chosen queue rows into claims: it deletes the
 // queue rows, gives the runs their lease and a new epoch, logs the transition and returns
 // the claims. ids is an `ANY(…)` expression of the chosen run ids; $2 is the worker, $3 the

@@ -32,7 +32,7 @@ var benchRunDefaults = store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, Max
 const benchAssistant = "bench"
 
 // benchStore opens a migrated store on a fresh database with one cpu assistant.
-func benchStore(b *testing.B) *store.Store {
+func benchStore(b testing.TB) *store.Store {
 	b.Helper()
 	url := pgtest.NewDatabase(b)
 	require.NoError(b, store.Migrate(b.Context(), url))
@@ -58,7 +58,7 @@ func newRuns(n int) []store.NewRun {
 // fillQueue queues n runs of the bench assistant with one INSERT … SELECT generate_series
 // per table (about a minute and a half for a million on two cores, far less than CreateRuns
 // would take), then vacuums and analyses so that the claim plans against settled statistics.
-func fillQueue(b *testing.B, st *store.Store, n int) {
+func fillQueue(b testing.TB, st *store.Store, n int) {
 	b.Helper()
 	if n == 0 {
 		return

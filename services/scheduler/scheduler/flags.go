@@ -15,5 +15,6 @@ func Bind(set *config.Set, cfg *Config) {
 	set.Duration(&cfg.RetryBaseDelay, "retry-base-delay", "SCHEDULER_RETRY_BASE_DELAY", cfg.RetryBaseDelay, "backoff before the second attempt (doubles per attempt)")
 	set.Duration(&cfg.RetryMaxDelay, "retry-max-delay", "SCHEDULER_RETRY_MAX_DELAY", cfg.RetryMaxDelay, "largest retry backoff")
 	set.Duration(&cfg.TimeoutGrace, "timeout-grace", "SCHEDULER_TIMEOUT_GRACE", cfg.TimeoutGrace, "how long past its timeout a run may run before the scheduler ends it")
+	set.Int(&cfg.QueueVacuumRuns, "queue-vacuum-runs", "SCHEDULER_QUEUE_VACUUM_RUNS", cfg.QueueVacuumRuns, "runs claimed between two vacuums of the queue tables by this scheduler (0: leave them to autovacuum)")
 	set.Duration(&cfg.ReconcileInterval, "reconcile-interval", "SCHEDULER_RECONCILE_INTERVAL", cfg.ReconcileInterval, "how often the running counts behind concurrency limits are recounted")
 }

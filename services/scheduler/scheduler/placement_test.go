@@ -25,7 +25,7 @@ const flow = "executors:\n  - name: x\n    command: [\"true\"]\n"
 
 const gib = int64(1) << 30
 
-func startScheduler(t *testing.T) (*store.Store, string) {
+func startScheduler(t *testing.T, mods ...func(*scheduler.Config)) (*store.Store, string) {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
 	require.NoError(t, store.Migrate(t.Context(), url))
@@ -36,6 +36,9 @@ func startScheduler(t *testing.T) (*store.Store, string) {
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.DatabaseURL = url
 	cfg.PollInterval = 50 * time.Millisecond
+	for _, mod := range mods {
+		mod(&cfg)
+	}
 	srv, err := scheduler.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -62,6 +63,9 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// AdminAddr serves /healthz, /readyz and /metrics; empty disables it.
 	AdminAddr string
+	// QueueVacuumRuns is how many runs this scheduler claims between two vacuums of the
+	// queue tables (store.VacuumQueue); 0 leaves them to autovacuum.
+	QueueVacuumRuns int
 }
 
 // Defaults returns the default configuration.
@@ -77,6 +81,7 @@ func Defaults() Config {
 		RetryMaxDelay:     5 * time.Minute,
 		TimeoutGrace:      10 * time.Second,
 		ReconcileInterval: 30 * time.Second,
+		QueueVacuumRuns:   2000,
 	}
 }
 
@@ -93,6 +98,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("claim cooldown (%s) must be at least 0 and below the poll interval (%s)", c.ClaimCooldown, c.PollInterval)
 	case c.RetryBaseDelay < 0 || c.RetryMaxDelay < c.RetryBaseDelay:
 		return errors.New("retry delays must satisfy 0 <= base <= max")
+	case c.QueueVacuumRuns < 0:
+		return fmt.Errorf("queue vacuum runs (%d) must be at least 0 (0: leave the queue to autovacuum)", c.QueueVacuumRuns)
 	}
 	return nil
 }
@@ -232,8 +239,12 @@ func (s *Server) snapshot() []*session {
 func (s *Server) dispatchLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
+	vacuum := newQueueVacuum(s.cfg.QueueVacuumRuns, s.store, s.log)
+	defer vacuum.wait()
 	for {
-		if s.dispatch(ctx) > 0 && s.cfg.ClaimCooldown > 0 {
+		n := s.dispatch(ctx)
+		vacuum.claimed(ctx, n)
+		if n > 0 && s.cfg.ClaimCooldown > 0 {
 			select {
 			case <-ctx.Done():
 				return
@@ -248,6 +259,44 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 		}
 	}
 }
+
+// queueVacuum vacuums the queue tables in the background after every `every` claimed
+// runs, one vacuum at a time (see store.VacuumQueue).
+type queueVacuum struct {
+	every   int
+	st      *store.Store
+	log     *slog.Logger
+	pending int
+	running atomic.Bool
+	wg      sync.WaitGroup
+}
+
+func newQueueVacuum(every int, st *store.Store, log *slog.Logger) *queueVacuum {
+	return &queueVacuum{every: every, st: st, log: log}
+}
+
+// claimed counts n claimed runs and starts a vacuum when enough were claimed since the
+// last one began; runs claimed while one is running count towards the next.
+func (v *queueVacuum) claimed(ctx context.Context, n int) {
+	if v.every <= 0 {
+		return
+	}
+	v.pending += n
+	if v.pending < v.every || !v.running.CompareAndSwap(false, true) {
+		return
+	}
+	v.pending = 0
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		defer v.running.Store(false)
+		if err := v.st.VacuumQueue(ctx); err != nil && ctx.Err() == nil {
+			v.log.Warn("vacuuming the queue; autovacuum will have to keep up alone", "err", err)
+		}
+	}()
+}
+
+func (v *queueVacuum) wait() { v.wg.Wait() }
 
 // dispatch fills every free slot of every live session it can and returns the number of
 // runs claimed. Sessions are visited in random order so no worker is always served first.

@@ -1,0 +1,68 @@
+package store_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// Claimed runs leave dead entries at the head of run_queue_claim, which every later claim
+// reads past until a vacuum removes them: VacuumQueue takes the claim scan back to a few
+// pages.
+func TestVacuumQueueClearsTheHeadOfTheClaimIndex(t *testing.T) {
+	st := benchStore(t)
+	ctx := t.Context()
+	fillQueue(t, st, 30000)
+	for claimed := 0; claimed < 25000; {
+		claims, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 500, LeaseTTL: time.Minute})
+		require.NoError(t, err)
+		require.NotEmpty(t, claims)
+		claimed += len(claims)
+	}
+	vacuums := func() (n int64) {
+		require.NoError(t, st.Pool().QueryRow(ctx, `SELECT sum(vacuum_count) FROM pg_stat_user_tables
+			WHERE relname IN ('run_queue', 'run_leases')`).Scan(&n))
+		return n
+	}
+	before, vacuumsBefore := claimScanPages(t, st), vacuums()
+
+	require.NoError(t, st.VacuumQueue(ctx))
+
+	after := claimScanPages(t, st)
+	t.Logf("pages read by a claim scan of one run: %d with 25,000 claimed runs behind it, %d after VacuumQueue", before, after)
+	require.Greater(t, before, 10*after, "the scan reads past the dead entries before the vacuum and not after")
+	require.Equal(t, vacuumsBefore+2, vacuums(), "run_queue and run_leases are vacuumed")
+}
+
+// claimScanPages returns the buffers a claim's candidate scan of one run touches.
+func claimScanPages(t *testing.T, st *store.Store) int {
+	t.Helper()
+	var pages int
+	// EXPLAIN ANALYZE runs the scan, whose FOR UPDATE locks: rolled back.
+	err := pgx.BeginFunc(t.Context(), st.Pool(), func(tx pgx.Tx) error {
+		var out []byte
+		if err := tx.QueryRow(t.Context(), `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+			SELECT q.run_id FROM run_queue q WHERE q.slot_type = 'cpu' AND q.available_time <= now()
+			ORDER BY q.priority DESC, q.seq LIMIT 1 FOR UPDATE OF q SKIP LOCKED`).Scan(&out); err != nil {
+			return err
+		}
+		var plan []struct {
+			Plan struct {
+				Hit  int `json:"Shared Hit Blocks"`
+				Read int `json:"Shared Read Blocks"`
+			}
+		}
+		if err := json.Unmarshal(out, &plan); err != nil {
+			return err
+		}
+		pages = plan[0].Plan.Hit + plan[0].Plan.Read
+		return pgx.ErrTxClosed // any error rolls back; this one is expected
+	})
+	require.ErrorIs(t, err, pgx.ErrTxClosed)
+	return pages
+}

@@ -1,0 +1,44 @@
+package scheduler_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	"github.com/agentserver/agentserver/pkg/store"
+	"github.com/agentserver/agentserver/services/scheduler/scheduler"
+)
+
+// The scheduler vacuums the queue tables itself once it has claimed QueueVacuumRuns runs
+// since its last vacuum, not before.
+func TestSchedulerVacuumsTheQueueAfterQueueVacuumRunsClaims(t *testing.T) {
+	st, addr := startScheduler(t, func(c *scheduler.Config) { c.QueueVacuumRuns = 20 })
+	ctx := t.Context()
+	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
+	require.NoError(t, err)
+	create := func(n int) {
+		runs := make([]store.NewRun, n)
+		for i := range runs {
+			runs[i] = store.NewRun{AssistantID: "a"}
+		}
+		_, err := st.CreateRuns(ctx, store.DefaultTenant, runs, store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: time.Hour})
+		require.NoError(t, err)
+	}
+	// vacuum_count counts manual vacuums only, not autovacuum's.
+	vacuums := func() (n int64) {
+		require.NoError(t, st.Pool().QueryRow(ctx, `SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_queue'`).Scan(&n))
+		return n
+	}
+	w := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w", Slots: slots("cpu", 30)})
+
+	create(15)
+	require.Eventually(t, func() bool { return len(w.assignments()) == 15 }, 10*time.Second, 10*time.Millisecond)
+	require.Never(t, func() bool { return vacuums() > 0 }, 300*time.Millisecond, 20*time.Millisecond, "15 claims: no vacuum yet")
+
+	create(10)
+	require.Eventually(t, func() bool { return len(w.assignments()) == 25 }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return vacuums() == 1 }, 10*time.Second, 20*time.Millisecond, "25 claims: one vacuum")
+	require.Never(t, func() bool { return vacuums() > 1 }, 300*time.Millisecond, 20*time.Millisecond)
+}
