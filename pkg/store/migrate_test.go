@@ -71,3 +71,44 @@ func TestMigration7MovesLeasesAndWaitingRuns(t *testing.T) {
 	_, err = p.Up(ctx)
 	require.NoError(t, err, "migrates up again")
 }
+
+// Migration 10 turns statistics off for the payload columns of runs and run_events and
+// relaxes when they are analyzed; going down restores both.
+func TestMigration10StatisticsTargets(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, err := sql.Open("pgx", pgtest.NewDatabase(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	sub, err := fs.Sub(migrations, "migrations")
+	require.NoError(t, err)
+	p, err := goose.NewProvider(goose.DialectPostgres, db, sub)
+	require.NoError(t, err)
+	settings := func() (input, data int, runsOpts, eventsOpts string) {
+		// attstattarget: 0 = no statistics, -1 = the default target.
+		require.NoError(t, db.QueryRowContext(ctx, `SELECT
+			(SELECT attstattarget FROM pg_attribute WHERE attrelid = 'runs'::regclass AND attname = 'input'),
+			(SELECT attstattarget FROM pg_attribute WHERE attrelid = 'run_events'::regclass AND attname = 'data'),
+			(SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = 'runs'::regclass),
+			(SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = 'run_events'::regclass)`).
+			Scan(&input, &data, &runsOpts, &eventsOpts))
+		return
+	}
+
+	_, err = p.UpTo(ctx, 10)
+	require.NoError(t, err)
+	input, data, runsOpts, eventsOpts := settings()
+	require.Equal(t, 0, input)
+	require.Equal(t, 0, data)
+	require.NotContains(t, runsOpts, "autovacuum_analyze_scale_factor")
+	require.Contains(t, runsOpts, "fillfactor=65", "migration 7's settings stay")
+	require.Contains(t, eventsOpts, "autovacuum_analyze_scale_factor=0.5")
+
+	_, err = p.DownTo(ctx, 9)
+	require.NoError(t, err)
+	input, data, runsOpts, eventsOpts = settings()
+	require.Equal(t, -1, input)
+	require.Equal(t, -1, data)
+	require.Contains(t, runsOpts, "autovacuum_analyze_scale_factor=0.02")
+	require.Empty(t, eventsOpts)
+}
