@@ -112,3 +112,45 @@ func TestMigration10StatisticsTargets(t *testing.T) {
 	require.Contains(t, runsOpts, "autovacuum_analyze_scale_factor=0.02")
 	require.Empty(t, eventsOpts)
 }
+
+// Going down from migration 11 writes the QUEUED events that runs held back into
+// run_events, with their seq and time; going up again leaves existing rows alone.
+func TestMigration11QueuedEventsGoDownAsRows(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, err := sql.Open("pgx", pgtest.NewDatabase(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	sub, err := fs.Sub(migrations, "migrations")
+	require.NoError(t, err)
+	p, err := goose.NewProvider(goose.DialectPostgres, db, sub)
+	require.NoError(t, err)
+	_, err = p.UpTo(ctx, 11)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
+			input, max_attempts, timeout_ms, create_time, queued_seq)
+		VALUES ('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 1, 0, 'cpu', '{}', 1, 1000,
+			'2026-01-02T03:04:05Z', nextval('run_events_seq_seq'))`)
+	require.NoError(t, err)
+	var seq int64
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT queued_seq FROM runs`).Scan(&seq))
+
+	_, err = p.DownTo(ctx, 10)
+	require.NoError(t, err)
+	var gotSeq int64
+	var typ, data string
+	var at time.Time
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT seq, type, data::text, create_time FROM run_events
+		WHERE run_id = '00000000-0000-0000-0000-000000000001'`).Scan(&gotSeq, &typ, &data, &at))
+	require.Equal(t, seq, gotSeq)
+	require.Equal(t, "state", typ)
+	require.JSONEq(t, `{"state": "QUEUED"}`, data)
+	require.True(t, at.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)))
+
+	_, err = p.UpTo(ctx, 11)
+	require.NoError(t, err)
+	var rows int
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM run_events`).Scan(&rows))
+	require.Equal(t, 1, rows)
+}

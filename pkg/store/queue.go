@@ -728,10 +728,19 @@ type RunEvent struct {
 	CreateTime time.Time
 }
 
-// ListRunEvents returns up to limit events of a run with seq > afterSeq, in order.
+// queuedEvent is the data of a run's first event, kept on the run (migration 11).
+const queuedEvent = `'{"state": "QUEUED"}'::jsonb`
+
+// ListRunEvents returns up to limit events of a run with seq > afterSeq, in order: the
+// rows of run_events and the run's QUEUED event, which the run row holds.
 func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
-	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM run_events
-		WHERE run_id = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4`, runID, tenant, afterSeq, limit)
+	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM (
+			SELECT queued_seq AS seq, 'state' AS type, `+queuedEvent+` AS data, create_time FROM runs
+			WHERE id = $1 AND tenant_id = $2 AND queued_seq > $3
+			UNION ALL
+			(SELECT seq, type, data, create_time FROM run_events
+			WHERE run_id = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4)
+		) e ORDER BY seq LIMIT $4`, runID, tenant, afterSeq, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing events of run %s: %w", runID, err)
 	}

@@ -245,12 +245,13 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 			WHERE NOT EXISTS (SELECT 1 FROM assistants a WHERE a.tenant_id = $1 AND a.id = i.assistant_id)
 		), ins AS (
 			INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
-				slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes)
+				slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes, queued_seq)
 			SELECT i.id, $1, a.id, a.version, nullif(i.thread_id, ''), nextval('run_seq'), 1,
 				coalesce(i.priority, a.priority), a.slot_type, i.input,
 				CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
 				least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
-				nullif(i.request_id, ''), a.gpu_memory_bytes
+				-- The run's QUEUED event: its seq in the log, kept on the run (migration 11).
+				nullif(i.request_id, ''), a.gpu_memory_bytes, nextval('run_events_seq_seq')
 			FROM input i JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
 			-- An InitPlan, run once before any row is inserted: it raises on an unknown
 			-- assistant, failing the whole statement.
@@ -261,9 +262,6 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 		), q AS (
 			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
 			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM ins WHERE thread_id IS NULL
-		), e AS (
-			INSERT INTO run_events (run_id, tenant_id, type, data)
-			SELECT id, tenant_id, 'state', '{"state": "QUEUED"}' FROM ins
 		), n AS (
 			SELECT pg_notify('`+QueueChannel+`', slot_type) FROM (SELECT DISTINCT slot_type FROM ins) x
 		)

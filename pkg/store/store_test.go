@@ -651,3 +651,47 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// A run's log starts with its QUEUED event, which the run row holds (migration 11): it
+// comes first, before the events written as rows, and paging past it or stopping at it
+// works like for any other event.
+func TestRunEventLogStartsWithTheQueuedEventOfTheRun(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	c := claim(t, st, "w", "cpu", 1)[0]
+	_, err := st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded,
+		State: map[string]any{}, Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "a"}}}})
+	require.NoError(t, err)
+
+	evs, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 100)
+	require.NoError(t, err)
+	var got []string
+	for i, e := range evs {
+		if i > 0 {
+			require.Greater(t, e.Seq, evs[i-1].Seq)
+		}
+		name := e.Type
+		if e.Type == "state" {
+			name = e.Data["state"].(string)
+		}
+		got = append(got, name)
+	}
+	require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "SUCCEEDED"}, got)
+	require.WithinDuration(t, run.CreateTime, evs[0].CreateTime, time.Millisecond)
+
+	first, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 1)
+	require.NoError(t, err)
+	require.Equal(t, evs[:1], first)
+	rest, err := st.ListRunEvents(t.Context(), tenant, run.ID, evs[0].Seq, 100)
+	require.NoError(t, err)
+	require.Equal(t, evs[1:], rest)
+	other, err := st.ListRunEvents(t.Context(), "other-tenant", run.ID, 0, 100)
+	require.NoError(t, err)
+	require.Empty(t, other, "another tenant sees none of it")
+
+	var rows int
+	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, run.ID).Scan(&rows))
+	require.Equal(t, 3, rows, "QUEUED is not a row")
+}
