@@ -568,6 +568,9 @@ type row struct {
 	River  stat   `json:"river"`
 	// Ratio is ours' median divided by River's.
 	Ratio float64 `json:"ratio_ours_to_river"`
+	// RoundRatios are ours / River round by round (each round runs both systems back to
+	// back): the machine's drift between rounds cancels out of them, not out of Ratio.
+	RoundRatios stat `json:"round_ratios"`
 }
 
 func summarize(all results, cfg config) []row {
@@ -600,9 +603,24 @@ func summarize(all results, cfg config) []row {
 		if r.River.Median != 0 && r.Ours.N > 0 {
 			r.Ratio = r.Ours.Median / r.River.Median
 		}
+		r.RoundRatios = roundRatios(ours, river)
 		rows = append(rows, r)
 	}
 	return rows
+}
+
+// roundRatios divides ours by River's round by round, where both ran every round.
+func roundRatios(ours, river []float64) stat {
+	if len(ours) != len(river) {
+		return stat{}
+	}
+	var out []float64
+	for i := range ours {
+		if river[i] != 0 {
+			out = append(out, ours[i]/river[i])
+		}
+	}
+	return statOf(out)
 }
 
 // cpuPerJob adds up the CPU per completed job of every process group (server or River's
@@ -631,7 +649,7 @@ func printTable(w io.Writer, m machineInfo, cfg config, rows []row) {
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %.1f GiB, PostgreSQL %s (durable=%v), %s; single-row INSERT commits: %.0f/s from %d connections\n\n",
 		m.CPUs, m.CPUModel, m.MemoryGiB, m.PostgreSQL, cfg.durable, m.Go, m.InsertCommitsPerS, cfg.concurrency)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tmetric\tours median [min–max]\tRiver median [min–max]\tours/River")
+	fmt.Fprintln(tw, "workload\tmetric\tours median [min–max]\tRiver median [min–max]\tours/River\tper round: median [min–max]")
 	last := ""
 	for _, r := range rows {
 		title := ""
@@ -642,7 +660,11 @@ func printTable(w io.Writer, m machineInfo, cfg config, rows []row) {
 		if r.Ratio != 0 {
 			ratio = fmt.Sprintf("%.2f× (%s is better)", r.Ratio, r.Better)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", title, r.Metric, fmtStat(r.Ours), fmtStat(r.River), ratio)
+		perRound := "-"
+		if r.RoundRatios.N > 1 {
+			perRound = fmtStat(r.RoundRatios) + "×"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", title, r.Metric, fmtStat(r.Ours), fmtStat(r.River), ratio, perRound)
 	}
 	tw.Flush()
 }
