@@ -12,12 +12,10 @@ import (
 	"github.com/agentserver/agentserver/pkg/pgtest"
 )
 
-// Migration 7 moves the leases of RUNNING runs into run_leases and the runs waiting on a
-// thread into thread_queue; a database upgraded with runs in flight keeps every lease and
-// every waiting run, and going back down restores them on runs.
-func TestMigration7MovesLeasesAndWaitingRuns(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
+// migrationProvider opens a fresh database and a goose provider of the store's
+// migrations on it, none applied.
+func migrationProvider(t *testing.T) (*sql.DB, *goose.Provider) {
+	t.Helper()
 	db, err := sql.Open("pgx", pgtest.NewDatabase(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
@@ -25,7 +23,17 @@ func TestMigration7MovesLeasesAndWaitingRuns(t *testing.T) {
 	require.NoError(t, err)
 	p, err := goose.NewProvider(goose.DialectPostgres, db, sub)
 	require.NoError(t, err)
-	_, err = p.UpTo(ctx, 6)
+	return db, p
+}
+
+// Migration 7 moves the leases of RUNNING runs into run_leases and the runs waiting on a
+// thread into thread_queue; a database upgraded with runs in flight keeps every lease and
+// every waiting run, and going back down restores them on runs.
+func TestMigration7MovesLeasesAndWaitingRuns(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	_, err := p.UpTo(ctx, 6)
 	require.NoError(t, err)
 
 	expire := time.Now().Add(time.Minute).UTC().Truncate(time.Microsecond)
@@ -77,13 +85,7 @@ func TestMigration7MovesLeasesAndWaitingRuns(t *testing.T) {
 func TestMigration10StatisticsTargets(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	db, err := sql.Open("pgx", pgtest.NewDatabase(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	sub, err := fs.Sub(migrations, "migrations")
-	require.NoError(t, err)
-	p, err := goose.NewProvider(goose.DialectPostgres, db, sub)
-	require.NoError(t, err)
+	db, p := migrationProvider(t)
 	settings := func() (input, data int, runsOpts, eventsOpts string) {
 		// attstattarget: 0 = no statistics, -1 = the default target.
 		require.NoError(t, db.QueryRowContext(ctx, `SELECT
@@ -95,7 +97,7 @@ func TestMigration10StatisticsTargets(t *testing.T) {
 		return
 	}
 
-	_, err = p.UpTo(ctx, 10)
+	_, err := p.UpTo(ctx, 10)
 	require.NoError(t, err)
 	input, data, runsOpts, eventsOpts := settings()
 	require.Equal(t, 0, input)
@@ -118,14 +120,8 @@ func TestMigration10StatisticsTargets(t *testing.T) {
 func TestMigration11QueuedEventsGoDownAsRows(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	db, err := sql.Open("pgx", pgtest.NewDatabase(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	sub, err := fs.Sub(migrations, "migrations")
-	require.NoError(t, err)
-	p, err := goose.NewProvider(goose.DialectPostgres, db, sub)
-	require.NoError(t, err)
-	_, err = p.UpTo(ctx, 11)
+	db, p := migrationProvider(t)
+	_, err := p.UpTo(ctx, 11)
 	require.NoError(t, err)
 	_, err = db.ExecContext(ctx, `
 		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
