@@ -128,8 +128,8 @@ func (s *Store) VacuumQueue(ctx context.Context) error {
 }
 
 // claimStatement is the statement that turns chosen queue rows into claims: it deletes the
-// queue rows, gives the runs their lease and a new epoch, logs the transition and returns
-// the claims. ids is an `ANY(…)` expression of the chosen run ids; $2 is the worker, $3 the
+// queue rows, gives the runs their lease and a new epoch, logs the transition (on the run,
+// migration 12) and returns the claims. ids is an `ANY(…)` expression of the chosen run ids; $2 is the worker, $3 the
 // lease in milliseconds. cte, when set, is a leading CTE (ending with a comma) that ids may
 // refer to.
 //
@@ -145,7 +145,12 @@ func claimStatement(cte, ids, limited string) string {
 		), u AS (
 			UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2, claim_time = now(),
 				start_time = coalesce(r.start_time, now()), next_attempt_time = NULL,
-				limited = ` + limited + `
+				limited = ` + limited + `,
+				-- The claim's RUNNING event, kept on the run (migration 12). A run claimed
+				-- before had its previous one written out when it was queued again.
+				running_seq = nextval('run_events_seq_seq'),
+				running_event = jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
+					'attempt', r.attempt, 'epoch', r.epoch + 1)
 			-- By id, not by joining d: the planner cannot estimate d's rows and would
 			-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
 			-- does), and the chosen queue rows are locked by this statement or transaction.
@@ -157,10 +162,6 @@ func claimStatement(cte, ids, limited string) string {
 			INSERT INTO run_leases (run_id, epoch, worker_id, tenant_id, assistant_id, slot_type, expire_time)
 			SELECT id, epoch, worker_id, tenant_id, assistant_id, slot_type, now() + $3 * interval '1 millisecond'
 			FROM u
-		), e AS (
-			INSERT INTO run_events (run_id, tenant_id, type, data)
-			SELECT id, tenant_id, 'state', jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
-				'attempt', attempt, 'epoch', epoch) FROM u
 		)
 		SELECT ` + runColumnsOf("u") + `, v.flow, v.config,
 			coalesce(u.checkpoint, CASE WHEN t.id IS NOT NULL THEN t.state || u.input END), u.resume
@@ -585,8 +586,8 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 	case outcome == OutcomeReleased:
 		res.State = StateQueued
 		b.Queue(`
-			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), u AS (
-				UPDATE runs SET state = 1, worker_id = NULL,
+			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), `+writeOutRunning("id = $1")+`, u AS (
+				UPDATE runs SET state = 1, worker_id = NULL, `+clearRunning+`,
 					checkpoint = coalesce($2, checkpoint)
 				WHERE id = $1 RETURNING *)
 			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
@@ -594,8 +595,8 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 	case outcome == OutcomeFailed && p.Retryable && r.attempt < r.maxAttempts:
 		res.State, res.Retried = StateQueued, true
 		b.Queue(`
-			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), u AS (
-				UPDATE runs SET state = 1, worker_id = NULL, attempt = attempt + 1,
+			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), `+writeOutRunning("id = $1")+`, u AS (
+				UPDATE runs SET state = 1, worker_id = NULL, attempt = attempt + 1, `+clearRunning+`,
 					error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
 					checkpoint = NULL, next_step = NULL
 				WHERE id = $1 RETURNING *)
@@ -731,12 +732,31 @@ type RunEvent struct {
 // queuedEvent is the data of a run's first event, kept on the run (migration 11).
 const queuedEvent = `'{"state": "QUEUED"}'::jsonb`
 
+// writeOutRunning is a CTE (named "ran") that writes the RUNNING event kept on the runs
+// matching where (migration 12) into run_events, with its seq and time. Every statement
+// that queues a claimed run again has it, and sets clearRunning in its update of the run:
+// the next claim replaces the event kept on the run. The CTE reads the runs as they were
+// before the statement, whatever the order in which PostgreSQL runs its parts.
+func writeOutRunning(where string) string {
+	return `ran AS (
+			INSERT INTO run_events (run_id, tenant_id, seq, type, data, create_time) OVERRIDING SYSTEM VALUE
+			SELECT id, tenant_id, running_seq, 'state', running_event, claim_time FROM runs
+			WHERE ` + where + ` AND running_seq IS NOT NULL
+		)`
+}
+
+// clearRunning is the SET clause that goes with writeOutRunning.
+const clearRunning = `running_seq = NULL, running_event = NULL`
+
 // ListRunEvents returns up to limit events of a run with seq > afterSeq, in order: the
-// rows of run_events and the run's QUEUED event, which the run row holds.
+// rows of run_events and the run's QUEUED event and current RUNNING event, which the run
+// row holds.
 func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
 	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM (
-			SELECT queued_seq AS seq, 'state' AS type, `+queuedEvent+` AS data, create_time FROM runs
-			WHERE id = $1 AND tenant_id = $2 AND queued_seq > $3
+			SELECT v.seq, 'state' AS type, v.data, v.create_time FROM runs r,
+				LATERAL (VALUES (r.queued_seq, `+queuedEvent+`, r.create_time),
+					(r.running_seq, r.running_event, r.claim_time)) AS v(seq, data, create_time)
+			WHERE r.id = $1 AND r.tenant_id = $2 AND v.seq > $3
 			UNION ALL
 			(SELECT seq, type, data, create_time FROM run_events
 			WHERE run_id = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4)
@@ -848,8 +868,9 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 			FOR UPDATE OF l, r SKIP LOCKED
 		), dl AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM due))
-		), u AS (
+		), `+writeOutRunning("id = ANY(ARRAY(SELECT id FROM due))")+`, u AS (
 			UPDATE runs r SET
+				`+clearRunning+`,
 				state = CASE
 					WHEN r.cancel_requested THEN 5
 					WHEN r.claim_time + (r.timeout_ms * interval '1 millisecond') < now() THEN 6

@@ -652,10 +652,10 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 	}
 }
 
-// A run's log starts with its QUEUED event, which the run row holds (migration 11): it
-// comes first, before the events written as rows, and paging past it or stopping at it
-// works like for any other event.
-func TestRunEventLogStartsWithTheQueuedEventOfTheRun(t *testing.T) {
+// A run's log starts with its QUEUED event and its claim's RUNNING event, which the run
+// row holds (migrations 11 and 12): they come in order with the events written as rows,
+// and paging past them or stopping at them works like for any other event.
+func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
 	newAssistant(t, st, "a", nil)
@@ -693,5 +693,82 @@ func TestRunEventLogStartsWithTheQueuedEventOfTheRun(t *testing.T) {
 
 	var rows int
 	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, run.ID).Scan(&rows))
-	require.Equal(t, 3, rows, "QUEUED is not a row")
+	require.Equal(t, 2, rows, "QUEUED and RUNNING are not rows")
+}
+
+// Every way a claimed run goes back to the queue (a retried failure, a released result, an
+// expired lease, a resume) keeps the RUNNING event of the claim it ends: the log holds one
+// RUNNING event per claim, with that claim's epoch, in order.
+func TestRequeuedRunsKeepTheRunningEventOfEveryClaim(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	ctx := t.Context()
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.MaxAttempts = 3 })
+	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+	claimOnce := func(lease time.Duration) *store.Claim {
+		t.Helper()
+		c, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w", SlotType: "cpu", Limit: 1, LeaseTTL: lease})
+		require.NoError(t, err)
+		require.Len(t, c, 1)
+		return c[0]
+	}
+	finish := func(p store.FinishParams) {
+		t.Helper()
+		_, err := st.FinishRun(ctx, p)
+		require.NoError(t, err)
+	}
+
+	c := claimOnce(time.Minute)
+	finish(store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeFailed, Error: "flaky", Retryable: true})
+	c = claimOnce(time.Minute)
+	finish(store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeReleased})
+	claimOnce(time.Millisecond)
+	require.Eventually(t, func() bool {
+		res, err := st.RecoverRuns(ctx, store.RecoverParams{Batch: 10, TimeoutGrace: time.Minute})
+		require.NoError(t, err)
+		return res.Requeued == 1
+	}, 5*time.Second, 10*time.Millisecond)
+	c = claimOnce(time.Minute)
+	finish(store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeInterrupted, Step: "s", Prompt: "ok?"})
+	_, err := st.ResumeRun(ctx, tenant, run.ID, "yes")
+	require.NoError(t, err)
+	c = claimOnce(time.Minute)
+	finish(store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{}})
+
+	evs, err := st.ListRunEvents(ctx, tenant, run.ID, 0, 100)
+	require.NoError(t, err)
+	var states []string
+	var runningEpochs []float64
+	for i, e := range evs {
+		if i > 0 {
+			require.Greater(t, e.Seq, evs[i-1].Seq)
+		}
+		require.Equal(t, "state", e.Type)
+		states = append(states, e.Data["state"].(string))
+		if e.Data["state"] == "RUNNING" {
+			runningEpochs = append(runningEpochs, e.Data["epoch"].(float64))
+		}
+	}
+	require.Equal(t, []string{
+		"QUEUED", "RUNNING", "QUEUED", // retried
+		"RUNNING", "QUEUED", // released
+		"RUNNING", "QUEUED", // lease expired
+		"RUNNING", "INTERRUPTED", "QUEUED", // resumed
+		"RUNNING", "SUCCEEDED",
+	}, states)
+	require.Equal(t, []float64{1, 2, 3, 5, 6}, runningEpochs, "each claim's own epoch; recovery's requeue took epoch 4")
+
+	// Paging one event at a time yields the same log.
+	var paged []store.RunEvent
+	after := int64(0)
+	for {
+		page, err := st.ListRunEvents(ctx, tenant, run.ID, after, 1)
+		require.NoError(t, err)
+		if len(page) == 0 {
+			break
+		}
+		paged = append(paged, page...)
+		after = page[0].Seq
+	}
+	require.Equal(t, evs, paged)
 }
