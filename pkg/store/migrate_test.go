@@ -3,6 +3,7 @@ package store
 import (
 	"database/sql"
 	"io/fs"
+	"strconv"
 	"testing"
 	"time"
 
@@ -115,68 +116,53 @@ func TestMigration10StatisticsTargets(t *testing.T) {
 	require.Empty(t, eventsOpts)
 }
 
-// Going down from migration 11 writes the QUEUED events that runs held back into
-// run_events, with their seq and time; going up again leaves existing rows alone.
-func TestMigration11QueuedEventsGoDownAsRows(t *testing.T) {
+// Going down from migrations 11 and 12 writes the QUEUED and RUNNING events that runs held
+// back into run_events, with their seq, data and time; going up again leaves the rows
+// alone (the run holds no copy any more).
+func TestMigrations11And12KeptEventsGoDownAsRows(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
-	db, p := migrationProvider(t)
-	_, err := p.UpTo(ctx, 11)
-	require.NoError(t, err)
-	_, err = db.ExecContext(ctx, `
-		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
-			input, max_attempts, timeout_ms, create_time, queued_seq)
-		VALUES ('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 1, 0, 'cpu', '{}', 1, 1000,
-			'2026-01-02T03:04:05Z', nextval('run_events_seq_seq'))`)
-	require.NoError(t, err)
-	var seq int64
-	require.NoError(t, db.QueryRowContext(ctx, `SELECT queued_seq FROM runs`).Scan(&seq))
+	for _, tc := range []struct {
+		version          int64
+		columns, values  string
+		seqColumn, event string
+	}{
+		{11, "create_time, queued_seq", "'2026-01-02T03:04:05Z', nextval('run_events_seq_seq')",
+			"queued_seq", `{"state": "QUEUED"}`},
+		{12, "claim_time, running_seq, running_event", `'2026-01-02T03:04:05Z', nextval('run_events_seq_seq'),
+			'{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}'`,
+			"running_seq", `{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}`},
+	} {
+		t.Run(strconv.FormatInt(tc.version, 10), func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			db, p := migrationProvider(t)
+			_, err := p.UpTo(ctx, tc.version)
+			require.NoError(t, err)
+			_, err = db.ExecContext(ctx, `
+				INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
+					input, max_attempts, timeout_ms, `+tc.columns+`)
+				VALUES ('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 2, 0, 'cpu', '{}', 1, 1000, `+tc.values+`)`)
+			require.NoError(t, err)
+			var seq int64
+			require.NoError(t, db.QueryRowContext(ctx, `SELECT `+tc.seqColumn+` FROM runs`).Scan(&seq))
 
-	_, err = p.DownTo(ctx, 10)
-	require.NoError(t, err)
-	var gotSeq int64
-	var typ, data string
-	var at time.Time
-	require.NoError(t, db.QueryRowContext(ctx, `SELECT seq, type, data::text, create_time FROM run_events
-		WHERE run_id = '00000000-0000-0000-0000-000000000001'`).Scan(&gotSeq, &typ, &data, &at))
-	require.Equal(t, seq, gotSeq)
-	require.Equal(t, "state", typ)
-	require.JSONEq(t, `{"state": "QUEUED"}`, data)
-	require.True(t, at.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)))
+			_, err = p.DownTo(ctx, tc.version-1)
+			require.NoError(t, err)
+			var gotSeq int64
+			var typ, data string
+			var at time.Time
+			require.NoError(t, db.QueryRowContext(ctx, `SELECT seq, type, data::text, create_time FROM run_events
+				WHERE run_id = '00000000-0000-0000-0000-000000000001'`).Scan(&gotSeq, &typ, &data, &at))
+			require.Equal(t, seq, gotSeq)
+			require.Equal(t, "state", typ)
+			require.JSONEq(t, tc.event, data)
+			require.True(t, at.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)))
 
-	_, err = p.UpTo(ctx, 11)
-	require.NoError(t, err)
-	var rows int
-	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM run_events`).Scan(&rows))
-	require.Equal(t, 1, rows)
-}
-
-// Going down from migration 12 writes the RUNNING events that runs held back into
-// run_events, with their seq, data and time.
-func TestMigration12RunningEventsGoDownAsRows(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
-	db, p := migrationProvider(t)
-	_, err := p.UpTo(ctx, 12)
-	require.NoError(t, err)
-	_, err = db.ExecContext(ctx, `
-		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
-			input, max_attempts, timeout_ms, epoch, worker_id, claim_time, running_seq, running_event)
-		VALUES ('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 2, 0, 'cpu', '{}', 1, 1000,
-			1, 'w', '2026-01-02T03:04:05Z', nextval('run_events_seq_seq'),
-			'{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}')`)
-	require.NoError(t, err)
-	var seq int64
-	require.NoError(t, db.QueryRowContext(ctx, `SELECT running_seq FROM runs`).Scan(&seq))
-
-	_, err = p.DownTo(ctx, 11)
-	require.NoError(t, err)
-	var gotSeq int64
-	var data string
-	var at time.Time
-	require.NoError(t, db.QueryRowContext(ctx, `SELECT seq, data::text, create_time FROM run_events
-		WHERE run_id = '00000000-0000-0000-0000-000000000001' AND type = 'state'`).Scan(&gotSeq, &data, &at))
-	require.Equal(t, seq, gotSeq)
-	require.JSONEq(t, `{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}`, data)
-	require.True(t, at.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)))
+			_, err = p.UpTo(ctx, tc.version)
+			require.NoError(t, err)
+			var rows int
+			require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM run_events`).Scan(&rows))
+			require.Equal(t, 1, rows)
+		})
+	}
 }
