@@ -129,9 +129,9 @@ func (s *Store) VacuumQueue(ctx context.Context) error {
 
 // claimStatement is the statement that turns chosen queue rows into claims: it deletes the
 // queue rows, gives the runs their lease and a new epoch, logs the transition (on the run,
-// migration 12) and returns the claims. ids is an `ANY(…)` expression of the chosen run ids; $2 is the worker, $3 the
-// lease in milliseconds. cte, when set, is a leading CTE (ending with a comma) that ids may
-// refer to.
+// migration 12) and returns the claims. ids is an `ANY(…)` expression of the chosen run
+// ids; $2 is the worker, $3 the lease in milliseconds. cte, when set, is a leading CTE
+// (ending with a comma) that ids may refer to.
 //
 // Rows are matched with `= ANY(array)`, never `IN (subquery)`: an index probe per id
 // whatever the statistics say. With statistics taken while the queue was empty the planner
