@@ -527,34 +527,26 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 		return order, nil
 	}
 	rows, err := s.hot.Query(ctx, `
-		WITH alloc AS (
-			-- Seqs in log order: the worker's events in their order, then each run's
-			-- SUCCEEDED event, which is kept on the run (migration 13). nextval is
-			-- evaluated above the sort, row by row in its order. Seqs of stale claims are
-			-- taken and left unused.
-			SELECT x.run_id, x.type, x.data, x.terminal, nextval('run_events_seq_seq') AS seq
-			FROM (
-				SELECT ev.run_id, ev.type, ev.data, false AS terminal, ev.ord
-				FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS ev(run_id, type, data, ord)
-				UNION ALL
-				SELECT t.id, 'state', NULL, true, 9223372036854775807 FROM unnest($1::uuid[]) AS t(id)
-				ORDER BY ord
-			) x
-		), u AS (
-			UPDATE runs r SET state = 3, output = i.output, error = '', end_time = now(), end_seq = a.seq
-			FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS i(id, epoch, output), alloc a
+		WITH u AS (
+			UPDATE runs r SET state = 3, output = i.output, error = '', end_time = now()
+			FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS i(id, epoch, output)
 			-- r.id = ANY($1): an index probe per run whatever the statistics say.
 			WHERE r.id = ANY($1) AND r.id = i.id AND r.epoch = i.epoch AND r.state = 2
 				AND NOT r.limited AND r.thread_id IS NULL
-				AND a.run_id = i.id AND a.terminal
 			RETURNING r.id, r.tenant_id
 		), l AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
 		), e AS (
-			INSERT INTO run_events (run_id, tenant_id, seq, type, data) OVERRIDING SYSTEM VALUE
-			SELECT a.run_id, u.tenant_id, a.seq, a.type, a.data
-			FROM alloc a JOIN u ON u.id = a.run_id
-			WHERE NOT a.terminal
+			-- The worker's events in their order, then the state events: one INSERT, so
+			-- the log's seq follows that order.
+			INSERT INTO run_events (run_id, tenant_id, type, data)
+			SELECT x.run_id, u.tenant_id, x.type, x.data FROM (
+				SELECT ev.run_id, ev.type, ev.data, ev.ord
+				FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS ev(run_id, type, data, ord)
+				UNION ALL
+				SELECT id, 'state', '{"state": "SUCCEEDED"}', 9223372036854775807 FROM u
+			) x JOIN u ON u.id = x.run_id
+			ORDER BY x.ord
 		)
 		SELECT id FROM u`, ids, epochs, outputs, evRuns, evTypes, evData)
 	if err != nil {
@@ -740,10 +732,6 @@ type RunEvent struct {
 // queuedEvent is the data of a run's first event, kept on the run (migration 11).
 const queuedEvent = `'{"state": "QUEUED"}'::jsonb`
 
-// succeededEvent is the data of the last event of a run that finishSucceeded ended, kept
-// on the run (migration 13).
-const succeededEvent = `'{"state": "SUCCEEDED"}'::jsonb`
-
 // writeOutRunning is a CTE (named "ran") that writes the RUNNING event kept on the runs
 // matching where (migration 12) into run_events, with its seq and time. Every statement
 // that queues a claimed run again has it, and sets clearRunning in its update of the run:
@@ -761,14 +749,13 @@ func writeOutRunning(where string) string {
 const clearRunning = `running_seq = NULL, running_event = NULL`
 
 // ListRunEvents returns up to limit events of a run with seq > afterSeq, in order: the
-// rows of run_events and the events the run row holds (its QUEUED event, its current
-// claim's RUNNING event, and the SUCCEEDED event of a plain success).
+// rows of run_events and the run's QUEUED event and current RUNNING event, which the run
+// row holds.
 func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
 	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM (
 			SELECT v.seq, 'state' AS type, v.data, v.create_time FROM runs r,
 				LATERAL (VALUES (r.queued_seq, `+queuedEvent+`, r.create_time),
-					(r.running_seq, r.running_event, r.claim_time),
-					(r.end_seq, `+succeededEvent+`, r.end_time)) AS v(seq, data, create_time)
+					(r.running_seq, r.running_event, r.claim_time)) AS v(seq, data, create_time)
 			WHERE r.id = $1 AND r.tenant_id = $2 AND v.seq > $3
 			UNION ALL
 			(SELECT seq, type, data, create_time FROM run_events

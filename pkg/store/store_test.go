@@ -652,10 +652,9 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 	}
 }
 
-// A run's QUEUED event, its claim's RUNNING event and, for a plain success, its SUCCEEDED
-// event are held by the run row (migrations 11 to 13): they come in order with the events
-// written as rows, and paging past them or stopping at them works like for any other
-// event.
+// A run's log starts with its QUEUED event and its claim's RUNNING event, which the run
+// row holds (migrations 11 and 12): they come in order with the events written as rows,
+// and paging past them or stopping at them works like for any other event.
 func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
@@ -694,7 +693,7 @@ func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 
 	var rows int
 	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, run.ID).Scan(&rows))
-	require.Equal(t, 1, rows, "QUEUED, RUNNING and SUCCEEDED are not rows; step_started is")
+	require.Equal(t, 2, rows, "QUEUED and RUNNING are not rows")
 }
 
 // Every way a claimed run goes back to the queue (a retried failure, a released result, an
