@@ -352,6 +352,10 @@ type FinishParams struct {
 	Events []Event
 }
 
+// plainSuccess reports whether p is a success without an error message: the results
+// finishSucceeded writes when their runs are neither on a thread nor limited.
+func (p FinishParams) plainSuccess() bool { return p.Outcome == OutcomeSucceeded && p.Error == "" }
+
 // Event is one entry for a run's event log.
 type Event struct {
 	Type string
@@ -514,7 +518,7 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	var evTypes []string
 	var evData [][]byte
 	for _, i := range order {
-		if ps[i].Outcome == OutcomeSucceeded && ps[i].Error == "" {
+		if ps[i].plainSuccess() {
 			ids = append(ids, ps[i].RunID)
 			epochs = append(epochs, ps[i].Epoch)
 			outputs = append(outputs, states[i])
@@ -567,7 +571,7 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	for _, i := range order {
 		// order holds each claim once, and a run has one RUNNING claim: the finished id
 		// is this entry's.
-		if ps[i].Outcome == OutcomeSucceeded && ps[i].Error == "" && finished[ps[i].RunID] {
+		if ps[i].plainSuccess() && finished[ps[i].RunID] {
 			res[i].State = StateSucceeded
 			continue
 		}
