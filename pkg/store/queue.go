@@ -64,8 +64,27 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 	} else if ok {
 		return claims, nil
 	}
-	var claims []*Claim
-	err := pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
+	// A candidate scan sees the load of the limited assistants as of its snapshot: a claim
+	// that commits meanwhile can fill an assistant whose runs the scan then chose, and
+	// admit (which locks the load rows and reads them current) drops them. A claim that
+	// got nothing that way scans once more, with a fresh snapshot that skips the now
+	// saturated assistant and reaches the runs behind it: under load a claimer could
+	// otherwise come back empty while other assistants' runs wait.
+	claims, dropped, err := s.claimLimited(ctx, p)
+	if err == nil && len(claims) == 0 && dropped {
+		claims, _, err = s.claimLimited(ctx, p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
+	}
+	return claims, nil
+}
+
+// claimLimited claims up to p.Limit runs in one transaction when some assistant has a
+// concurrency limit. dropped reports candidates that admit refused for their assistant's
+// limit.
+func (s *Store) claimLimited(ctx context.Context, p ClaimParams) (claims []*Claim, dropped bool, err error) {
+	err = pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
 		// Saturated assistants are skipped by a primary-key probe per queued row (not an
 		// anti-join, which became a scan and sort of every queued row); the function pins
 		// the ordered scan of run_queue_claim that stops at the limit (migration 9).
@@ -87,8 +106,12 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 			return err
 		}
 		admitted, err := admit(ctx, tx, cands)
-		if err != nil || len(admitted) == 0 {
+		if err != nil {
 			return err
+		}
+		dropped = len(admitted) < len(cands)
+		if len(admitted) == 0 {
+			return nil
 		}
 		var limited []uuid.UUID
 		for _, c := range cands {
@@ -104,10 +127,7 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 		claims, err = collect(rows, scanClaim)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
-	}
-	return claims, nil
+	return claims, dropped, err
 }
 
 // VacuumQueue vacuums run_queue and run_leases, the two tables every claim and completion
