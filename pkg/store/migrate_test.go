@@ -116,6 +116,35 @@ func TestMigration10StatisticsTargets(t *testing.T) {
 	require.Empty(t, eventsOpts)
 }
 
+// Migration 13 keeps vacuum (the scheduler's and autovacuum) from truncating the queue
+// tables, and gives the setting back on the way down.
+func TestMigration13QueueTablesAreNotTruncated(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	options := func() (queue, leases string) {
+		require.NoError(t, db.QueryRowContext(ctx, `SELECT
+			(SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = 'run_queue'::regclass),
+			(SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = 'run_leases'::regclass)`).
+			Scan(&queue, &leases))
+		return
+	}
+
+	_, err := p.UpTo(ctx, 13)
+	require.NoError(t, err)
+	queue, leases := options()
+	require.Contains(t, queue, "vacuum_truncate=false")
+	require.Contains(t, queue, "autovacuum_vacuum_threshold=1000", "migration 4's settings stay")
+	require.Contains(t, leases, "vacuum_truncate=false")
+
+	_, err = p.DownTo(ctx, 12)
+	require.NoError(t, err)
+	queue, leases = options()
+	require.NotContains(t, queue, "vacuum_truncate")
+	require.Contains(t, queue, "autovacuum_vacuum_threshold=1000")
+	require.NotContains(t, leases, "vacuum_truncate")
+}
+
 // Going down from migrations 11 and 12 writes the QUEUED and RUNNING events that runs held
 // back into run_events, with their seq, data and time; going up again leaves the rows
 // alone (the run holds no copy any more).

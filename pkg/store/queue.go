@@ -139,7 +139,8 @@ func (s *Store) claimLimited(ctx context.Context, p ClaimParams) (claims []*Clai
 // looks at a database once per autovacuum_naptime (one minute by default), while a busy
 // scheduler claims thousands of runs a second; schedulers therefore vacuum after every
 // few thousand claims (scheduler.Config.QueueVacuumRuns). Vacuuming a table one does not
-// own is skipped by PostgreSQL with a warning, leaving it to autovacuum.
+// own is skipped by PostgreSQL with a warning, leaving it to autovacuum. Neither table is
+// truncated (migration 13): that lock would stop every claim and completion.
 func (s *Store) VacuumQueue(ctx context.Context) error {
 	if _, err := s.pool.Exec(ctx, `VACUUM (SKIP_LOCKED) run_queue, run_leases`); err != nil {
 		return fmt.Errorf("vacuuming run_queue and run_leases: %w", err)

@@ -66,3 +66,32 @@ func claimScanPages(t *testing.T, st *store.Store) int {
 	require.ErrorIs(t, err, pgx.ErrTxClosed)
 	return pages
 }
+
+// VacuumQueue leaves the queue tables their pages (migration 13): truncating them would
+// take an ACCESS EXCLUSIVE lock that stops every claim and completion, only for the pages
+// to be extended again by the next runs.
+func TestVacuumQueueDoesNotTruncateTheQueue(t *testing.T) {
+	st := benchStore(t)
+	ctx := t.Context()
+	fillQueue(t, st, 3000)
+	for {
+		claims, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 500, LeaseTTL: time.Minute})
+		require.NoError(t, err)
+		if len(claims) == 0 {
+			break
+		}
+	}
+	size := func() (n int64) {
+		require.NoError(t, st.Pool().QueryRow(ctx, `SELECT pg_relation_size('run_queue')`).Scan(&n))
+		return n
+	}
+	before := size()
+	require.Positive(t, before)
+
+	require.NoError(t, st.VacuumQueue(ctx))
+
+	require.Equal(t, before, size(), "the emptied pages of run_queue stay (no truncation)")
+	var empty bool
+	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM run_queue)`).Scan(&empty))
+	require.True(t, empty, "every queued run was claimed")
+}
