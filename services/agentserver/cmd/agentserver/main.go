@@ -27,6 +27,7 @@ commands:
 Run 'agentserver <command> -help' for its flags.`
 
 func main() {
+	config.ApplyGCPercent()
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "agentserver:", err)
 		os.Exit(1)

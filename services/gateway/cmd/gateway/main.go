@@ -23,6 +23,7 @@ import (
 )
 
 func main() {
+	config.ApplyGCPercent()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "gateway:", err)
 		os.Exit(1)

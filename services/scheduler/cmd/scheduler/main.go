@@ -23,6 +23,7 @@ import (
 )
 
 func main() {
+	config.ApplyGCPercent()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "scheduler:", err)
 		os.Exit(1)

@@ -28,6 +28,7 @@ import (
 )
 
 func main() {
+	config.ApplyGCPercent()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "worker-agent:", err)
 		os.Exit(1)
