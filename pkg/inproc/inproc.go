@@ -1,0 +1,306 @@
+// Package inproc connects gRPC clients to services in the same process without a network.
+// A Channel is both the registrar the services are registered on and the connection their
+// clients call through: a call runs the service's handler in its own goroutine, as a
+// server would, and hands it copies of the messages instead of encoding them, framing them
+// in HTTP/2 and passing them through a socket. The all-in-one server connects its workers
+// to its scheduler this way; services that run in processes of their own use real gRPC.
+//
+// It keeps the semantics the services rely on: a stream's handler sees the client's
+// cancellation in its context, the client sees the handler's return (io.EOF, or its error
+// as a status) after every message the handler sent before it, a send on an ended stream
+// fails, and outgoing metadata arrives as incoming metadata. Messages are copied when sent,
+// so neither side ever shares a message with the other. Headers and trailers are not
+// carried (no service of this repository uses them).
+package inproc
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// streamBuffer is how many messages each direction of a stream holds before a send
+// waits for the receiver (the in-process stand-in for HTTP/2 flow control).
+const streamBuffer = 256
+
+// Channel is an in-process connection to the services registered on it. The zero value is
+// ready to use.
+type Channel struct {
+	mu       sync.RWMutex
+	services map[string]*service
+}
+
+type service struct {
+	impl    any
+	methods map[string]grpc.MethodDesc
+	streams map[string]grpc.StreamDesc
+}
+
+var (
+	_ grpc.ClientConnInterface = (*Channel)(nil)
+	_ grpc.ServiceRegistrar    = (*Channel)(nil)
+)
+
+// RegisterService registers a service and its implementation, as on a grpc.Server.
+func (c *Channel) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	svc := &service{impl: impl, methods: make(map[string]grpc.MethodDesc), streams: make(map[string]grpc.StreamDesc)}
+	for _, m := range desc.Methods {
+		svc.methods[m.MethodName] = m
+	}
+	for _, s := range desc.Streams {
+		svc.streams[s.StreamName] = s
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.services == nil {
+		c.services = make(map[string]*service)
+	}
+	c.services[desc.ServiceName] = svc
+}
+
+// lookup splits "/package.Service/Method" and finds the service.
+func (c *Channel) lookup(fullMethod string) (*service, string, error) {
+	name, method, ok := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
+	c.mu.RLock()
+	svc := c.services[name]
+	c.mu.RUnlock()
+	if !ok || svc == nil {
+		return nil, "", status.Errorf(codes.Unimplemented, "unknown service %q", name)
+	}
+	return svc, method, nil
+}
+
+// serverContext is the context a handler runs in: cancelled with the client's, carrying
+// the client's outgoing metadata as incoming and none of the client's other values.
+func serverContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	base := context.Background()
+	if md, ok := metadata.FromOutgoingContext(ctx); ok {
+		base = metadata.NewIncomingContext(base, md.Copy())
+	}
+	cancelDeadline := context.CancelFunc(func() {})
+	if d, ok := ctx.Deadline(); ok {
+		base, cancelDeadline = context.WithDeadline(base, d)
+	}
+	sctx, cancel := context.WithCancelCause(base)
+	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
+	return sctx, func() { stop(); cancel(context.Canceled); cancelDeadline() }
+}
+
+// ctxErr is the status of a call whose context ended.
+func ctxErr(ctx context.Context) error {
+	return status.FromContextError(context.Cause(ctx)).Err()
+}
+
+// copyMessage fills dst with a copy of src.
+func copyMessage(dst, src any) error {
+	d, ok := dst.(proto.Message)
+	s, ok2 := src.(proto.Message)
+	if !ok || !ok2 {
+		return status.Errorf(codes.Internal, "inproc: %T and %T must be protobuf messages", dst, src)
+	}
+	proto.Reset(d)
+	proto.Merge(d, s)
+	return nil
+}
+
+// Invoke calls a unary method.
+func (c *Channel) Invoke(ctx context.Context, method string, args, reply any, _ ...grpc.CallOption) error {
+	svc, name, err := c.lookup(method)
+	if err != nil {
+		return err
+	}
+	md, ok := svc.methods[name]
+	if !ok {
+		return status.Errorf(codes.Unimplemented, "unknown method %q", method)
+	}
+	if err := ctx.Err(); err != nil {
+		return ctxErr(ctx)
+	}
+	sctx, cancel := serverContext(ctx)
+	defer cancel()
+	type answer struct {
+		out any
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		out, err := md.Handler(svc.impl, sctx, func(in any) error { return copyMessage(in, args) }, nil)
+		done <- answer{out, err}
+	}()
+	select {
+	case a := <-done:
+		if a.err != nil {
+			return status.Convert(a.err).Err()
+		}
+		return copyMessage(reply, a.out)
+	case <-ctx.Done():
+		return ctxErr(ctx)
+	}
+}
+
+// NewStream opens a stream to a streaming method; its handler starts at once.
+func (c *Channel) NewStream(ctx context.Context, _ *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	svc, name, err := c.lookup(method)
+	if err != nil {
+		return nil, err
+	}
+	sd, ok := svc.streams[name]
+	if !ok {
+		return nil, status.Errorf(codes.Unimplemented, "unknown method %q", method)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, ctxErr(ctx)
+	}
+	sctx, cancel := serverContext(ctx)
+	st := &stream{
+		up:         make(chan proto.Message, streamBuffer),
+		upClosed:   make(chan struct{}),
+		down:       make(chan proto.Message, streamBuffer),
+		serverDone: make(chan struct{}),
+	}
+	go func() {
+		err := sd.Handler(svc.impl, &serverStream{st: st, ctx: sctx})
+		if err != nil {
+			st.final = status.Convert(err).Err()
+		}
+		close(st.serverDone)
+		cancel()
+	}()
+	return &clientStream{st: st, ctx: ctx}, nil
+}
+
+// stream is the state two ends of one call share.
+type stream struct {
+	up       chan proto.Message // client to server
+	upClosed chan struct{}      // CloseSend
+	closeOne sync.Once
+	down     chan proto.Message // server to client
+	// serverDone closes when the handler returned; final is its error (nil: io.EOF).
+	serverDone chan struct{}
+	final      error
+}
+
+func clone(m any) (proto.Message, error) {
+	p, ok := m.(proto.Message)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "inproc: %T is not a protobuf message", m)
+	}
+	return proto.Clone(p), nil
+}
+
+type clientStream struct {
+	st  *stream
+	ctx context.Context
+}
+
+func (c *clientStream) Header() (metadata.MD, error) { return metadata.MD{}, nil }
+func (c *clientStream) Trailer() metadata.MD         { return metadata.MD{} }
+func (c *clientStream) Context() context.Context     { return c.ctx }
+
+func (c *clientStream) CloseSend() error {
+	c.st.closeOne.Do(func() { close(c.st.upClosed) })
+	return nil
+}
+
+// SendMsg sends a copy of m. As with gRPC, a stream whose server has ended answers io.EOF
+// and RecvMsg tells why.
+func (c *clientStream) SendMsg(m any) error {
+	msg, err := clone(m)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-c.st.upClosed:
+		return status.Error(codes.Internal, "inproc: SendMsg called after CloseSend")
+	case <-c.st.serverDone:
+		return io.EOF
+	default:
+	}
+	select {
+	case c.st.up <- msg:
+		return nil
+	case <-c.st.serverDone:
+		return io.EOF
+	case <-c.ctx.Done():
+		return ctxErr(c.ctx)
+	}
+}
+
+// RecvMsg receives the next message; after the last one, io.EOF or the handler's error.
+func (c *clientStream) RecvMsg(m any) error {
+	select {
+	case msg := <-c.st.down:
+		return copyMessage(m, msg)
+	case <-c.ctx.Done():
+		return ctxErr(c.ctx)
+	case <-c.st.serverDone:
+	}
+	// Messages sent before the handler returned come first.
+	select {
+	case msg := <-c.st.down:
+		return copyMessage(m, msg)
+	default:
+	}
+	if c.st.final != nil {
+		return c.st.final
+	}
+	return io.EOF
+}
+
+type serverStream struct {
+	st  *stream
+	ctx context.Context
+}
+
+func (s *serverStream) SetHeader(metadata.MD) error  { return nil }
+func (s *serverStream) SendHeader(metadata.MD) error { return nil }
+func (s *serverStream) SetTrailer(metadata.MD)       {}
+func (s *serverStream) Context() context.Context     { return s.ctx }
+
+// SendMsg sends a copy of m to the client; it fails once the call has ended.
+func (s *serverStream) SendMsg(m any) error {
+	msg, err := clone(m)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-s.st.serverDone:
+		return status.Error(codes.Canceled, "inproc: the stream's handler has returned")
+	case <-s.ctx.Done():
+		return ctxErr(s.ctx)
+	default:
+	}
+	select {
+	case s.st.down <- msg:
+		return nil
+	case <-s.st.serverDone:
+		return status.Error(codes.Canceled, "inproc: the stream's handler has returned")
+	case <-s.ctx.Done():
+		return ctxErr(s.ctx)
+	}
+}
+
+// RecvMsg receives the client's next message; io.EOF after CloseSend and every message
+// sent before it.
+func (s *serverStream) RecvMsg(m any) error {
+	select {
+	case msg := <-s.st.up:
+		return copyMessage(m, msg)
+	case <-s.ctx.Done():
+		return ctxErr(s.ctx)
+	case <-s.st.upClosed:
+	}
+	select {
+	case msg := <-s.st.up:
+		return copyMessage(m, msg)
+	default:
+		return io.EOF
+	}
+}
