@@ -132,7 +132,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Addrs)) e
 	for i := range workers {
 		wc := cfg.Worker
 		wc.SchedulerAddrs = sched.Addr().String()
-		if workers[i], err = worker.New(wc, log.With("service", "worker")); err != nil {
+		// The embedded workers talk to the scheduler in process (no encoding, framing or
+		// socket per message); external worker-agents still connect to sched.Addr().
+		if workers[i], err = worker.New(wc, log.With("service", "worker"), worker.WithSchedulerConn(sched.InProcess())); err != nil {
 			return err
 		}
 	}

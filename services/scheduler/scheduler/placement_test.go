@@ -27,6 +27,13 @@ const gib = int64(1) << 30
 
 func startScheduler(t *testing.T, mods ...func(*scheduler.Config)) (*store.Store, string) {
 	t.Helper()
+	st, srv, _ := runScheduler(t, mods...)
+	return st, srv.Addr().String()
+}
+
+// runScheduler starts a scheduler on a database of its own; stop ends its Run early.
+func runScheduler(t *testing.T, mods ...func(*scheduler.Config)) (st *store.Store, srv *scheduler.Server, stop func()) {
+	t.Helper()
 	url := pgtest.NewDatabase(t)
 	require.NoError(t, store.Migrate(t.Context(), url))
 	st, err := store.Open(t.Context(), url)
@@ -39,13 +46,15 @@ func startScheduler(t *testing.T, mods ...func(*scheduler.Config)) (*store.Store
 	for _, mod := range mods {
 		mod(&cfg)
 	}
-	srv, err := scheduler.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, err = scheduler.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	return st, srv.Addr().String()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); require.NoError(t, <-done) }) }
+	t.Cleanup(stop)
+	return st, srv, stop
 }
 
 // standInWorker speaks the scheduler protocol like a worker-agent but executes nothing:
@@ -61,6 +70,12 @@ func connectStandIn(t *testing.T, addr string, reg *schedulerv1.Register) *stand
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
+	return connectStandInOver(t, conn, reg)
+}
+
+// connectStandInOver opens the stand-in's session over conn.
+func connectStandInOver(t *testing.T, conn grpc.ClientConnInterface, reg *schedulerv1.Register) *standInWorker {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	stream, err := schedulerv1.NewSchedulerServiceClient(conn).Connect(ctx)

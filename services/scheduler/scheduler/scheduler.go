@@ -27,6 +27,7 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	"github.com/agentserver/agentserver/pkg/admin"
+	"github.com/agentserver/agentserver/pkg/inproc"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -116,10 +117,15 @@ type Server struct {
 	sessions map[string]*session
 	wake     chan struct{}
 
-	lis    net.Listener
-	grpc   *grpc.Server
-	health *health.Server
-	admin  *admin.Server
+	lis net.Listener
+	// inproc serves SchedulerService to workers in this process (InProcess).
+	inproc *inproc.Channel
+	// stopping is set when Run begins to shut down: Connect refuses new sessions (the
+	// gRPC server's GracefulStop does that for the network, not for inproc).
+	stopping atomic.Bool
+	grpc     *grpc.Server
+	health   *health.Server
+	admin    *admin.Server
 }
 
 // New creates a scheduler and binds its gRPC listener.
@@ -149,6 +155,8 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	)
 	schedulerv1.RegisterSchedulerServiceServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.inproc = new(inproc.Channel)
+	schedulerv1.RegisterSchedulerServiceServer(s.inproc, s)
 	if cfg.AdminAddr != "" {
 		s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, s.log)
 		if err != nil {
@@ -161,6 +169,12 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 
 // Addr is the address workers connect to.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+
+// InProcess is a connection to this scheduler for workers in the same process (the
+// all-in-one server): calls are Go function calls on copies of the messages, with no
+// encoding, HTTP/2 framing or socket in between. Streams over it behave as over the
+// network: a session ends when either side's context ends or the handler returns.
+func (s *Server) InProcess() grpc.ClientConnInterface { return s.inproc }
 
 // ID is this instance's id.
 func (s *Server) ID() string { return s.cfg.ID }
@@ -177,6 +191,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-ctx.Done()
 		s.health.Shutdown()
+		s.stopping.Store(true)
 		// Workers reconnect to another scheduler and keep their runs; their leases
 		// outlive this process by LeaseTTL.
 		s.mu.Lock()

@@ -253,6 +253,9 @@ func storeGPUs(gpus []*agentserverv1.Gpu) []store.GPU {
 
 // Connect serves one worker session.
 func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) error {
+	if s.stopping.Load() {
+		return status.Error(codes.Unavailable, "scheduler shutting down; connect to another")
+	}
 	ctx := stream.Context()
 	first, err := stream.Recv()
 	if err != nil {

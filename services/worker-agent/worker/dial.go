@@ -14,17 +14,25 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial.opts = append(o.dial.opts, opts...) }
 }
 
-// dialSettings is the part of options that WithDialOptions sets.
-type dialSettings struct {
-	opts []grpc.DialOption
+// WithSchedulerConn makes every session of the worker a stream over conn, instead of a
+// connection dialled to SCHEDULER_ADDR (which then only names the scheduler in logs).
+// The all-in-one server passes its scheduler's in-process channel here.
+func WithSchedulerConn(conn grpc.ClientConnInterface) Option {
+	return func(o *options) { o.dial.conn = conn }
 }
 
-func dialOptions(opts []Option) []grpc.DialOption {
+// dialSettings is the part of options that WithDialOptions and WithSchedulerConn set.
+type dialSettings struct {
+	opts []grpc.DialOption
+	conn grpc.ClientConnInterface
+}
+
+func dialOptions(opts []Option) dialSettings {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return o.dial.opts
+	return o.dial
 }
 
 // schedulerTargets splits SCHEDULER_ADDR into the targets the worker rotates through: a

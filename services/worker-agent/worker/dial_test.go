@@ -5,6 +5,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+
+	"github.com/agentserver/agentserver/pkg/inproc"
 )
 
 func TestSchedulerTargets(t *testing.T) {
@@ -18,6 +20,11 @@ func TestSchedulerTargets(t *testing.T) {
 func TestWithDialOptions(t *testing.T) {
 	t.Parallel()
 	a, b := grpc.WithUserAgent("a"), grpc.WithUserAgent("b")
-	require.Len(t, dialOptions([]Option{WithDialOptions(a), WithGPUDetector(nil), WithDialOptions(b)}), 2)
-	require.Empty(t, dialOptions(nil))
+	got := dialOptions([]Option{WithDialOptions(a), WithGPUDetector(nil), WithDialOptions(b)})
+	require.Len(t, got.opts, 2)
+	require.Nil(t, got.conn, "sessions dial SCHEDULER_ADDR")
+	require.Empty(t, dialOptions(nil).opts)
+
+	conn := new(inproc.Channel)
+	require.Same(t, conn, dialOptions([]Option{WithSchedulerConn(conn)}).conn, "sessions use the connection given")
 }

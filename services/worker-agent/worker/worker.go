@@ -115,8 +115,9 @@ type Worker struct {
 	// checkpoints holds each run's checkpoint waiting for its acknowledgement (under mu).
 	checkpoints map[string]*pendingCheckpoint
 	admin       *admin.Server
-	// dialOpts are extra options of the scheduler connection (WithDialOptions).
-	dialOpts []grpc.DialOption
+	// dial holds extra options of the scheduler connection (WithDialOptions), or the
+	// connection itself (WithSchedulerConn).
+	dial dialSettings
 }
 
 type activeRun struct {
@@ -189,7 +190,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 		cfg: cfg, slots: slots, labels: labels, addrs: addrs, log: log.With("worker", cfg.ID), exec: mgr,
 		hostname: hostname, gpus: gpus, runs: make(map[string]*activeRun), used: make(map[string]int),
 		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1), runners: newRunners(),
-		dialOpts: dialOptions(opts), checkpoints: make(map[string]*pendingCheckpoint),
+		dial: dialOptions(opts), checkpoints: make(map[string]*pendingCheckpoint),
 	}
 	if cfg.AdminAddr != "" {
 		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log); err != nil {
@@ -371,14 +372,18 @@ func (w *Worker) heartbeat() *schedulerv1.ConnectRequest {
 // session runs one Connect stream until it breaks or ctx ends. It sets *registered once
 // the scheduler accepted the worker's registration.
 func (w *Worker) session(ctx context.Context, addr string, registered *bool) error {
-	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-	}, w.dialOpts...)...)
-	if err != nil {
-		return err
+	conn := w.dial.conn
+	if conn == nil {
+		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		}, w.dial.opts...)...)
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		conn = cc
 	}
-	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := schedulerv1.NewSchedulerServiceClient(conn).Connect(ctx)
