@@ -8,9 +8,11 @@
 // It keeps the semantics the services rely on: a stream's handler sees the client's
 // cancellation in its context, the client sees the handler's return (io.EOF, or its error
 // as a status) after every message the handler sent before it, a send on an ended stream
-// fails, and outgoing metadata arrives as incoming metadata. Messages are copied when sent,
-// so neither side ever shares a message with the other. Headers and trailers are not
-// carried (no service of this repository uses them).
+// fails, and outgoing metadata arrives as incoming metadata. The receiver gets a copy of
+// each message, so the two sides never share one; as with gRPC ("it is not safe to modify
+// the message after calling SendMsg"), a sender must leave a message alone once sent: it
+// is copied when received, not when sent (copying both times was ~5 % of the all-in-one
+// server's CPU). Headers and trailers are not carried (no service here uses them).
 package inproc
 
 import (
@@ -187,12 +189,13 @@ type stream struct {
 	final      error
 }
 
-func clone(m any) (proto.Message, error) {
+// message checks that m is a protobuf message; the receiver copies it (copyMessage).
+func message(m any) (proto.Message, error) {
 	p, ok := m.(proto.Message)
 	if !ok {
 		return nil, status.Errorf(codes.Internal, "inproc: %T is not a protobuf message", m)
 	}
-	return proto.Clone(p), nil
+	return p, nil
 }
 
 type clientStream struct {
@@ -209,10 +212,10 @@ func (c *clientStream) CloseSend() error {
 	return nil
 }
 
-// SendMsg sends a copy of m. As with gRPC, a stream whose server has ended answers io.EOF
+// SendMsg sends m, which must not be modified afterwards. As with gRPC, a stream whose server has ended answers io.EOF
 // and RecvMsg tells why.
 func (c *clientStream) SendMsg(m any) error {
-	msg, err := clone(m)
+	msg, err := message(m)
 	if err != nil {
 		return err
 	}
@@ -264,9 +267,10 @@ func (s *serverStream) SendHeader(metadata.MD) error { return nil }
 func (s *serverStream) SetTrailer(metadata.MD)       {}
 func (s *serverStream) Context() context.Context     { return s.ctx }
 
-// SendMsg sends a copy of m to the client; it fails once the call has ended.
+// SendMsg sends m (not to be modified afterwards) to the client; it fails once the call
+// has ended.
 func (s *serverStream) SendMsg(m any) error {
-	msg, err := clone(m)
+	msg, err := message(m)
 	if err != nil {
 		return err
 	}

@@ -155,11 +155,12 @@ func TestClientCancellationReachesTheHandler(t *testing.T) {
 	require.Equal(t, codes.Canceled, status.Code(err))
 }
 
-// The two sides never share a message: what the server received does not change when
-// the client reuses the message it sent, and the reverse.
+// The two sides never share a message: each receives its own copy, which changes
+// neither when the sender reuses its message after delivery nor changes the sender's.
 func TestMessagesAreCopied(t *testing.T) {
 	t.Parallel()
 	received := make(chan *testpb.StreamingOutputCallRequest, 1)
+	reused := make(chan struct{})
 	reply := &testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: []byte("reply")}}
 	client := channelWith(func(s grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
 		req, err := s.Recv()
@@ -167,10 +168,10 @@ func TestMessagesAreCopied(t *testing.T) {
 			return err
 		}
 		received <- req
+		<-reused
 		if err := s.Send(reply); err != nil {
 			return err
 		}
-		reply.Payload.Body[0] = 'X'
 		_, err = s.Recv()
 		return err
 	})
@@ -178,13 +179,19 @@ func TestMessagesAreCopied(t *testing.T) {
 	require.NoError(t, err)
 	req := request("hello")
 	require.NoError(t, stream.Send(req))
-	req.Payload.Body[0] = 'J'
 	got := <-received
-	require.Equal(t, "hello", string(got.GetPayload().GetBody()))
 	require.NotSame(t, req, got)
+	require.NotSame(t, req.GetPayload(), got.GetPayload())
+	req.Payload.Body[0] = 'J' // the client reuses its message once it was received
+	got.Payload.Body[1] = 'a' // and the server changes its copy
+	close(reused)
+	require.Equal(t, "hallo", string(got.GetPayload().GetBody()))
+	require.Equal(t, "Jello", string(req.GetPayload().GetBody()))
 	resp, err := stream.Recv()
 	require.NoError(t, err)
-	require.Equal(t, "reply", string(resp.GetPayload().GetBody()))
+	require.NotSame(t, reply, resp)
+	resp.Payload.Body[0] = 'X'
+	require.Equal(t, "reply", string(reply.GetPayload().GetBody()))
 }
 
 // Outgoing metadata of the client arrives as incoming metadata of the handler.
