@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 )
 
 // request is the part of a step request that noop reads.
@@ -35,6 +36,9 @@ type result struct {
 }
 
 func main() {
+	// One request at a time: a second thread for Go code only adds hand-offs between
+	// threads at every blocking read of stdin.
+	runtime.GOMAXPROCS(1)
 	if err := serve(os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "noop:", err)
 		os.Exit(1)
