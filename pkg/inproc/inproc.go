@@ -212,49 +212,25 @@ func (c *clientStream) CloseSend() error {
 	return nil
 }
 
-// SendMsg sends m, which must not be modified afterwards. As with gRPC, a stream whose server has ended answers io.EOF
-// and RecvMsg tells why.
+// SendMsg sends m, which must not be modified afterwards. As with gRPC, a stream whose
+// server has ended answers io.EOF and RecvMsg tells why.
 func (c *clientStream) SendMsg(m any) error {
-	msg, err := message(m)
-	if err != nil {
-		return err
-	}
 	select {
 	case <-c.st.upClosed:
 		return status.Error(codes.Internal, "inproc: SendMsg called after CloseSend")
-	case <-c.st.serverDone:
-		return io.EOF
 	default:
 	}
-	select {
-	case c.st.up <- msg:
-		return nil
-	case <-c.st.serverDone:
-		return io.EOF
-	case <-c.ctx.Done():
-		return ctxErr(c.ctx)
-	}
+	return send(c.ctx, c.st.up, m, c.st.serverDone, io.EOF)
 }
 
 // RecvMsg receives the next message; after the last one, io.EOF or the handler's error.
 func (c *clientStream) RecvMsg(m any) error {
-	select {
-	case msg := <-c.st.down:
-		return copyMessage(m, msg)
-	case <-c.ctx.Done():
-		return ctxErr(c.ctx)
-	case <-c.st.serverDone:
-	}
-	// Messages sent before the handler returned come first.
-	select {
-	case msg := <-c.st.down:
-		return copyMessage(m, msg)
-	default:
-	}
-	if c.st.final != nil {
-		return c.st.final
-	}
-	return io.EOF
+	return receive(c.ctx, c.st.down, m, c.st.serverDone, func() error {
+		if c.st.final != nil {
+			return c.st.final
+		}
+		return io.EOF
+	})
 }
 
 type serverStream struct {
@@ -270,41 +246,53 @@ func (s *serverStream) Context() context.Context     { return s.ctx }
 // SendMsg sends m (not to be modified afterwards) to the client; it fails once the call
 // has ended.
 func (s *serverStream) SendMsg(m any) error {
-	msg, err := message(m)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-s.st.serverDone:
-		return status.Error(codes.Canceled, "inproc: the stream's handler has returned")
-	case <-s.ctx.Done():
-		return ctxErr(s.ctx)
-	default:
-	}
-	select {
-	case s.st.down <- msg:
-		return nil
-	case <-s.st.serverDone:
-		return status.Error(codes.Canceled, "inproc: the stream's handler has returned")
-	case <-s.ctx.Done():
-		return ctxErr(s.ctx)
-	}
+	return send(s.ctx, s.st.down, m, s.st.serverDone, status.Error(codes.Canceled, "inproc: the stream's handler has returned"))
 }
 
 // RecvMsg receives the client's next message; io.EOF after CloseSend and every message
 // sent before it.
 func (s *serverStream) RecvMsg(m any) error {
-	select {
-	case msg := <-s.st.up:
-		return copyMessage(m, msg)
-	case <-s.ctx.Done():
-		return ctxErr(s.ctx)
-	case <-s.st.upClosed:
+	return receive(s.ctx, s.st.up, m, s.st.upClosed, func() error { return io.EOF })
+}
+
+// send puts m on ch unless the stream has ended (ended closed: endErr) or ctx has; an
+// ended stream fails a send even when ch has room.
+func send(ctx context.Context, ch chan<- proto.Message, m any, ended <-chan struct{}, endErr error) error {
+	msg, err := message(m)
+	if err != nil {
+		return err
 	}
 	select {
-	case msg := <-s.st.up:
+	case <-ended:
+		return endErr
+	case <-ctx.Done():
+		return ctxErr(ctx)
+	default:
+	}
+	select {
+	case ch <- msg:
+		return nil
+	case <-ended:
+		return endErr
+	case <-ctx.Done():
+		return ctxErr(ctx)
+	}
+}
+
+// receive copies the next message of ch into m. Once closed is closed, the messages
+// already on ch still come first, then end's error.
+func receive(ctx context.Context, ch <-chan proto.Message, m any, closed <-chan struct{}, end func() error) error {
+	select {
+	case msg := <-ch:
+		return copyMessage(m, msg)
+	case <-ctx.Done():
+		return ctxErr(ctx)
+	case <-closed:
+	}
+	select {
+	case msg := <-ch:
 		return copyMessage(m, msg)
 	default:
-		return io.EOF
+		return end()
 	}
 }
