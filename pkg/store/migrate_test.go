@@ -195,3 +195,27 @@ func TestMigrations11And12KeptEventsGoDownAsRows(t *testing.T) {
 		})
 	}
 }
+
+// Since migration 14 a claim keeps only its RUNNING event's seq on the run; going down
+// gives the run the event's data back, so that migration 12's down writes it out whole.
+func TestMigration14RunningEventGoesDownWithItsData(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	_, err := p.UpTo(ctx, 14)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
+			input, max_attempts, timeout_ms, worker_id, attempt, epoch, claim_time, running_seq)
+		VALUES ('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 2, 0, 'cpu', '{}', 3, 1000,
+			'w-7', 2, 5, '2026-01-02T03:04:05Z', nextval('run_events_seq_seq'))`)
+	require.NoError(t, err)
+
+	_, err = p.DownTo(ctx, 11)
+	require.NoError(t, err)
+	var typ, data string
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT type, data::text FROM run_events
+		WHERE run_id = '00000000-0000-0000-0000-000000000001'`).Scan(&typ, &data))
+	require.Equal(t, "state", typ)
+	require.JSONEq(t, `{"state": "RUNNING", "worker": "w-7", "attempt": 2, "epoch": 5}`, data)
+}

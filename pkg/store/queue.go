@@ -167,11 +167,11 @@ func claimStatement(cte, ids, limited string) string {
 			UPDATE runs r SET state = 2, epoch = r.epoch + 1, worker_id = $2, claim_time = now(),
 				start_time = coalesce(r.start_time, now()), next_attempt_time = NULL,
 				limited = ` + limited + `,
-				-- The claim's RUNNING event, kept on the run (migration 12). A run claimed
-				-- before had its previous one written out when it was queued again.
-				running_seq = nextval('run_events_seq_seq'),
-				running_event = jsonb_build_object('state', 'RUNNING', 'worker', $2::text,
-					'attempt', r.attempt, 'epoch', r.epoch + 1)
+				-- The claim's RUNNING event, kept on the run (migration 12): its seq here,
+				-- its data made from the run's worker, attempt and epoch when read
+				-- (runningEvent, migration 14). A run claimed before had its previous
+				-- one written out when it was queued again.
+				running_seq = nextval('run_events_seq_seq')
 			-- By id, not by joining d: the planner cannot estimate d's rows and would
 			-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
 			-- does), and the chosen queue rows are locked by this statement or transaction.
@@ -757,6 +757,15 @@ type RunEvent struct {
 // queuedEvent is the data of a run's first event, kept on the run (migration 11).
 const queuedEvent = `'{"state": "QUEUED"}'::jsonb`
 
+// runningEvent is the data of the RUNNING event of the current claim of the run r, kept on
+// the run (migration 12). Since migration 14 claims no longer store it (running_event is
+// NULL): it is made from the claim's worker, attempt and epoch, which stay on the run until
+// a statement queues the run again, and that statement writes the event out first
+// (writeOutRunning). Runs claimed before migration 14 still carry the stored copy, which
+// is the same object.
+const runningEvent = `coalesce(r.running_event, jsonb_build_object('state', 'RUNNING',
+	'worker', r.worker_id, 'attempt', r.attempt, 'epoch', r.epoch))`
+
 // writeOutRunning is a CTE (named "ran") that writes the RUNNING event kept on the runs
 // matching where (migration 12) into run_events, with its seq and time. Every statement
 // that queues a claimed run again has it, and sets clearRunning in its update of the run:
@@ -765,8 +774,8 @@ const queuedEvent = `'{"state": "QUEUED"}'::jsonb`
 func writeOutRunning(where string) string {
 	return `ran AS (
 			INSERT INTO run_events (run_id, tenant_id, seq, type, data, create_time) OVERRIDING SYSTEM VALUE
-			SELECT id, tenant_id, running_seq, 'state', running_event, claim_time FROM runs
-			WHERE ` + where + ` AND running_seq IS NOT NULL
+			SELECT r.id, r.tenant_id, r.running_seq, 'state', ` + runningEvent + `, r.claim_time FROM runs r
+			WHERE r.` + where + ` AND r.running_seq IS NOT NULL
 		)`
 }
 
@@ -780,7 +789,7 @@ func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUI
 	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM (
 			SELECT v.seq, 'state' AS type, v.data, v.create_time FROM runs r,
 				LATERAL (VALUES (r.queued_seq, `+queuedEvent+`, r.create_time),
-					(r.running_seq, r.running_event, r.claim_time)) AS v(seq, data, create_time)
+					(r.running_seq, `+runningEvent+`, r.claim_time)) AS v(seq, data, create_time)
 			WHERE r.id = $1 AND r.tenant_id = $2 AND v.seq > $3
 			UNION ALL
 			(SELECT seq, type, data, create_time FROM run_events
