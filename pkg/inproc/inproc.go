@@ -95,9 +95,10 @@ func serverContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return sctx, func() { stop(); cancel(context.Canceled); cancelDeadline() }
 }
 
-// ctxErr is the status of a call whose context ended.
+// ctxErr is the status of a call whose context ended: Canceled or DeadlineExceeded, as
+// gRPC reports it, whatever cause the context was cancelled with.
 func ctxErr(ctx context.Context) error {
-	return status.FromContextError(context.Cause(ctx)).Err()
+	return status.FromContextError(ctx.Err()).Err()
 }
 
 // copyMessage fills dst with a copy of src.
