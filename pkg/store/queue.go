@@ -611,7 +611,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 	case outcome == OutcomeReleased:
 		res.State = StateQueued
 		b.Queue(`
-			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), `+writeOutRunning("id = $1")+`, u AS (
+			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), `+writeOutRunning("$1")+`, u AS (
 				UPDATE runs SET state = 1, worker_id = NULL, `+clearRunning+`,
 					checkpoint = coalesce($2, checkpoint)
 				WHERE id = $1 RETURNING *)
@@ -620,7 +620,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 	case outcome == OutcomeFailed && p.Retryable && r.attempt < r.maxAttempts:
 		res.State, res.Retried = StateQueued, true
 		b.Queue(`
-			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), `+writeOutRunning("id = $1")+`, u AS (
+			WITH l AS (DELETE FROM run_leases WHERE run_id = $1), `+writeOutRunning("$1")+`, u AS (
 				UPDATE runs SET state = 1, worker_id = NULL, attempt = attempt + 1, `+clearRunning+`,
 					error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
 					checkpoint = NULL, next_step = NULL
@@ -767,15 +767,16 @@ const runningEvent = `coalesce(r.running_event, jsonb_build_object('state', 'RUN
 	'worker', r.worker_id, 'attempt', r.attempt, 'epoch', r.epoch))`
 
 // writeOutRunning is a CTE (named "ran") that writes the RUNNING event kept on the runs
-// matching where (migration 12) into run_events, with its seq and time. Every statement
-// that queues a claimed run again has it, and sets clearRunning in its update of the run:
-// the next claim replaces the event kept on the run. The CTE reads the runs as they were
-// before the statement, whatever the order in which PostgreSQL runs its parts.
-func writeOutRunning(where string) string {
+// whose id is `= ids` (migration 12; ids is "$1" or an `ANY(…)` expression) into
+// run_events, with its seq and time. Every statement that queues a claimed run again has
+// it, and sets clearRunning in its update of the run: the next claim replaces the event
+// kept on the run. The CTE reads the runs as they were before the statement, whatever the
+// order in which PostgreSQL runs its parts.
+func writeOutRunning(ids string) string {
 	return `ran AS (
 			INSERT INTO run_events (run_id, tenant_id, seq, type, data, create_time) OVERRIDING SYSTEM VALUE
 			SELECT r.id, r.tenant_id, r.running_seq, 'state', ` + runningEvent + `, r.claim_time FROM runs r
-			WHERE r.` + where + ` AND r.running_seq IS NOT NULL
+			WHERE r.id = ` + ids + ` AND r.running_seq IS NOT NULL
 		)`
 }
 
@@ -902,7 +903,7 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 			FOR UPDATE OF l, r SKIP LOCKED
 		), dl AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM due))
-		), `+writeOutRunning("id = ANY(ARRAY(SELECT id FROM due))")+`, u AS (
+		), `+writeOutRunning("ANY(ARRAY(SELECT id FROM due))")+`, u AS (
 			UPDATE runs r SET
 				`+clearRunning+`,
 				state = CASE

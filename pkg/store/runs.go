@@ -453,7 +453,7 @@ func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, valu
 		if r.State != StateInterrupted {
 			return &StateError{State: r.State, Want: StateInterrupted}
 		}
-		out, err = scanRun(tx.QueryRow(ctx, `WITH `+writeOutRunning("id = $1")+`
+		out, err = scanRun(tx.QueryRow(ctx, `WITH `+writeOutRunning("$1")+`
 			UPDATE runs SET state = 1, resume = $2, prompt = NULL, worker_id = NULL, `+clearRunning+`
 			WHERE id = $1 RETURNING `+runColumns, id, b))
 		if err != nil {
