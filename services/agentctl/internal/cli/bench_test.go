@@ -11,6 +11,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 )
 
 func TestPercentileNearestRank(t *testing.T) {
@@ -241,4 +245,40 @@ func TestBenchReportText(t *testing.T) {
 	} {
 		require.Contains(t, out.String(), want)
 	}
+}
+
+// TestBenchTrackPacesItsReads: while runs are created back to back and each settles at once,
+// the tracker follows at most one run per benchTrackEvery, instead of one WaitRun (and the
+// server's reads behind it) per run created.
+func TestBenchTrackPacesItsReads(t *testing.T) {
+	f := &fakeAPI{waits: []*agentserverv1.Run{{State: agentserverv1.Run_SUCCEEDED}}}
+	conn, err := grpc.NewClient(startFake(t, f), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	b := &benchRun{a: &app{cfg: Config{Timeout: time.Minute}}, runs: agentserverv1.NewRunServiceClient(conn), errKinds: map[string]int{}}
+
+	createsDone := make(chan struct{})
+	tracked := make(chan struct{})
+	go func() {
+		defer close(tracked)
+		b.track(t.Context(), createsDone)
+	}()
+	const window = 5 * benchTrackEvery
+	start := time.Now()
+	for i := 0; time.Since(start) < window; i++ {
+		b.mu.Lock()
+		b.created = append(b.created, createdRun{name: "runs/r" + strconv.Itoa(i)})
+		b.mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
+	}
+	close(createsDone)
+	<-tracked
+
+	waits := len(f.requests("WaitRun"))
+	elapsed := time.Since(start)
+	require.GreaterOrEqual(t, waits, 2, "the tracker follows the newest run")
+	// One per benchTrackEvery, plus the first and the last; the runs created meanwhile
+	// (thousands) are not followed one by one.
+	require.LessOrEqual(t, waits, int(elapsed/benchTrackEvery)+2, "%d WaitRun calls in %v", waits, elapsed)
+	require.Equal(t, int64(b.createdCount()), b.finished.Load(), "the newest run settled: every run counts as finished")
 }
