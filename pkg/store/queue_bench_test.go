@@ -159,6 +159,34 @@ func BenchmarkClaimFinish(b *testing.B) {
 	}
 }
 
+// BenchmarkFinishRuns measures FinishRuns of a batch of successes (the scheduler writes a
+// worker's results in batches of up to 512): the cost per run should not grow with the
+// batch.
+func BenchmarkFinishRuns(b *testing.B) {
+	for _, batch := range []int{32, 128, 512} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			st := benchStore(b)
+			ctx := b.Context()
+			fillQueue(b, st, b.N*batch)
+			var elapsed time.Duration
+			for range b.N {
+				claims := claimOne(ctx, b, st, batch)
+				ps := make([]store.FinishParams, len(claims))
+				for i, c := range claims {
+					ps[i] = store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: c.State,
+						Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "noop"}}}}
+				}
+				start := time.Now()
+				if _, _, err := st.FinishRuns(ctx, ps); err != nil {
+					b.Fatal(err)
+				}
+				elapsed += time.Since(start)
+			}
+			b.ReportMetric(float64(elapsed.Microseconds())/float64(b.N*batch), "µs/run")
+		})
+	}
+}
+
 // BenchmarkClaimLatency measures one ClaimRuns call (limit 1) with a deep queue: the
 // target is a flat line from 0 to 1,000,000 queued runs. queued=1M runs only when named
 // (-bench 'ClaimLatency/queued=1M'): building it takes about a minute and a half.

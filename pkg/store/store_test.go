@@ -604,6 +604,88 @@ func TestFinishRunsTwiceInOneBatchEndsOnce(t *testing.T) {
 	require.Equal(t, 1, terminal)
 }
 
+// Results of two claims of one run can meet in one batch (a worker's result of an old claim
+// resent after the run was claimed again): whichever comes first, the current claim's
+// result ends the run and the old one is refused as stale.
+func TestFinishRunsTwoClaimsOfOneRunInOneBatch(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	for _, staleFirst := range []bool{true, false} {
+		run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
+		c := claim(t, st, "w", "cpu", 1)[0]
+		current := store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"epoch": "current"},
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "current"}}}}
+		stale := store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch - 1, Outcome: store.OutcomeSucceeded, State: map[string]any{"epoch": "stale"},
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "stale"}}}}
+		batch, cur := []store.FinishParams{current, stale}, 0
+		if staleFirst {
+			batch, cur = []store.FinishParams{stale, current}, 1
+		}
+		res, errs, err := st.FinishRuns(t.Context(), batch)
+		require.NoError(t, err)
+		require.NoError(t, errs[cur], "stale first: %v", staleFirst)
+		require.Equal(t, store.StateSucceeded, res[cur].State)
+		require.ErrorIs(t, errs[1-cur], store.ErrStaleEpoch, "stale first: %v", staleFirst)
+		got, err := st.GetRun(t.Context(), tenant, run.ID)
+		require.NoError(t, err)
+		require.Equal(t, store.StateSucceeded, got.State)
+		require.Equal(t, map[string]any{"epoch": "current"}, got.Output)
+		evs, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 100)
+		require.NoError(t, err)
+		var types []string
+		for _, e := range evs {
+			detail, _ := e.Data["state"].(string)
+			if step, ok := e.Data["step"].(string); ok {
+				detail = step
+			}
+			types = append(types, e.Type+":"+detail)
+		}
+		require.Equal(t, []string{"state:QUEUED", "state:RUNNING", "step_started:current", "state:SUCCEEDED"}, types,
+			"stale first: %v", staleFirst)
+	}
+}
+
+// A batch of results as large as a worker's message batch (512) ends every run, with each
+// run's own output, in one call.
+func TestFinishRunsLargeBatch(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	const n = 512
+	runs := make([]store.NewRun, n)
+	for i := range runs {
+		runs[i] = store.NewRun{AssistantID: "a", Input: map[string]any{"i": float64(i)}}
+	}
+	enqueue(t, st, runs...)
+	cs := claim(t, st, "w", "cpu", n)
+	require.Len(t, cs, n)
+	ps := make([]store.FinishParams, n)
+	for i, c := range cs {
+		// Every other result carries a stale epoch.
+		epoch := c.Run.Epoch
+		if i%2 == 1 {
+			epoch++
+		}
+		ps[i] = store.FinishParams{RunID: c.Run.ID, Epoch: epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{"out": c.State["i"]}}
+	}
+	res, errs, err := st.FinishRuns(t.Context(), ps)
+	require.NoError(t, err)
+	for i, c := range cs {
+		got, err := st.GetRun(t.Context(), tenant, c.Run.ID)
+		require.NoError(t, err)
+		if i%2 == 1 {
+			require.ErrorIs(t, errs[i], store.ErrStaleEpoch)
+			require.Equal(t, store.StateRunning, got.State)
+			continue
+		}
+		require.NoError(t, errs[i])
+		require.Equal(t, store.StateSucceeded, res[i].State)
+		require.Equal(t, store.StateSucceeded, got.State)
+		require.Equal(t, map[string]any{"out": c.State["i"]}, got.Output, "run %d gets its own output", i)
+	}
+}
+
 // Runs waiting on a thread start in submission order; a waiting run cancelled while the
 // active run ends (concurrently: the two can deadlock and are retried) is never promoted,
 // and the next one is.
