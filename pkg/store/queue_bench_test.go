@@ -163,7 +163,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 // worker's results in batches of up to 512): the cost per run should not grow with the
 // batch.
 func BenchmarkFinishRuns(b *testing.B) {
-	for _, batch := range []int{32, 128, 512} {
+	for _, batch := range []int{4, 32, 128, 512} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
 			st := benchStore(b)
 			ctx := b.Context()
