@@ -567,18 +567,25 @@ func TestFinishRunsMixedBatch(t *testing.T) {
 		{plain[1], []string{"state:QUEUED", "state:RUNNING"}},
 		{onThread, []string{"state:QUEUED", "state:RUNNING", "step_started:t", "state:SUCCEEDED"}},
 	} {
-		evs, err := st.ListRunEvents(t.Context(), tenant, c.run.Run.ID, 0, 100)
-		require.NoError(t, err)
-		var got []string
-		for _, e := range evs {
-			detail, _ := e.Data["state"].(string)
-			if step, ok := e.Data["step"].(string); ok {
-				detail = step
-			}
-			got = append(got, e.Type+":"+detail)
-		}
-		require.Equal(t, c.want, got, "events of %s", c.run.Run.ID)
+		require.Equal(t, c.want, eventSummary(t, st, c.run.Run.ID), "events of %s", c.run.Run.ID)
 	}
+}
+
+// eventSummary lists a run's event log as "type:detail", the detail being the event's step
+// when it names one, else its state.
+func eventSummary(t *testing.T, st *store.Store, run uuid.UUID) []string {
+	t.Helper()
+	evs, err := st.ListRunEvents(t.Context(), tenant, run, 0, 100)
+	require.NoError(t, err)
+	var out []string
+	for _, e := range evs {
+		detail, _ := e.Data["state"].(string)
+		if step, ok := e.Data["step"].(string); ok {
+			detail = step
+		}
+		out = append(out, e.Type+":"+detail)
+	}
+	return out
 }
 
 // A result resent after a reconnect can arrive twice in one batch: the run still ends once.
@@ -631,18 +638,8 @@ func TestFinishRunsTwoClaimsOfOneRunInOneBatch(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, store.StateSucceeded, got.State)
 		require.Equal(t, map[string]any{"epoch": "current"}, got.Output)
-		evs, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 100)
-		require.NoError(t, err)
-		var types []string
-		for _, e := range evs {
-			detail, _ := e.Data["state"].(string)
-			if step, ok := e.Data["step"].(string); ok {
-				detail = step
-			}
-			types = append(types, e.Type+":"+detail)
-		}
-		require.Equal(t, []string{"state:QUEUED", "state:RUNNING", "step_started:current", "state:SUCCEEDED"}, types,
-			"stale first: %v", staleFirst)
+		require.Equal(t, []string{"state:QUEUED", "state:RUNNING", "step_started:current", "state:SUCCEEDED"},
+			eventSummary(t, st, run.ID), "stale first: %v", staleFirst)
 	}
 }
 
