@@ -118,9 +118,8 @@ Workloads (exactly one):
 Latencies come from the runs' own create_time, start_time and end_time (the server's clock),
 collected with ListRuns after the runs have finished; while they run, one WaitRun at a time
 follows the newest run, at most one run every 100 ms, so watching costs the server almost
-nothing. Throughput is the runs
-that SUCCEEDED divided by the time from the first create_time (burn-down: the release) to the
-last end_time.
+nothing. Throughput is the runs that SUCCEEDED divided by the time from the first
+create_time (burn-down: the release) to the last end_time.
 
 CPU time is read from /proc/<pid>/stat before and after the measured window: of the processes
 given with --pids, else of every process named agentserver or postgres (with the postgres
