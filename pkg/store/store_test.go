@@ -648,13 +648,9 @@ func TestFinishRunsTwoClaimsOfOneRunInOneBatch(t *testing.T) {
 func TestFinishRunsLargeBatch(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
-	newAssistant(t, st, "a", nil)
+	newAssistant(t, st, benchAssistant, nil)
 	const n = 512
-	runs := make([]store.NewRun, n)
-	for i := range runs {
-		runs[i] = store.NewRun{AssistantID: "a", Input: map[string]any{"i": float64(i)}}
-	}
-	enqueue(t, st, runs...)
+	enqueue(t, st, newRuns(n)...)
 	cs := claim(t, st, "w", "cpu", n)
 	require.Len(t, cs, n)
 	ps := make([]store.FinishParams, n)
