@@ -153,6 +153,7 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 		if err != nil {
 			return err
 		}
+		limited := a.ConcurrencyLimit > 0
 		if err := update(a); err != nil {
 			return err
 		}
@@ -160,10 +161,18 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 		if err != nil {
 			return fmt.Errorf("encoding assistant config: %w", err)
 		}
+		if limited != (a.ConcurrencyLimit > 0) {
+			if err := markQueue(ctx, tx, tenant, id, !limited); err != nil {
+				return err
+			}
+		}
+		// update_time is taken last (clock_timestamp, not the transaction's start), so
+		// that it tells when the change took effect: lifting a limit from a large backlog
+		// first moves its queue rows (markQueue).
 		out, err = scanAssistant(tx.QueryRow(ctx, `
 			UPDATE assistants SET version = version + 1, display_name = $3, flow = $4, slot_type = $5,
 				priority = $6, concurrency_limit = $7, timeout_ms = $8, max_attempts = $9, config = $10,
-				gpu_memory_bytes = $11, update_time = now()
+				gpu_memory_bytes = $11, update_time = clock_timestamp()
 			WHERE tenant_id = $1 AND id = $2
 			RETURNING `+assistantColumns,
 			tenant, id, a.DisplayName, a.Flow, a.SlotType, a.Priority, a.ConcurrencyLimit,
@@ -185,6 +194,22 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 		}
 	}
 	return out, nil
+}
+
+// markQueue sets the limited mark of an assistant's queued runs (migration 15) when its
+// concurrency limit is added (limited) or lifted. Lifting reads the assistant's range of
+// run_queue_limited; adding reads the whole queue once, as an unmarked row is found only
+// by scanning (it is not indexed by assistant). Rows queued concurrently may keep the old
+// mark: the claims stay correct with either (queueMark).
+func markQueue(ctx context.Context, tx pgx.Tx, tenant, assistant string, limited bool) error {
+	stmt := `UPDATE run_queue SET limited = false WHERE limited AND tenant_id = $1 AND assistant_id = $2`
+	if limited {
+		stmt = `UPDATE run_queue SET limited = true WHERE NOT limited AND tenant_id = $1 AND assistant_id = $2`
+	}
+	if _, err := tx.Exec(ctx, stmt, tenant, assistant); err != nil {
+		return fmt.Errorf("marking the queued runs of assistant %s: %w", assistant, err)
+	}
+	return nil
 }
 
 // DeleteAssistant deletes an assistant. Its versions stay, so its existing runs finish.

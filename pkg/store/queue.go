@@ -85,9 +85,10 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 // limit.
 func (s *Store) claimLimited(ctx context.Context, p ClaimParams) (claims []*Claim, dropped bool, err error) {
 	err = pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
-		// Saturated assistants are skipped by a primary-key probe per queued row (not an
-		// anti-join, which became a scan and sort of every queued row); the function pins
-		// the ordered scan of run_queue_claim that stops at the limit (migration 9).
+		// The function (migration 15) walks run_queue_claim in order for the runs of
+		// assistants without a limit, and takes from run_queue_limited, per limited
+		// assistant, at most what its limit allows: a saturated assistant's backlog is not
+		// read. Its plans are pinned to those ordered index scans.
 		rows, err := tx.Query(ctx, `SELECT run_id, tenant_id, assistant_id, limited
 			FROM agentserver_claim_candidates_limited($1, $2, $3)`, p.SlotType, p.Limit, p.MaxGPUMemory)
 		if err != nil {
@@ -192,15 +193,35 @@ func claimStatement(cte, ids, limited string) string {
 		ORDER BY u.priority DESC, u.seq`
 }
 
+// queueMark is the value of run_queue.limited for a run queued from the row source src:
+// whether its assistant has a concurrency limit now (an assistant_load row). The mark puts
+// the row in run_queue_limited instead of run_queue_claim (migration 15), so that a
+// backlog held by a limit is not read by every claim. It only steers the plan: a row
+// carrying a stale mark is still claimed correctly (see agentserver_claim_candidates_limited).
+func queueMark(src string) string {
+	return `EXISTS (SELECT 1 FROM assistant_load l
+		WHERE l.tenant_id = ` + src + `.tenant_id AND l.assistant_id = ` + src + `.assistant_id)`
+}
+
+// noLimits is true when no assistant has a concurrency limit and no queued row is marked
+// limited: every queued run is then in run_queue_claim and none needs admission. The
+// marked rows are probed with an ordered LIMIT 1, which only run_queue_limited serves
+// cheaply: as `EXISTS (… WHERE limited)` the planner could take a sequential scan, cheap
+// to the first row while most rows were marked (statistics of a held backlog), and keep
+// it once none were, reading the whole queue at every claim.
+const noLimits = `NOT EXISTS (SELECT 1 FROM assistant_load)
+	AND (SELECT q.tenant_id FROM run_queue q WHERE q.limited ORDER BY q.tenant_id, q.assistant_id LIMIT 1) IS NULL`
+
 // claimFast claims in one statement (one round trip, no explicit transaction) when no
-// assistant has a concurrency limit, the common case. It returns ok=false, having written
-// nothing, when some assistant has one: the caller then takes the two-step path.
+// assistant has a concurrency limit and no queued row is marked limited, the common case.
+// It returns ok=false, having written nothing, otherwise: the caller then takes the
+// two-step path.
 func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, ok bool, err error) {
 	// agentserver_claim_candidates (migration 8) is the ordered, locking scan of the
 	// queue with its plan pinned; the one-time filter skips it when limits exist.
 	rows, err := s.hot.Query(ctx, claimStatement(`cand AS (
 			SELECT c.run_id FROM agentserver_claim_candidates($1, $4, $5) AS c(run_id)
-			WHERE NOT EXISTS (SELECT 1 FROM assistant_load)
+			WHERE `+noLimits+`
 		),`, "ANY(ARRAY(SELECT run_id FROM cand))", "false"),
 		p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
 	if err != nil {
@@ -213,11 +234,11 @@ func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, 
 		return claims, true, nil
 	}
 	// Nothing claimed: an empty queue, or limits exist and the fast path stood aside.
-	var limits bool
-	if err := s.hot.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM assistant_load)`).Scan(&limits); err != nil {
+	var none bool
+	if err := s.hot.QueryRow(ctx, `SELECT `+noLimits).Scan(&none); err != nil {
 		return nil, false, err
 	}
-	return nil, !limits, nil
+	return nil, none, nil
 }
 
 // admit drops the candidates that would exceed their assistant's concurrency limit. It
@@ -626,8 +647,8 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 				UPDATE runs SET state = 1, worker_id = NULL, `+clearRunning+`,
 					checkpoint = coalesce($2, checkpoint)
 				WHERE id = $1 RETURNING *)
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM u`, p.RunID, state)
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("u")+` FROM u`, p.RunID, state)
 	case outcome == OutcomeFailed && p.Retryable && r.attempt < r.maxAttempts:
 		res.State, res.Retried = StateQueued, true
 		b.Queue(`
@@ -636,8 +657,8 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 					error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
 					checkpoint = NULL, next_step = NULL
 				WHERE id = $1 RETURNING *)
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, next_attempt_time FROM u`,
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time, limited)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, next_attempt_time, `+queueMark("u")+` FROM u`,
 			p.RunID, p.Error, p.RetryDelay.Milliseconds())
 	default:
 		res.State = terminalState(outcome)
@@ -933,8 +954,8 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 			FROM due WHERE r.id = due.id
 			RETURNING r.id, r.tenant_id, r.seq, r.assistant_id, r.slot_type, r.priority, r.state, r.epoch, due.expired
 		), q AS (
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM u WHERE state = 1
+			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
+			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("u")+` FROM u WHERE state = 1
 		), e AS (
 			INSERT INTO run_events (run_id, tenant_id, type, data)
 			SELECT id, tenant_id, 'state', jsonb_build_object('state',

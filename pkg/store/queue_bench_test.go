@@ -60,6 +60,13 @@ func newRuns(n int) []store.NewRun {
 // would take), then vacuums and analyses so that the claim plans against settled statistics.
 func fillQueue(b testing.TB, st *store.Store, n int) {
 	b.Helper()
+	fillQueueOf(b, st, benchAssistant, n)
+}
+
+// fillQueueOf is fillQueue for the runs of another assistant; they queue behind the runs
+// already queued.
+func fillQueueOf(b testing.TB, st *store.Store, assistant string, n int) {
+	b.Helper()
 	if n == 0 {
 		return
 	}
@@ -69,11 +76,14 @@ func fillQueue(b testing.TB, st *store.Store, n int) {
 		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority,
 			slot_type, input, max_attempts, timeout_ms)
 		SELECT gen_random_uuid(), $1, $2, 1, nextval('run_seq'), 1, 0, 'cpu', '{}', 1, 3600000
-		FROM generate_series(1, $3)`, store.DefaultTenant, benchAssistant, n)
+		FROM generate_series(1, $3)`, store.DefaultTenant, assistant, n)
 	require.NoError(b, err)
 	_, err = pool.Exec(ctx, `
-		INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority)
-		SELECT id, seq, tenant_id, assistant_id, slot_type, priority FROM runs WHERE state = 1`)
+		INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
+		SELECT id, seq, tenant_id, assistant_id, slot_type, priority,
+			EXISTS (SELECT 1 FROM assistant_load l WHERE l.tenant_id = r.tenant_id AND l.assistant_id = r.assistant_id)
+		FROM runs r
+		WHERE state = 1 AND assistant_id = $1 AND NOT EXISTS (SELECT 1 FROM run_queue q WHERE q.run_id = r.id)`, assistant)
 	require.NoError(b, err)
 	_, err = pool.Exec(ctx, `VACUUM ANALYZE runs, run_queue`)
 	require.NoError(b, err)
@@ -209,6 +219,44 @@ func BenchmarkClaimLatency(b *testing.B) {
 			for range b.N {
 				if len(claimOne(ctx, b, st, 1)) != 1 {
 					b.Fatal("claimed nothing from a full queue")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkClaimLatencyBehindLimit measures one ClaimRuns call (limit 1) when the head of
+// the queue is a backlog of an assistant held at its concurrency limit (limit 1, one run
+// RUNNING): the claim must reach the runs behind the backlog at a cost that does not grow
+// with it. queued=1M runs only when named, as in BenchmarkClaimLatency.
+func BenchmarkClaimLatencyBehindLimit(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		backlog int
+	}{
+		{"0", 0}, {"10k", 10_000}, {"100k", 100_000}, {"1M", 1_000_000},
+	} {
+		b.Run("backlog="+tc.name, func(b *testing.B) {
+			if tc.backlog >= 1_000_000 && !benchNamed("1M") {
+				b.Skip("backlog=1M runs only when -bench names it: -bench 'ClaimLatencyBehindLimit/backlog=1M'")
+			}
+			st := benchStore(b)
+			ctx := b.Context()
+			_, err := st.CreateAssistant(ctx, &store.Assistant{
+				TenantID: store.DefaultTenant, ID: "held", SlotType: "cpu", ConcurrencyLimit: 1,
+				Flow: "executors:\n  - name: noop\n    command: [\"true\"]\n",
+			})
+			require.NoError(b, err)
+			fillQueueOf(b, st, "held", tc.backlog+1)
+			claims := claimOne(ctx, b, st, 1) // the held assistant's one run: now at its limit
+			require.Len(b, claims, 1)
+			require.Equal(b, "held", claims[0].Run.AssistantID)
+			fillQueue(b, st, b.N)
+			b.ResetTimer()
+			for range b.N {
+				claims := claimOne(ctx, b, st, 1)
+				if len(claims) != 1 || claims[0].Run.AssistantID != benchAssistant {
+					b.Fatalf("claimed %d runs behind the held backlog, want 1 of %s", len(claims), benchAssistant)
 				}
 			}
 		})

@@ -47,7 +47,7 @@ func claimScanPages(t *testing.T, st *store.Store) int {
 	err := pgx.BeginFunc(t.Context(), st.Pool(), func(tx pgx.Tx) error {
 		var out []byte
 		if err := tx.QueryRow(t.Context(), `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
-			SELECT q.run_id FROM run_queue q WHERE q.slot_type = 'cpu' AND q.available_time <= now()
+			SELECT q.run_id FROM run_queue q WHERE q.slot_type = 'cpu' AND NOT q.limited AND q.available_time <= now()
 			ORDER BY q.priority DESC, q.seq LIMIT 1 FOR UPDATE OF q SKIP LOCKED`).Scan(&out); err != nil {
 			return err
 		}

@@ -1,0 +1,174 @@
+package store_test
+
+import (
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// The queue rows of assistants with a concurrency limit are marked (run_queue.limited,
+// migration 15) and claimed per assistant, so that a backlog held by a limit is not read
+// by every claim.
+
+func queueMarks(t *testing.T, st *store.Store, assistant string) (marked, unmarked int) {
+	t.Helper()
+	require.NoError(t, st.Pool().QueryRow(t.Context(), `
+		SELECT count(*) FILTER (WHERE limited), count(*) FILTER (WHERE NOT limited)
+		FROM run_queue WHERE assistant_id = $1`, assistant).Scan(&marked, &unmarked))
+	return marked, unmarked
+}
+
+func assistantsOf(cs []*store.Claim) map[string]int {
+	n := make(map[string]int)
+	for _, c := range cs {
+		n[c.Run.AssistantID]++
+	}
+	return n
+}
+
+func runsOf(assistant string, n int) []store.NewRun {
+	runs := make([]store.NewRun, n)
+	for i := range runs {
+		runs[i] = store.NewRun{AssistantID: assistant}
+	}
+	return runs
+}
+
+// candidateBuffers is the number of shared buffers the limited claim's candidate scan
+// touches (EXPLAIN ANALYZE counts the statements run inside the function), in a
+// transaction rolled back so that its row locks go. The scan runs twice and the second is
+// counted: a connection's first call also reads the catalog to plan the function.
+func candidateBuffers(t *testing.T, st *store.Store, limit int) int {
+	t.Helper()
+	tx, err := st.Pool().Begin(t.Context())
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(t.Context()) }()
+	var plan []map[string]any
+	for range 2 {
+		require.NoError(t, tx.QueryRow(t.Context(), `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+			SELECT * FROM agentserver_claim_candidates_limited('cpu', $1, NULL)`, limit).Scan(&plan))
+	}
+	root := plan[0]["Plan"].(map[string]any)
+	return int(root["Shared Hit Blocks"].(float64) + root["Shared Read Blocks"].(float64))
+}
+
+// A claim reaches the runs queued behind a saturated assistant's backlog without reading
+// the backlog: the pages its candidate scan touches do not grow with it.
+func TestClaimPassesAHeldBacklog(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "held", func(a *store.Assistant) { a.ConcurrencyLimit = 2; a.Priority = 5 })
+	newAssistant(t, st, "free", nil)
+	enqueue(t, st, runsOf("held", 50)...)
+	enqueue(t, st, runsOf("free", 3)...)
+	marked, unmarked := queueMarks(t, st, "held")
+	require.Equal(t, [2]int{50, 0}, [2]int{marked, unmarked}, "the limited assistant's rows are marked")
+
+	got := claim(t, st, "w1", "cpu", 10)
+	require.Equal(t, map[string]int{"held": 2, "free": 3}, assistantsOf(got),
+		"the limit's allowance of the held runs (first: higher priority), then the others")
+	require.Empty(t, claim(t, st, "w1", "cpu", 10), "held at its limit, nothing else queued")
+
+	// The same claim with a backlog 100 times as long touches about as many pages.
+	enqueue(t, st, runsOf("free", 3)...)
+	small := candidateBuffers(t, st, 10)
+	backlog := runsOf("held", 5000)
+	for i := 0; i < len(backlog); i += 1000 {
+		enqueue(t, st, backlog[i:i+1000]...)
+	}
+	large := candidateBuffers(t, st, 10)
+	t.Logf("candidate scan: %d buffers behind 50 held runs, %d behind 5,050", small, large)
+	require.Less(t, large, small+20,
+		"candidate scan behind 5,050 held runs touched %d buffers, behind 50: %d", large, small)
+	require.Equal(t, map[string]int{"free": 3}, assistantsOf(claim(t, st, "w1", "cpu", 10)))
+
+	// A finished held run frees one place, taken in submission order.
+	for _, c := range got {
+		if c.Run.AssistantID == "held" {
+			_, err := st.FinishRun(t.Context(), store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded})
+			require.NoError(t, err)
+			break
+		}
+	}
+	require.Equal(t, map[string]int{"held": 1}, assistantsOf(claim(t, st, "w2", "cpu", 10)))
+}
+
+// Lifting a limit moves the assistant's backlog back to the unmarked rows (the claim's
+// one-statement path applies again); adding one marks the rows already queued.
+func TestChangingALimitMarksTheQueuedRuns(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	enqueue(t, st, runsOf("a", 20)...)
+	marked, _ := queueMarks(t, st, "a")
+	require.Zero(t, marked)
+
+	_, err := st.UpdateAssistant(t.Context(), tenant, "a", func(a *store.Assistant) error {
+		a.ConcurrencyLimit = 1
+		return nil
+	})
+	require.NoError(t, err)
+	marked, unmarked := queueMarks(t, st, "a")
+	require.Equal(t, [2]int{20, 0}, [2]int{marked, unmarked})
+	require.Len(t, claim(t, st, "w", "cpu", 64), 1, "the new limit holds")
+
+	// Another change that keeps a limit leaves the marks alone.
+	_, err = st.UpdateAssistant(t.Context(), tenant, "a", func(a *store.Assistant) error {
+		a.ConcurrencyLimit = 3
+		return nil
+	})
+	require.NoError(t, err)
+	marked, _ = queueMarks(t, st, "a")
+	require.Equal(t, 19, marked)
+
+	before, err := st.GetAssistant(t.Context(), tenant, "a")
+	require.NoError(t, err)
+	lifted, err := st.UpdateAssistant(t.Context(), tenant, "a", func(a *store.Assistant) error {
+		a.ConcurrencyLimit = 0
+		return nil
+	})
+	require.NoError(t, err)
+	require.True(t, lifted.UpdateTime.After(before.UpdateTime))
+	marked, unmarked = queueMarks(t, st, "a")
+	require.Equal(t, [2]int{0, 19}, [2]int{marked, unmarked})
+	require.Len(t, claim(t, st, "w", "cpu", 64), 19)
+}
+
+// The mark only steers the plan: a row queued while a limit was being added or lifted can
+// carry the old one, and such rows are still claimed, within the limit when there is one.
+func TestClaimsIgnoreAStaleMark(t *testing.T) {
+	t.Parallel()
+
+	t.Run("marked, no limit", func(t *testing.T) {
+		t.Parallel()
+		st := newStore(t)
+		newAssistant(t, st, "a", nil)
+		runs := enqueue(t, st, runsOf("a", 4)...)
+		// As if queued just before the limit was lifted: no assistant has a limit now,
+		// yet these rows are outside run_queue_claim.
+		_, err := st.Pool().Exec(t.Context(), `UPDATE run_queue SET limited = true WHERE run_id = ANY($1)`,
+			[]uuid.UUID{runs[0].ID, runs[2].ID})
+		require.NoError(t, err)
+		got := claim(t, st, "w", "cpu", 64)
+		require.Len(t, got, 4)
+		require.Equal(t, runs[0].ID, got[0].Run.ID, "claim order is kept across marked and unmarked rows")
+		require.Equal(t, runs[2].ID, got[2].Run.ID)
+	})
+
+	t.Run("unmarked, limited", func(t *testing.T) {
+		t.Parallel()
+		st := newStore(t)
+		newAssistant(t, st, "a", func(a *store.Assistant) { a.ConcurrencyLimit = 2 })
+		newAssistant(t, st, "b", nil)
+		enqueue(t, st, runsOf("a", 5)...)
+		enqueue(t, st, runsOf("b", 1)...)
+		// As if queued just before the limit was added.
+		_, err := st.Pool().Exec(t.Context(), `UPDATE run_queue SET limited = false WHERE assistant_id = 'a'`)
+		require.NoError(t, err)
+		require.Equal(t, map[string]int{"a": 2, "b": 1}, assistantsOf(claim(t, st, "w", "cpu", 64)))
+		require.Empty(t, claim(t, st, "w", "cpu", 64), "the limit holds for unmarked rows")
+	})
+}
