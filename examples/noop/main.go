@@ -1,7 +1,9 @@
-// Command noop is the fastest executor speaking agentserver executor protocol v1: for every
+// Command noop is the no-op executor speaking agentserver executor protocol v1: for every
 // step request it answers at once with a result whose state is the request's state (for a map
 // item, the item), and does nothing else. It exists to measure agentserver itself: with it,
-// every millisecond a run takes is the system's, not the executor's.
+// every millisecond a run takes is the system's, not the executor's. Its C twin, c/noop.c,
+// answers with the same bytes without a Go runtime's own work per request (the benchmark,
+// bench/cmd/benchall, runs that one; TestCTwinAnswersAsServeDoes keeps the two alike).
 //
 // It is its own module, outside go.work, so that it builds alone and fast:
 //

@@ -2,8 +2,9 @@
 """No-op: answers every step request of executor protocol v1 at once (stdlib only).
 
 Each request gets one result line whose state is the request's state (for a map item, the
-item). No events, no logs: with it, the time a run takes is agentserver's own. The Go twin
-(main.go, same directory) does the same several times faster and is the one the benchmarks use.
+item). No events, no logs: with it, the time a run takes is agentserver's own. Its Go twin
+(main.go, same directory) does the same several times faster, and its C twin (c/noop.c) faster
+still: that one is what the benchmark (bench/cmd/benchall) runs.
 """
 
 import json

@@ -4,7 +4,7 @@
 // It starts a private PostgreSQL (pkg/pgserver) in a temporary directory, runs River's three
 // workloads in-process on database "river" (package baseline), builds and starts the
 // all-in-one server (bin/agentserver dev, DATABASE_URL on database "agentserver" of the same
-// server, many cpu slots, the Go no-op executor of examples/noop) and drives it with
+// server, many cpu slots, the C no-op executor of examples/noop/c) and drives it with
 // agentctl bench through the public gRPC API. Workloads, interleaved River then ours in each
 // round:
 //
@@ -68,6 +68,7 @@ type config struct {
 	only              string
 	keep              bool
 	statements        bool
+	executor          string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -88,6 +89,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.workers, "workers", 1, "worker-agents in the all-in-one server (AGENTSERVER_WORKERS), each with --slots")
 	fs.StringVar(&c.only, "only", "", "run only river or only ours")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (PostgreSQL data, logs)")
+	fs.StringVar(&c.executor, "executor", "c", "no-op executor of our runs: c (examples/noop/c/noop.c, built with cc) or go (examples/noop, whose Go runtime costs ~30 µs of CPU per run)")
 	fs.BoolVar(&c.statements, "statements", false, "load pg_stat_statements and print, per workload, the statements each job costs (adds a little overhead to both systems)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -115,6 +117,9 @@ func parseFlags(args []string) (config, error) {
 	defDur(&c.rateDuration, 20*time.Second, 5*time.Second)
 	if c.only != "" && c.only != "river" && c.only != "ours" {
 		return c, fmt.Errorf("--only must be river or ours, got %q", c.only)
+	}
+	if c.executor != "c" && c.executor != "go" {
+		return c, fmt.Errorf("--executor must be c or go, got %q", c.executor)
 	}
 	return c, nil
 }
@@ -178,8 +183,8 @@ func run(ctx context.Context, cfg config) (err error) {
 
 	var bins binaries
 	if cfg.only != "river" {
-		logf("building agentserver, agentctl and the Go no-op executor")
-		if bins, err = build(ctx, repo, filepath.Join(dir, "bin")); err != nil {
+		logf("building agentserver, agentctl and the %s no-op executor", executorName(cfg.executor))
+		if bins, err = build(ctx, repo, filepath.Join(dir, "bin"), cfg.executor); err != nil {
 			return err
 		}
 	}
@@ -320,11 +325,26 @@ func runOurs(ctx context.Context, srv *server, cfg config, w string) (measure.Re
 // binaries are the programs benchall built.
 type binaries struct{ agentserver, agentctl, noop string }
 
-// build compiles the server and the CLI in the workspace, and the no-op executor alone.
-func build(ctx context.Context, repo, bin string) (binaries, error) {
+func executorName(executor string) string {
+	if executor == "go" {
+		return "Go"
+	}
+	return "C"
+}
+
+// build compiles the server and the CLI in the workspace, and the no-op executor alone:
+// examples/noop/c/noop.c with cc, or with --executor go the Go module examples/noop.
+func build(ctx context.Context, repo, bin, executor string) (binaries, error) {
 	b := binaries{agentserver: filepath.Join(bin, "agentserver"), agentctl: filepath.Join(bin, "agentctl"), noop: filepath.Join(bin, "noop")}
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return b, err
+	}
+	if executor == "c" {
+		src := filepath.Join(repo, "examples", "noop", "c", "noop.c")
+		cmd := exec.CommandContext(ctx, "cc", "-O2", "-o", b.noop, src)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("compiling %s (install a C compiler, e.g. apt-get install gcc, or pass --executor go): %w\n%s", src, err, out)
+		}
 	}
 	// benchall itself runs with GOWORK=off; the services build in the workspace.
 	var env []string
@@ -341,6 +361,9 @@ func build(ctx context.Context, repo, bin string) (binaries, error) {
 		{repo, env, []string{"build", "-o", bin + "/", "./services/agentserver/cmd/agentserver", "./services/agentctl/cmd/agentctl"}},
 		{filepath.Join(repo, "examples", "noop"), append(slices.Clone(env), "GOWORK=off"), []string{"build", "-o", b.noop, "."}},
 	} {
+		if step.dir != repo && executor != "go" {
+			continue
+		}
 		cmd := exec.CommandContext(ctx, "go", step.args...)
 		cmd.Dir, cmd.Env = step.dir, step.env
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -645,7 +668,8 @@ func workloadTitle(w string, cfg config) string {
 }
 
 func printTable(w io.Writer, m machineInfo, cfg config, rows []row) {
-	fmt.Fprintf(w, "\nagentserver vs River v0.51.2 (fetch cooldown 2ms, poll 20ms, 500 workers), same PostgreSQL, %d round(s)\n", cfg.rounds)
+	fmt.Fprintf(w, "\nagentserver (%s no-op executor) vs River v0.51.2 (fetch cooldown 2ms, poll 20ms, 500 workers), same PostgreSQL, %d round(s)\n",
+		executorName(cfg.executor), cfg.rounds)
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %.1f GiB, PostgreSQL %s (durable=%v), %s; single-row INSERT commits: %.0f/s from %d connections\n\n",
 		m.CPUs, m.CPUModel, m.MemoryGiB, m.PostgreSQL, cfg.durable, m.Go, m.InsertCommitsPerS, cfg.concurrency)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -695,7 +719,7 @@ func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, 
 		"config": map[string]any{
 			"rounds": cfg.rounds, "quick": cfg.quick, "durable": cfg.durable, "concurrency": cfg.concurrency,
 			"sustained_duration_s": cfg.sustainedDuration.Seconds(), "sustained_max": cfg.sustainedMax,
-			"burndown": cfg.burndown, "rate": cfg.rate, "rate_duration_s": cfg.rateDuration.Seconds(), "slots": cfg.slots,
+			"burndown": cfg.burndown, "rate": cfg.rate, "rate_duration_s": cfg.rateDuration.Seconds(), "slots": cfg.slots, "executor": cfg.executor,
 			"workers": cfg.workers,
 			"river":   map[string]any{"version": "v0.51.2", "max_workers": 500, "fetch_cooldown_ms": 2, "fetch_poll_interval_ms": 20},
 		},
