@@ -219,3 +219,46 @@ func TestMigration14RunningEventGoesDownWithItsData(t *testing.T) {
 	require.Equal(t, "state", typ)
 	require.JSONEq(t, `{"state": "RUNNING", "worker": "w-7", "attempt": 2, "epoch": 5}`, data)
 }
+
+// Migration 15 marks the queued runs of assistants that have a concurrency limit and moves
+// them out of run_queue_claim; going down drops the mark and indexes every row again.
+func TestMigration15MarksTheQueuedRunsOfLimitedAssistants(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	_, err := p.UpTo(ctx, 14)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO assistant_load (tenant_id, assistant_id, concurrency_limit) VALUES ('default', 'held', 1);
+		INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority) VALUES
+			('00000000-0000-0000-0000-000000000001', 1, 'default', 'held', 'cpu', 0),
+			('00000000-0000-0000-0000-000000000002', 2, 'default', 'free', 'cpu', 0),
+			('00000000-0000-0000-0000-000000000003', 3, 'other', 'held', 'cpu', 0)`)
+	require.NoError(t, err)
+	claimIndex := func() (def string) {
+		require.NoError(t, db.QueryRowContext(ctx, `SELECT indexdef FROM pg_indexes WHERE indexname = 'run_queue_claim'`).Scan(&def))
+		return def
+	}
+
+	_, err = p.UpTo(ctx, 15)
+	require.NoError(t, err)
+	rows, err := db.QueryContext(ctx, `SELECT seq, limited FROM run_queue ORDER BY seq`)
+	require.NoError(t, err)
+	marks := map[int]bool{}
+	for rows.Next() {
+		var seq int
+		var limited bool
+		require.NoError(t, rows.Scan(&seq, &limited))
+		marks[seq] = limited
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, map[int]bool{1: true, 2: false, 3: false}, marks, "only the runs of the tenant's limited assistant")
+	require.Contains(t, claimIndex(), "WHERE (NOT limited)")
+
+	_, err = p.DownTo(ctx, 14)
+	require.NoError(t, err)
+	require.NotContains(t, claimIndex(), "WHERE")
+	var n int
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM run_queue`).Scan(&n))
+	require.Equal(t, 3, n, "going down keeps every queued run")
+}
