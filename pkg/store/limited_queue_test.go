@@ -1,10 +1,12 @@
 package store_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/agentserver/agentserver/pkg/store"
 )
@@ -171,4 +173,64 @@ func TestClaimsIgnoreAStaleMark(t *testing.T) {
 		require.Equal(t, map[string]int{"a": 2, "b": 1}, assistantsOf(claim(t, st, "w", "cpu", 64)))
 		require.Empty(t, claim(t, st, "w", "cpu", 64), "the limit holds for unmarked rows")
 	})
+}
+
+// Successes of limited runs end in the one-statement path too, which locks the load rows
+// of their assistants in key order first: batches that end runs of two limited assistants
+// in opposite orders, at once and again and again, all succeed, leave the counts exact and
+// never deadlock (without the ordered locks they did, each deadlock costing
+// deadlock_timeout, 1 s, before the retry).
+func TestFinishRunsOfLimitedAssistantsConcurrently(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.ConcurrencyLimit = 100 })
+	newAssistant(t, st, "b", func(a *store.Assistant) { a.ConcurrencyLimit = 100 })
+	load := func() (a, b int) {
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT
+			(SELECT running FROM assistant_load WHERE assistant_id = 'a'),
+			(SELECT running FROM assistant_load WHERE assistant_id = 'b')`).Scan(&a, &b))
+		return a, b
+	}
+	for round := range 20 {
+		// Queued (and claimed, and ordered by id) a a b b b b a a: the first batch ends
+		// runs 1, 2, 5, 6 (a's before b's), the second 3, 4, 7, 8 (b's before a's). A
+		// batch updates its runs in id order, each update locking its assistant's row.
+		enqueue(t, st, runsOf("a", 2)...)
+		enqueue(t, st, runsOf("b", 4)...)
+		enqueue(t, st, runsOf("a", 2)...)
+		cs := claim(t, st, "w", "cpu", 8)
+		require.Len(t, cs, 8)
+		a, b := load()
+		require.Equal(t, [2]int{4, 4}, [2]int{a, b}, "round %d: claimed", round)
+		batch := func(cs ...*store.Claim) []store.FinishParams {
+			var ps []store.FinishParams
+			for _, c := range cs {
+				ps = append(ps, store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded})
+			}
+			return ps
+		}
+		batches := [][]store.FinishParams{
+			batch(cs[0], cs[1], cs[4], cs[5]),
+			batch(cs[2], cs[3], cs[6], cs[7]),
+		}
+		var g errgroup.Group
+		for _, ps := range batches {
+			g.Go(func() error {
+				res, errs, err := st.FinishRuns(t.Context(), ps)
+				if err != nil {
+					return err
+				}
+				for i := range ps {
+					if errs[i] != nil || res[i].State != store.StateSucceeded {
+						return fmt.Errorf("run %s: %v, state %v", ps[i].RunID, errs[i], res[i].State)
+					}
+				}
+				return nil
+			})
+		}
+		require.NoError(t, g.Wait())
+		a, b = load()
+		require.Equal(t, [2]int{0, 0}, [2]int{a, b}, "round %d: finished", round)
+	}
+	require.Zero(t, st.DeadlocksRetried(), "transactions rolled back by a deadlock and retried")
 }

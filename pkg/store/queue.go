@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -491,7 +492,7 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 	// Two batches that end runs of the same limited assistants or threads in another order
 	// can deadlock on those rows; the loser is rolled back whole and retried (only this
 	// transaction: the successes written above stay written).
-	err = retryDeadlock(func() error { return s.finishLocked(ctx, ps, states, events, order, res, errs) })
+	err = s.retryDeadlock(func() error { return s.finishLocked(ctx, ps, states, events, order, res, errs) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("finishing %d runs: %w", len(ps), err)
 	}
@@ -547,12 +548,22 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 	})
 }
 
-// finishSucceeded ends the successful runs among ps[order] in one statement (one round
-// trip, its own transaction): the common case of a run that is not on a thread and was
-// not claimed under a concurrency limit, so no trigger fires and no lock order matters.
-// It returns the indexes it did not finish (other outcomes, runs on threads or limited,
-// and stale claims), which take the general path.
+// finishSucceeded ends the successful runs among ps[order] that are not on a thread, each
+// kind in one statement (one round trip, its own transaction): first the runs claimed
+// without a concurrency limit, the common case, which fire no trigger; then, if any
+// success is left, the runs claimed under a limit. It returns the indexes it did not
+// finish (other outcomes, runs on threads, and stale claims), which take the general path.
 func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult) ([]int, error) {
+	rest, err := s.finishSuccesses(ctx, ps, states, events, order, res, false)
+	if err != nil || !slices.ContainsFunc(rest, func(i int) bool { return ps[i].plainSuccess() }) {
+		return rest, err
+	}
+	return s.finishSuccesses(ctx, ps, states, events, rest, res, true)
+}
+
+// finishSuccesses is one statement of finishSucceeded: it ends the plain successes among
+// ps[order] of runs not on a thread and claimed with (limited) or without a limit.
+func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult, limited bool) ([]int, error) {
 	var ids []uuid.UUID
 	var epochs []int64
 	var outputs [][]byte
@@ -577,37 +588,19 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	if len(ids) == 0 {
 		return order, nil
 	}
-	rows, err := s.hot.Query(ctx, `
-		WITH u AS (
-			UPDATE runs r SET state = 3, output = ($3::jsonb[])[array_position($1::uuid[], r.id)],
-				error = '', end_time = now()
-			-- r.id = ANY($1): an index probe per run whatever the statistics say. Each
-			-- run's epoch and output are found by its position in $1 (its ids are
-			-- unique), not by joining unnest($1, $2, $3): the planner ran that join as a
-			-- nested loop that rescanned the arrays for every run, n² rows per statement
-			-- (0.9 ms for 32 runs, 97 ms for 512; now 0.35 and 8.4).
-			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[array_position($1::uuid[], r.id)]
-				AND r.state = 2 AND NOT r.limited AND r.thread_id IS NULL
-			RETURNING r.id, r.tenant_id
-		), l AS (
-			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
-		), e AS (
-			-- The worker's events in their order, then the state events: one INSERT, so
-			-- the log's seq follows that order.
-			INSERT INTO run_events (run_id, tenant_id, type, data)
-			SELECT x.run_id, u.tenant_id, x.type, x.data FROM (
-				SELECT ev.run_id, ev.type, ev.data, ev.ord
-				FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS ev(run_id, type, data, ord)
-				UNION ALL
-				SELECT id, 'state', '{"state": "SUCCEEDED"}', 9223372036854775807 FROM u
-			) x JOIN u ON u.id = x.run_id
-			ORDER BY x.ord
-		)
-		SELECT id FROM u`, ids, epochs, outputs, evRuns, evTypes, evData)
-	if err != nil {
-		return nil, err
+	stmt := finishSuccessPlain
+	if limited {
+		stmt = finishSuccessLimited
 	}
-	done, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	var done []uuid.UUID
+	err := s.retryDeadlock(func() error {
+		rows, err := s.hot.Query(ctx, stmt, ids, epochs, outputs, evRuns, evTypes, evData)
+		if err != nil {
+			return err
+		}
+		done, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -632,6 +625,61 @@ func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [
 	}
 	return rest, nil
 }
+
+// finishSuccessStatement ends the runs $1 (unique ids) under the epochs $2 with the
+// outputs $3, and appends the worker's events ($4 run, $5 type, $6 data) and each run's
+// SUCCEEDED event. limited selects the runs claimed under a concurrency limit, whose
+// updates fire the load trigger: that updates their assistants' assistant_load rows one
+// run at a time, in the order the runs are updated (by id), so the statement first locks
+// those rows in key order, as claims (admit) and the general path do, and two batches
+// never wait on each other's load rows in opposite orders (a deadlock with another writer
+// is still retried).
+func finishSuccessStatement(limited bool) string {
+	lock, which := "", "AND NOT r.limited"
+	if limited {
+		lock = `lk AS (
+			SELECT l.tenant_id FROM assistant_load l
+			WHERE (l.tenant_id, l.assistant_id) IN (
+				SELECT x.tenant_id, x.assistant_id FROM runs x WHERE x.id = ANY($1) AND x.limited)
+			ORDER BY l.tenant_id, l.assistant_id
+			FOR UPDATE OF l
+		), `
+		// An InitPlan: the load rows are locked before the first run is updated.
+		which = "AND r.limited AND (SELECT count(*) FROM lk) >= 0"
+	}
+	return `
+		WITH ` + lock + `u AS (
+			UPDATE runs r SET state = 3, output = ($3::jsonb[])[array_position($1::uuid[], r.id)],
+				error = '', end_time = now()
+			-- r.id = ANY($1): an index probe per run whatever the statistics say. Each
+			-- run's epoch and output are found by its position in $1 (its ids are
+			-- unique), not by joining unnest($1, $2, $3): the planner ran that join as a
+			-- nested loop that rescanned the arrays for every run, n² rows per statement
+			-- (0.9 ms for 32 runs, 97 ms for 512; now 0.35 and 8.4).
+			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[array_position($1::uuid[], r.id)]
+				AND r.state = 2 AND r.thread_id IS NULL ` + which + `
+			RETURNING r.id, r.tenant_id
+		), l AS (
+			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
+		), e AS (
+			-- The worker's events in their order, then the state events: one INSERT, so
+			-- the log's seq follows that order.
+			INSERT INTO run_events (run_id, tenant_id, type, data)
+			SELECT x.run_id, u.tenant_id, x.type, x.data FROM (
+				SELECT ev.run_id, ev.type, ev.data, ev.ord
+				FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS ev(run_id, type, data, ord)
+				UNION ALL
+				SELECT id, 'state', '{"state": "SUCCEEDED"}', 9223372036854775807 FROM u
+			) x JOIN u ON u.id = x.run_id
+			ORDER BY x.ord
+		)
+		SELECT id FROM u`
+}
+
+var (
+	finishSuccessPlain   = finishSuccessStatement(false)
+	finishSuccessLimited = finishSuccessStatement(true)
+)
 
 // queueFinish adds the statements that end one locked run to b and records the outcome.
 func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *FinishResult) error {

@@ -171,12 +171,28 @@ func BenchmarkClaimFinish(b *testing.B) {
 
 // BenchmarkFinishRuns measures FinishRuns of a batch of successes (the scheduler writes a
 // worker's results in batches of up to 512): the cost per run should not grow with the
-// batch.
+// batch. limited/… are runs of an assistant with a concurrency limit (claimed and finished
+// with the load trigger counting them).
 func BenchmarkFinishRuns(b *testing.B) {
-	for _, batch := range []int{4, 32, 128, 512} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		batch   int
+		limited bool
+	}{
+		{"batch=4", 4, false}, {"batch=32", 32, false}, {"batch=128", 128, false}, {"batch=512", 512, false},
+		{"limited/batch=4", 4, true}, {"limited/batch=32", 32, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
 			st := benchStore(b)
 			ctx := b.Context()
+			if tc.limited {
+				_, err := st.UpdateAssistant(ctx, store.DefaultTenant, benchAssistant, func(a *store.Assistant) error {
+					a.ConcurrencyLimit = 1_000_000
+					return nil
+				})
+				require.NoError(b, err)
+			}
+			batch := tc.batch
 			fillQueue(b, st, b.N*batch)
 			var elapsed time.Duration
 			for range b.N {

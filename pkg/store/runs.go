@@ -368,7 +368,7 @@ func (s *Store) CancelRun(ctx context.Context, tenant string, id uuid.UUID) (*Ru
 	// Cancelling a run waiting on a thread while the thread's active run ends can deadlock
 	// (the ending run's trigger locks the waiting run to promote it; the cancel's trigger
 	// waits for the thread row): PostgreSQL rolls one back, and the cancel is tried again.
-	err := retryDeadlock(func() error {
+	err := s.retryDeadlock(func() error {
 		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
 			out, err = cancelInTx(ctx, tx, tenant, id)

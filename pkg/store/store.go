@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,6 +63,9 @@ type Store struct {
 	hot *pgxpool.Pool
 	// replica serves the reads that tolerate staleness; nil without one (replica.go).
 	replica *replica
+	// deadlocks counts the transactions PostgreSQL rolled back to break a deadlock and
+	// retryDeadlock ran again.
+	deadlocks atomic.Int64
 }
 
 // Open connects to the database at url (a libpq URL or DSN), and to a read replica when
@@ -190,12 +194,18 @@ func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
 
 // retryDeadlock runs tx, a whole transaction, again when PostgreSQL rolled it back to
 // break a deadlock (SQLSTATE 40P01), at most three times in all.
-func retryDeadlock(tx func() error) error {
+func (s *Store) retryDeadlock(tx func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := tx()
 		var pgErr *pgconn.PgError
 		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "40P01" || attempt == 3 {
 			return err
 		}
+		s.deadlocks.Add(1)
 	}
 }
+
+// DeadlocksRetried is how many transactions of this Store PostgreSQL rolled back to break
+// a deadlock and the Store then ran again. Each cost deadlock_timeout (1 s by default)
+// of waiting first.
+func (s *Store) DeadlocksRetried() int64 { return s.deadlocks.Load() }
