@@ -217,64 +217,61 @@ func BenchmarkFinishRuns(b *testing.B) {
 // target is a flat line from 0 to 1,000,000 queued runs. queued=1M runs only when named
 // (-bench 'ClaimLatency/queued=1M'): building it takes about a minute and a half.
 func BenchmarkClaimLatency(b *testing.B) {
-	for _, tc := range []struct {
-		name   string
-		queued int
-	}{
-		{"0", 0}, {"10k", 10_000}, {"100k", 100_000}, {"1M", 1_000_000},
-	} {
-		b.Run("queued="+tc.name, func(b *testing.B) {
-			if tc.queued >= 1_000_000 && !benchNamed("1M") {
-				b.Skip("queued=1M runs only when -bench names it: -bench 'ClaimLatency/queued=1M'")
+	atDepths(b, "queued", func(b *testing.B, st *store.Store, queued int) {
+		ctx := b.Context()
+		// b.N more than the depth, so the queue holds queued runs at the last claim.
+		fillQueue(b, st, queued+b.N)
+		b.ResetTimer()
+		for range b.N {
+			if len(claimOne(ctx, b, st, 1)) != 1 {
+				b.Fatal("claimed nothing from a full queue")
 			}
-			st := benchStore(b)
-			ctx := b.Context()
-			// b.N more than the depth, so the queue holds tc.queued runs at the last claim.
-			fillQueue(b, st, tc.queued+b.N)
-			b.ResetTimer()
-			for range b.N {
-				if len(claimOne(ctx, b, st, 1)) != 1 {
-					b.Fatal("claimed nothing from a full queue")
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // BenchmarkClaimLatencyBehindLimit measures one ClaimRuns call (limit 1) when the head of
 // the queue is a backlog of an assistant held at its concurrency limit (limit 1, one run
 // RUNNING): the claim must reach the runs behind the backlog at a cost that does not grow
-// with it. queued=1M runs only when named, as in BenchmarkClaimLatency.
+// with it. backlog=1M runs only when named, as in BenchmarkClaimLatency.
 func BenchmarkClaimLatencyBehindLimit(b *testing.B) {
+	atDepths(b, "backlog", func(b *testing.B, st *store.Store, backlog int) {
+		ctx := b.Context()
+		_, err := st.CreateAssistant(ctx, &store.Assistant{
+			TenantID: store.DefaultTenant, ID: "held", SlotType: "cpu", ConcurrencyLimit: 1,
+			Flow: "executors:\n  - name: noop\n    command: [\"true\"]\n",
+		})
+		require.NoError(b, err)
+		fillQueueOf(b, st, "held", backlog+1)
+		claims := claimOne(ctx, b, st, 1) // the held assistant's one run: now at its limit
+		require.Len(b, claims, 1)
+		require.Equal(b, "held", claims[0].Run.AssistantID)
+		fillQueue(b, st, b.N)
+		b.ResetTimer()
+		for range b.N {
+			claims := claimOne(ctx, b, st, 1)
+			if len(claims) != 1 || claims[0].Run.AssistantID != benchAssistant {
+				b.Fatalf("claimed %d runs behind the held backlog, want 1 of %s", len(claims), benchAssistant)
+			}
+		}
+	})
+}
+
+// atDepths runs bench as the sub-benchmarks name=0, 10k, 100k and 1M of b, each with a
+// fresh store, the depth given; 1M only when -bench names it (building it takes about a
+// minute and a half).
+func atDepths(b *testing.B, name string, bench func(b *testing.B, st *store.Store, depth int)) {
 	for _, tc := range []struct {
-		name    string
-		backlog int
+		name  string
+		depth int
 	}{
 		{"0", 0}, {"10k", 10_000}, {"100k", 100_000}, {"1M", 1_000_000},
 	} {
-		b.Run("backlog="+tc.name, func(b *testing.B) {
-			if tc.backlog >= 1_000_000 && !benchNamed("1M") {
-				b.Skip("backlog=1M runs only when -bench names it: -bench 'ClaimLatencyBehindLimit/backlog=1M'")
+		b.Run(name+"="+tc.name, func(b *testing.B) {
+			if tc.depth >= 1_000_000 && !benchNamed("1M") {
+				b.Skipf("%s=1M runs only when -bench names it: -bench '%s/%s=1M'", name, b.Name()[:strings.Index(b.Name(), "/")], name)
 			}
-			st := benchStore(b)
-			ctx := b.Context()
-			_, err := st.CreateAssistant(ctx, &store.Assistant{
-				TenantID: store.DefaultTenant, ID: "held", SlotType: "cpu", ConcurrencyLimit: 1,
-				Flow: "executors:\n  - name: noop\n    command: [\"true\"]\n",
-			})
-			require.NoError(b, err)
-			fillQueueOf(b, st, "held", tc.backlog+1)
-			claims := claimOne(ctx, b, st, 1) // the held assistant's one run: now at its limit
-			require.Len(b, claims, 1)
-			require.Equal(b, "held", claims[0].Run.AssistantID)
-			fillQueue(b, st, b.N)
-			b.ResetTimer()
-			for range b.N {
-				claims := claimOne(ctx, b, st, 1)
-				if len(claims) != 1 || claims[0].Run.AssistantID != benchAssistant {
-					b.Fatalf("claimed %d runs behind the held backlog, want 1 of %s", len(claims), benchAssistant)
-				}
-			}
+			bench(b, benchStore(b), tc.depth)
 		})
 	}
 }
