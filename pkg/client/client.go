@@ -26,6 +26,7 @@ import (
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/discovery"
+	"github.com/agentserver/agentserver/pkg/grpcwin"
 )
 
 // GatewayHeader is the response header in which a gateway names itself (read it with
@@ -128,7 +129,7 @@ func New(target string, opts ...Option) (*Client, error) {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	dial := append(discovery.DialOptions(d), grpc.WithTransportCredentials(creds))
+	dial := append(append(grpcwin.DialOptions(), discovery.DialOptions(d)...), grpc.WithTransportCredentials(creds))
 	if o.consistentHash {
 		dial = append(dial, discovery.WithConsistentHash())
 	}

@@ -26,6 +26,7 @@ import (
 	gatewayv1 "github.com/agentserver/agentserver/gen/agentserver/gateway/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/config"
+	"github.com/agentserver/agentserver/pkg/grpcwin"
 	"github.com/agentserver/agentserver/pkg/store"
 	"github.com/agentserver/agentserver/services/gateway/internal/api"
 	"github.com/agentserver/agentserver/services/gateway/internal/latency"
@@ -135,12 +136,12 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, grpcLis: grpcLis, httpLis: httpLis, health: health.NewServer()}
 	window := latency.NewWindow(time.Minute, 1<<16)
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(grpcwin.ServerOptions(),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.ChainUnaryInterceptor(unaryGatewayHeader(cfg.ID), window.Interceptor(), api.UnaryErrors(log)),
 		grpc.ChainStreamInterceptor(streamGatewayHeader(cfg.ID), api.StreamErrors(log)),
-	)
+	)...)
 	agentserverv1.RegisterAssistantServiceServer(s.grpc, &api.Assistants{
 		Store: st, Limits: limits, Log: log, Cache: api.NewAssistantCache(cfg.AssistantCacheTTL),
 	})
@@ -151,9 +152,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	gatewayv1.RegisterGatewayStatsServiceServer(s.grpc, window)
 
-	s.conn, err = grpc.NewClient(loopback(grpcLis.Addr()),
+	s.conn, err = grpc.NewClient(loopback(grpcLis.Addr()), append(grpcwin.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(cfg.MaxRequestBytes)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(cfg.MaxRequestBytes)))...)
 	if err != nil {
 		grpcLis.Close()
 		httpLis.Close()

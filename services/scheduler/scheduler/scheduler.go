@@ -27,6 +27,7 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	"github.com/agentserver/agentserver/pkg/admin"
+	"github.com/agentserver/agentserver/pkg/grpcwin"
 	"github.com/agentserver/agentserver/pkg/inproc"
 	"github.com/agentserver/agentserver/pkg/store"
 )
@@ -149,10 +150,10 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		lis:      lis,
 		health:   health.NewServer(),
 	}
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(grpcwin.ServerOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	)...)
 	schedulerv1.RegisterSchedulerServiceServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.inproc = new(inproc.Channel)

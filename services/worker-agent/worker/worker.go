@@ -28,6 +28,7 @@ import (
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/admin"
 	"github.com/agentserver/agentserver/pkg/config"
+	"github.com/agentserver/agentserver/pkg/grpcwin"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/executor"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
 )
@@ -374,10 +375,10 @@ func (w *Worker) heartbeat() *schedulerv1.ConnectRequest {
 func (w *Worker) session(ctx context.Context, addr string, registered *bool) error {
 	conn := w.dial.conn
 	if conn == nil {
-		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{
+		cc, err := grpc.NewClient(addr, append(append(grpcwin.DialOptions(),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		}, w.dial.opts...)...)
+		), w.dial.opts...)...)
 		if err != nil {
 			return err
 		}

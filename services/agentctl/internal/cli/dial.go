@@ -7,6 +7,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/agentserver/agentserver/pkg/grpcwin"
 )
 
 // retryServiceConfig retries calls that are safe to repeat when the gateway is briefly
@@ -44,12 +46,12 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 	if a.conn != nil {
 		return a.conn, nil
 	}
-	opts := []grpc.DialOption{
+	opts := append(grpcwin.DialOptions(),
 		// The gateway's public gRPC port is plaintext today; TLS would be a flag here.
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(retryServiceConfig),
 		grpc.WithUserAgent("agentctl"),
-	}
+	)
 	if a.cfg.APIKey != "" {
 		opts = append(opts,
 			grpc.WithUnaryInterceptor(bearerInterceptor(a.cfg.APIKey)),

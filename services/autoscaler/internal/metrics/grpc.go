@@ -16,6 +16,7 @@ import (
 
 	gatewayv1 "github.com/agentserver/agentserver/gen/agentserver/gateway/v1"
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	"github.com/agentserver/agentserver/pkg/grpcwin"
 )
 
 // DefaultRPCTimeout bounds one statistics call to one scheduler or gateway.
@@ -41,7 +42,7 @@ func dialAll(what string, targets []string, opts []grpc.DialOption) ([]*grpc.Cli
 	if len(targets) == 0 {
 		return nil, fmt.Errorf("%s: no address given", what)
 	}
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	opts = append(append(grpcwin.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials())), opts...)
 	conns := make([]*grpc.ClientConn, 0, len(targets))
 	for _, t := range targets {
 		conn, err := grpc.NewClient(t, opts...)
