@@ -200,7 +200,7 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 // concurrency limit is added (limited) or lifted. Lifting reads the assistant's range of
 // run_queue_limited; adding reads the whole queue once, as an unmarked row is found only
 // by scanning (it is not indexed by assistant). Rows queued concurrently may keep the old
-// mark: the claims stay correct with either (queueMark).
+// mark: the claims stay correct with either (enqueue).
 func markQueue(ctx context.Context, tx pgx.Tx, tenant, assistant string, limited bool) error {
 	stmt := `UPDATE run_queue SET limited = false WHERE limited AND tenant_id = $1 AND assistant_id = $2`
 	if limited {

@@ -194,14 +194,20 @@ func claimStatement(cte, ids, limited string) string {
 		ORDER BY u.priority DESC, u.seq`
 }
 
-// queueMark is the value of run_queue.limited for a run queued from the row source src:
-// whether its assistant has a concurrency limit now (an assistant_load row). The mark puts
-// the row in run_queue_limited instead of run_queue_claim (migration 15), so that a
-// backlog held by a limit is not read by every claim. It only steers the plan: a row
-// carrying a stale mark is still claimed correctly (see agentserver_claim_candidates_limited).
-func queueMark(src string) string {
-	return `EXISTS (SELECT 1 FROM assistant_load l
-		WHERE l.tenant_id = ` + src + `.tenant_id AND l.assistant_id = ` + src + `.assistant_id)`
+// enqueue is the INSERT that gives the runs of the row source src (a table or CTE with
+// runs' columns; the caller may append a WHERE clause) their queue rows, claimable from
+// available. Every statement that queues a run uses it (the trigger that promotes a
+// thread's next run, in SQL, does the same), so that each row gets its mark: whether its
+// assistant has a concurrency limit now (an assistant_load row). The mark puts the row in
+// run_queue_limited instead of run_queue_claim (migration 15), so that a backlog held by a
+// limit is not read by every claim. It only steers the plan: a row carrying a stale mark
+// is still claimed correctly (see agentserver_claim_candidates_limited).
+func enqueue(src, available string) string {
+	return `INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time, limited)
+		SELECT id, seq, tenant_id, assistant_id, slot_type, priority, ` + available + `,
+			EXISTS (SELECT 1 FROM assistant_load l
+				WHERE l.tenant_id = ` + src + `.tenant_id AND l.assistant_id = ` + src + `.assistant_id)
+		FROM ` + src
 }
 
 // noLimits is true when no assistant has a concurrency limit and no queued row is marked
@@ -695,8 +701,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 				UPDATE runs SET state = 1, worker_id = NULL, `+clearRunning+`,
 					checkpoint = coalesce($2, checkpoint)
 				WHERE id = $1 RETURNING *)
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("u")+` FROM u`, p.RunID, state)
+			`+enqueue("u", "now()"), p.RunID, state)
 	case outcome == OutcomeFailed && p.Retryable && r.attempt < r.maxAttempts:
 		res.State, res.Retried = StateQueued, true
 		b.Queue(`
@@ -705,8 +710,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 					error = $2, next_attempt_time = now() + $3 * interval '1 millisecond',
 					checkpoint = NULL, next_step = NULL
 				WHERE id = $1 RETURNING *)
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, available_time, limited)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, next_attempt_time, `+queueMark("u")+` FROM u`,
+			`+enqueue("u", "next_attempt_time"),
 			p.RunID, p.Error, p.RetryDelay.Milliseconds())
 	default:
 		res.State = terminalState(outcome)
@@ -1002,8 +1006,7 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 			FROM due WHERE r.id = due.id
 			RETURNING r.id, r.tenant_id, r.seq, r.assistant_id, r.slot_type, r.priority, r.state, r.epoch, due.expired
 		), q AS (
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("u")+` FROM u WHERE state = 1
+			`+enqueue("u", "now()")+` WHERE state = 1
 		), e AS (
 			INSERT INTO run_events (run_id, tenant_id, type, data)
 			SELECT id, tenant_id, 'state', jsonb_build_object('state',

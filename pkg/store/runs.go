@@ -260,9 +260,7 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 			ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
 			RETURNING *
 		), q AS (
-			INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("ins")+`
-			FROM ins WHERE thread_id IS NULL
+			`+enqueue("ins", "now()")+` WHERE thread_id IS NULL
 		), n AS (
 			SELECT pg_notify('`+QueueChannel+`', slot_type) FROM (SELECT DISTINCT slot_type FROM ins) x
 		)
@@ -460,9 +458,7 @@ func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, valu
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("runs")+`
-			FROM runs WHERE id = $1`, id); err != nil {
+		if _, err := tx.Exec(ctx, enqueue("runs", "now()")+` WHERE id = $1`, id); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, QueueChannel, out.SlotType); err != nil {

@@ -78,9 +78,7 @@ func joinThread(ctx context.Context, tx pgx.Tx, r *Run, policy Multitask) error 
 			r.TenantID, r.ThreadID, r.ID); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO run_queue (run_id, seq, tenant_id, assistant_id, slot_type, priority, limited)
-			SELECT id, seq, tenant_id, assistant_id, slot_type, priority, `+queueMark("runs")+`
-			FROM runs WHERE id = $1`, r.ID)
+		_, err := tx.Exec(ctx, enqueue("runs", "now()")+` WHERE id = $1`, r.ID)
 		return err
 	}
 	switch policy {
