@@ -31,30 +31,12 @@ func assistantsOf(cs []*store.Claim) map[string]int {
 	return n
 }
 
-func runsOf(assistant string, n int) []store.NewRun {
-	runs := make([]store.NewRun, n)
-	for i := range runs {
-		runs[i] = store.NewRun{AssistantID: assistant}
-	}
-	return runs
-}
-
 // candidateBuffers is the number of shared buffers the limited claim's candidate scan
-// touches (EXPLAIN ANALYZE counts the statements run inside the function), in a
-// transaction rolled back so that its row locks go. The scan runs twice and the second is
-// counted: a connection's first call also reads the catalog to plan the function.
+// touches. The scan runs twice and the second is counted: a connection's first call also
+// reads the catalog to plan the function.
 func candidateBuffers(t *testing.T, st *store.Store, limit int) int {
 	t.Helper()
-	tx, err := st.Pool().Begin(t.Context())
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback(t.Context()) }()
-	var plan []map[string]any
-	for range 2 {
-		require.NoError(t, tx.QueryRow(t.Context(), `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
-			SELECT * FROM agentserver_claim_candidates_limited('cpu', $1, NULL)`, limit).Scan(&plan))
-	}
-	root := plan[0]["Plan"].(map[string]any)
-	return int(root["Shared Hit Blocks"].(float64) + root["Shared Read Blocks"].(float64))
+	return explainBuffers(t, st, 2, `SELECT * FROM agentserver_claim_candidates_limited('cpu', $1, NULL)`, limit)
 }
 
 // A claim reaches the runs queued behind a saturated assistant's backlog without reading

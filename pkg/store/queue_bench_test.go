@@ -47,10 +47,13 @@ func benchStore(b testing.TB) *store.Store {
 	return st
 }
 
-func newRuns(n int) []store.NewRun {
+func newRuns(n int) []store.NewRun { return runsOf(benchAssistant, n) }
+
+// runsOf builds n runs of assistant, numbered by their input.
+func runsOf(assistant string, n int) []store.NewRun {
 	runs := make([]store.NewRun, n)
 	for i := range runs {
-		runs[i] = store.NewRun{AssistantID: benchAssistant, Input: map[string]any{"i": i}}
+		runs[i] = store.NewRun{AssistantID: assistant, Input: map[string]any{"i": i}}
 	}
 	return runs
 }

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentserver/agentserver/pkg/store"
@@ -42,29 +41,31 @@ func TestVacuumQueueClearsTheHeadOfTheClaimIndex(t *testing.T) {
 // claimScanPages returns the buffers a claim's candidate scan of one run touches.
 func claimScanPages(t *testing.T, st *store.Store) int {
 	t.Helper()
-	var pages int
-	// EXPLAIN ANALYZE runs the scan, whose FOR UPDATE locks: rolled back.
-	err := pgx.BeginFunc(t.Context(), st.Pool(), func(tx pgx.Tx) error {
+	return explainBuffers(t, st, 1, `SELECT q.run_id FROM run_queue q
+		WHERE q.slot_type = 'cpu' AND NOT q.limited AND q.available_time <= now()
+		ORDER BY q.priority DESC, q.seq LIMIT 1 FOR UPDATE OF q SKIP LOCKED`)
+}
+
+// explainBuffers runs query times under EXPLAIN (ANALYZE, BUFFERS) in one transaction,
+// rolled back so that the row locks of a FOR UPDATE go, and returns the shared buffers the
+// last run touched (statements run inside a function included).
+func explainBuffers(t *testing.T, st *store.Store, times int, query string, args ...any) int {
+	t.Helper()
+	tx, err := st.Pool().Begin(t.Context())
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(t.Context()) }()
+	var plan []struct {
+		Plan struct {
+			Hit  int `json:"Shared Hit Blocks"`
+			Read int `json:"Shared Read Blocks"`
+		}
+	}
+	for range times {
 		var out []byte
-		if err := tx.QueryRow(t.Context(), `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
-			SELECT q.run_id FROM run_queue q WHERE q.slot_type = 'cpu' AND NOT q.limited AND q.available_time <= now()
-			ORDER BY q.priority DESC, q.seq LIMIT 1 FOR UPDATE OF q SKIP LOCKED`).Scan(&out); err != nil {
-			return err
-		}
-		var plan []struct {
-			Plan struct {
-				Hit  int `json:"Shared Hit Blocks"`
-				Read int `json:"Shared Read Blocks"`
-			}
-		}
-		if err := json.Unmarshal(out, &plan); err != nil {
-			return err
-		}
-		pages = plan[0].Plan.Hit + plan[0].Plan.Read
-		return pgx.ErrTxClosed // any error rolls back; this one is expected
-	})
-	require.ErrorIs(t, err, pgx.ErrTxClosed)
-	return pages
+		require.NoError(t, tx.QueryRow(t.Context(), `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+query, args...).Scan(&out))
+		require.NoError(t, json.Unmarshal(out, &plan))
+	}
+	return plan[0].Plan.Hit + plan[0].Plan.Read
 }
 
 // VacuumQueue leaves the queue tables their pages (migration 13): truncating them would
