@@ -262,3 +262,40 @@ func TestMigration15MarksTheQueuedRunsOfLimitedAssistants(t *testing.T) {
 	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM run_queue`).Scan(&n))
 	require.Equal(t, 3, n, "going down keeps every queued run")
 }
+
+// Migration 16: neither candidate scan of a claim is ever JIT-compiled, whatever the
+// queue's size makes of its generic plan's price.
+func TestMigration16ClaimScansAreNotCompiled(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	uncompiled := func() map[string]bool {
+		rows, err := db.QueryContext(ctx, `SELECT proname, coalesce('jit=off' = ANY(proconfig), false)
+			FROM pg_proc WHERE proname LIKE 'agentserver\_claim\_candidates%'`)
+		require.NoError(t, err)
+		defer rows.Close()
+		got := map[string]bool{}
+		for rows.Next() {
+			var name string
+			var off bool
+			require.NoError(t, rows.Scan(&name, &off))
+			got[name] = off
+		}
+		require.NoError(t, rows.Err())
+		return got
+	}
+
+	_, err := p.UpTo(ctx, 16)
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{
+		"agentserver_claim_candidates":         true,
+		"agentserver_claim_candidates_limited": true,
+	}, uncompiled())
+
+	_, err = p.DownTo(ctx, 15)
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{
+		"agentserver_claim_candidates":         false,
+		"agentserver_claim_candidates_limited": true,
+	}, uncompiled())
+}
