@@ -754,7 +754,11 @@ type statement struct {
 	TotalMS     float64 `json:"total_ms"`
 	MeanMS      float64 `json:"mean_ms"`
 	PlanMS      float64 `json:"plan_ms"` // total planning time (track_planning)
-	Rows        int64   `json:"rows"`
+	// JITMS is the total time spent compiling the statement (PostgreSQL 15's jit_*_time
+	// columns): a plan priced above jit_above_cost is compiled at every execution, which
+	// a deep queue can cause in statements that read a few rows (docs/performance.md).
+	JITMS float64 `json:"jit_ms"`
+	Rows  int64   `json:"rows"`
 }
 
 // statements reads pg_stat_statements around each workload (--statements). A nil
@@ -794,7 +798,8 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 		return
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, total_exec_time, total_plan_time, rows
+		SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, total_exec_time, total_plan_time,
+			jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time, rows
 		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
 		WHERE d.datname = $1
 		ORDER BY total_exec_time + total_plan_time DESC LIMIT 15`, db)
@@ -806,7 +811,7 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 	var out []statement
 	for rows.Next() {
 		var st statement
-		if err := rows.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.PlanMS, &st.Rows); err != nil {
+		if err := rows.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.PlanMS, &st.JITMS, &st.Rows); err != nil {
 			logf("reading pg_stat_statements: %v", err)
 			return
 		}
@@ -828,13 +833,13 @@ func (s *statements) print(w io.Writer) {
 	for _, key := range slices.Sorted(maps.Keys(s.last)) {
 		fmt.Fprintf(w, "\nstatements of %s (last round, by total time):\n", key)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "calls/job\tmean ms\ttotal ms\tplan ms\tquery")
+		fmt.Fprintln(tw, "calls/job\tmean ms\ttotal ms\tplan ms\tjit ms\tquery")
 		for _, st := range s.last[key] {
 			q := st.Query
 			if len(q) > 110 {
 				q = q[:110] + "…"
 			}
-			fmt.Fprintf(tw, "%.2f\t%.3f\t%.0f\t%.0f\t%s\n", st.CallsPerJob, st.MeanMS, st.TotalMS, st.PlanMS, q)
+			fmt.Fprintf(tw, "%.2f\t%.3f\t%.0f\t%.0f\t%.0f\t%s\n", st.CallsPerJob, st.MeanMS, st.TotalMS, st.PlanMS, st.JITMS, q)
 		}
 		tw.Flush()
 	}
