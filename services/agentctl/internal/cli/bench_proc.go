@@ -23,6 +23,20 @@ type procStat struct {
 	// utime and stime are the process's own CPU time; cutime and cstime those of the
 	// children it has reaped. In clock ticks.
 	utime, stime, cutime, cstime uint64
+	// runNS is the run time of the process's main thread in nanoseconds, from
+	// /proc/<pid>/schedstat (0 where that file cannot be read). Unlike the ticks it is
+	// exact, which matters for a single-threaded process: one that ran for less than a
+	// tick in all reads 0 ticks, and a benchmark's hundreds of executor processes each run
+	// a few milliseconds.
+	runNS uint64
+}
+
+// ownNS is the process's own CPU time in nanoseconds: the larger of its ticks (every
+// thread, but whole ticks) and its main thread's exact run time. For a single-threaded
+// process (an executor, a PostgreSQL backend) that is the exact time; for a
+// multi-threaded one (a Go server) the ticks, to within one.
+func (p procStat) ownNS() uint64 {
+	return max((p.utime+p.stime)*(1e9/userHZ), p.runNS)
 }
 
 // parseProcStat parses the contents of /proc/<pid>/stat. The command name sits between the
@@ -80,14 +94,25 @@ func listProcs(procRoot string) ([]procStat, error) {
 		if err != nil {
 			continue
 		}
+		if b, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "schedstat")); err == nil {
+			// "run time (ns), wait time (ns), timeslices"
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				if ns, err := strconv.ParseUint(f[0], 10, 64); err == nil {
+					st.runNS = ns
+				}
+			}
+		}
 		out = append(out, st)
 	}
 	return out, nil
 }
 
-// cpuTimes is the CPU time of one process group at one instant, in clock ticks.
+// cpuTimes is the CPU time of one process group at one instant: user and sys in clock
+// ticks; cpuNS in nanoseconds, each process's own by procStat.ownNS, the reaped
+// children's by their ticks.
 type cpuTimes struct {
 	user, sys uint64
+	cpuNS     uint64
 	pids      []int
 }
 
@@ -156,9 +181,11 @@ func (s *cpuSampler) sample() (map[string]cpuTimes, error) {
 		t := out[name]
 		t.user += p.utime
 		t.sys += p.stime
+		t.cpuNS += p.ownNS()
 		if reaped {
 			t.user += p.cutime
 			t.sys += p.cstime
+			t.cpuNS += (p.cutime + p.cstime) * (1e9 / userHZ)
 		}
 		t.pids = append(t.pids, p.pid)
 		out[name] = t
@@ -207,8 +234,8 @@ func cpuUsage(before, after map[string]cpuTimes, wallS float64, completed int) [
 		// A process that left the group between the samples can make a sum go down.
 		user := float64(int64(a.user)-int64(b.user)) / userHZ
 		sys := float64(int64(a.sys)-int64(b.sys)) / userHZ
-		c := ProcessCPU{Name: name, PIDs: slices.Sorted(slices.Values(a.pids)), UserS: max(user, 0), SysS: max(sys, 0)}
-		c.CPUS = c.UserS + c.SysS
+		c := ProcessCPU{Name: name, PIDs: slices.Sorted(slices.Values(a.pids)), UserS: max(user, 0), SysS: max(sys, 0),
+			CPUS: max(float64(int64(a.cpuNS)-int64(b.cpuNS))/1e9, 0)}
 		if wallS > 0 {
 			c.Cores = c.CPUS / wallS
 		}

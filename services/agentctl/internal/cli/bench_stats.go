@@ -72,7 +72,10 @@ type ProcessCPU struct {
 	// included.
 	UserS float64 `json:"user_s"`
 	SysS  float64 `json:"sys_s"`
-	// CPUS is UserS + SysS.
+	// CPUS is the group's CPU seconds: per process the larger of its ticks (UserS + SysS
+	// count whole 10 ms ticks per process, which under-counts many short-lived processes)
+	// and its main thread's exact run time (/proc/<pid>/schedstat), which is the whole
+	// process's for a single-threaded one; reaped children by their ticks.
 	CPUS float64 `json:"cpu_s"`
 	// Cores is CPUS divided by the window's wall time: 1.0 is one core busy all along.
 	Cores float64 `json:"cores"`

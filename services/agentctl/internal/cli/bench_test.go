@@ -149,14 +149,27 @@ func TestCPUSamplerGroupsProcessTrees(t *testing.T) {
 	write(20, 1, "bash", 1, 1, 0)
 	write(30, 1, "agentctl", 5, 5, 0)
 
+	// Exact run times where the kernel gives them: the executor ran 104 ms, more than
+	// its whole ticks (10) say; the agentserver's main thread ran less than its ticks (all threads)
+	// say, so its ticks count; the backend has none.
+	schedstat := func(pid int, ns string) {
+		require.NoError(t, os.WriteFile(filepath.Join(root, itoa(pid), "schedstat"), []byte(ns+" 900 7\n"), 0o644))
+	}
+	schedstat(10, "500000000")
+	schedstat(11, "104000000")
+	schedstat(12, "3000000000")
+	schedstat(30, "100000000")
+
 	s := &cpuSampler{procRoot: root, self: 30}
 	got, err := s.sample()
 	require.NoError(t, err)
 	require.Equal(t, map[string]cpuTimes{
-		"agentserver":          {user: 120, sys: 50, pids: []int{10}},
-		"agentserver-children": {user: 7, sys: 3, pids: []int{11}},
-		"postgres":             {user: 240, sys: 110, pids: []int{12, 13}},
-		"agentctl":             {user: 5, sys: 5, pids: []int{30}},
+		// 150 ticks of its own, 20 ticks of reaped executors.
+		"agentserver":          {user: 120, sys: 50, cpuNS: 1_700_000_000, pids: []int{10}},
+		"agentserver-children": {user: 7, sys: 3, cpuNS: 104_000_000, pids: []int{11}},
+		// The postmaster's 3 s (more than its 300 ticks), the backend's 50 ticks.
+		"postgres": {user: 240, sys: 110, cpuNS: 3_500_000_000, pids: []int{12, 13}},
+		"agentctl": {user: 5, sys: 5, cpuNS: 100_000_000, pids: []int{30}},
 	}, sortPIDs(got))
 
 	// Explicit roots: only those groups, named as given.
@@ -167,11 +180,18 @@ func TestCPUSamplerGroupsProcessTrees(t *testing.T) {
 	require.Equal(t, []int{11}, got["server-children"].pids)
 	require.Equal(t, uint64(240), got["postgres"].user)
 
-	// Usage between two samples, per group.
-	before := map[string]cpuTimes{"postgres": {user: 100, sys: 10}}
-	after := map[string]cpuTimes{"postgres": {user: 300, sys: 110, pids: []int{13, 12}}}
+	// Usage between two samples, per group: CPU from cpuNS, user and sys from the ticks.
+	before := map[string]cpuTimes{"postgres": {user: 100, sys: 10, cpuNS: 1_100_000_000}}
+	after := map[string]cpuTimes{
+		"postgres": {user: 300, sys: 110, cpuNS: 4_100_000_000, pids: []int{13, 12}},
+		// New in the window (counted from zero), and ran less than a tick.
+		"fresh": {cpuNS: 3_000_000, pids: []int{40}},
+	}
 	usage := cpuUsage(before, after, 2, 1000)
-	require.Equal(t, []ProcessCPU{{Name: "postgres", PIDs: []int{12, 13}, UserS: 2, SysS: 1, CPUS: 3, Cores: 1.5, PerRunUS: 3000}}, usage)
+	require.Equal(t, []ProcessCPU{
+		{Name: "fresh", PIDs: []int{40}, CPUS: 0.003, Cores: 0.0015, PerRunUS: 3},
+		{Name: "postgres", PIDs: []int{12, 13}, UserS: 2, SysS: 1, CPUS: 3, Cores: 1.5, PerRunUS: 3000},
+	}, usage)
 }
 
 func sortPIDs(m map[string]cpuTimes) map[string]cpuTimes {
