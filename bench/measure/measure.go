@@ -112,7 +112,11 @@ const userHZ = 100
 type procStat struct {
 	pid, ppid int
 	comm      string
-	ticks     uint64 // utime + stime + cutime + cstime
+	// cpuNS is the process's CPU time in nanoseconds, as agentctl bench counts it: the
+	// larger of its own ticks (every thread, whole 10 ms ticks) and its main thread's exact
+	// run time (/proc/<pid>/schedstat; the whole process's for a single-threaded one, such
+	// as a PostgreSQL backend), plus the ticks of the children it reaped.
+	cpuNS uint64
 }
 
 func readProcs() map[int]procStat {
@@ -140,16 +144,23 @@ func readProcs() map[int]procStat {
 		}
 		st := procStat{pid: pid, comm: string(b[open+1 : closing])}
 		st.ppid, _ = strconv.Atoi(f[1])
-		for _, i := range []int{11, 12, 13, 14} {
+		tick := func(i int) uint64 {
 			v, _ := strconv.ParseUint(f[i], 10, 64)
-			st.ticks += v
+			return v * (1e9 / userHZ)
 		}
+		var run uint64
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "schedstat")); err == nil {
+			if sf := strings.Fields(string(b)); len(sf) > 0 {
+				run, _ = strconv.ParseUint(sf[0], 10, 64)
+			}
+		}
+		st.cpuNS = max(tick(11)+tick(12), run) + tick(13) + tick(14)
 		out[pid] = st
 	}
 	return out
 }
 
-// CPUSample is the CPU time, in clock ticks, of named process trees at one instant.
+// CPUSample is the CPU time, in nanoseconds, of named process trees at one instant.
 type CPUSample map[string]uint64
 
 // SampleCPU reads the CPU time of each named root process and of its descendants with the
@@ -174,7 +185,7 @@ func SampleCPU(roots map[string]int) CPUSample {
 			if p.comm != rp.comm {
 				continue
 			}
-			out[name] += p.ticks
+			out[name] += p.cpuNS
 			stack = append(stack, children[pid]...)
 		}
 	}
@@ -186,7 +197,7 @@ func SampleCPU(roots map[string]int) CPUSample {
 func CPUSince(before, after CPUSample, wall time.Duration, completed int) []ProcessCPU {
 	var out []ProcessCPU
 	for _, name := range slices.Sorted(maps.Keys(after)) {
-		c := ProcessCPU{Name: name, CPUS: float64(int64(after[name])-int64(before[name])) / userHZ}
+		c := ProcessCPU{Name: name, CPUS: max(float64(int64(after[name])-int64(before[name]))/1e9, 0)}
 		if wall > 0 {
 			c.Cores = c.CPUS / wall.Seconds()
 		}
