@@ -150,8 +150,8 @@ func TestCPUSamplerGroupsProcessTrees(t *testing.T) {
 	write(30, 1, "agentctl", 5, 5, 0)
 
 	// Exact run times where the kernel gives them: the executor ran 104 ms, more than
-	// its whole ticks (10) say; the agentserver's main thread ran less than its ticks (all threads)
-	// say, so its ticks count; the backend has none.
+	// its whole ticks (10) say; the agentserver's main thread ran less than its ticks
+	// (all threads) say, so its ticks count; the backend has none.
 	schedstat := func(pid int, ns string) {
 		require.NoError(t, os.WriteFile(filepath.Join(root, itoa(pid), "schedstat"), []byte(ns+" 900 7\n"), 0o644))
 	}
