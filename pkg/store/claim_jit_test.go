@@ -31,11 +31,15 @@ func TestClaimsOfADeepQueueAreNotCompiled(t *testing.T) {
 	if !available {
 		t.Skip("this PostgreSQL has no JIT provider (llvmjit): nothing can be compiled")
 	}
+	mapsOf := func(pid int) (string, error) {
+		maps, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
+		return string(maps), err
+	}
 	jitted := func(pid int) bool {
 		t.Helper()
-		maps, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
+		maps, err := mapsOf(pid)
 		require.NoError(t, err, "reading the memory map of backend %d", pid)
-		return strings.Contains(string(maps), "llvmjit")
+		return strings.Contains(maps, "llvmjit")
 	}
 
 	// Control: a backend made to compile a query has the provider mapped.
@@ -50,6 +54,9 @@ func TestClaimsOfADeepQueueAreNotCompiled(t *testing.T) {
 	_, err = conn.Exec(ctx, `RESET jit_above_cost`)
 	require.NoError(t, err)
 	conn.Release()
+	if _, err := mapsOf(control); err != nil {
+		t.Skipf("cannot read a backend's memory map here (%v): nothing to look at", err)
+	}
 	require.True(t, jitted(control), "control: a backend that compiled a query maps llvmjit")
 
 	fillQueue(t, st, 200_000)
