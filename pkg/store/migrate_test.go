@@ -27,6 +27,24 @@ func migrationProvider(t *testing.T) (*sql.DB, *goose.Provider) {
 	return db, p
 }
 
+// queryMap runs a query of two columns and returns its rows as a map of the first to the
+// second.
+func queryMap[K comparable, V any](t *testing.T, db *sql.DB, query string) map[K]V {
+	t.Helper()
+	rows, err := db.QueryContext(t.Context(), query)
+	require.NoError(t, err)
+	defer rows.Close()
+	out := map[K]V{}
+	for rows.Next() {
+		var k K
+		var v V
+		require.NoError(t, rows.Scan(&k, &v))
+		out[k] = v
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
 // Migration 7 moves the leases of RUNNING runs into run_leases and the runs waiting on a
 // thread into thread_queue; a database upgraded with runs in flight keeps every lease and
 // every waiting run, and going back down restores them on runs.
@@ -242,16 +260,7 @@ func TestMigration15MarksTheQueuedRunsOfLimitedAssistants(t *testing.T) {
 
 	_, err = p.UpTo(ctx, 15)
 	require.NoError(t, err)
-	rows, err := db.QueryContext(ctx, `SELECT seq, limited FROM run_queue ORDER BY seq`)
-	require.NoError(t, err)
-	marks := map[int]bool{}
-	for rows.Next() {
-		var seq int
-		var limited bool
-		require.NoError(t, rows.Scan(&seq, &limited))
-		marks[seq] = limited
-	}
-	require.NoError(t, rows.Err())
+	marks := queryMap[int, bool](t, db, `SELECT seq, limited FROM run_queue`)
 	require.Equal(t, map[int]bool{1: true, 2: false, 3: false}, marks, "only the runs of the tenant's limited assistant")
 	require.Contains(t, claimIndex(), "WHERE (NOT limited)")
 
@@ -270,19 +279,8 @@ func TestMigration16ClaimScansAreNotCompiled(t *testing.T) {
 	ctx := t.Context()
 	db, p := migrationProvider(t)
 	uncompiled := func() map[string]bool {
-		rows, err := db.QueryContext(ctx, `SELECT proname, coalesce('jit=off' = ANY(proconfig), false)
+		return queryMap[string, bool](t, db, `SELECT proname, coalesce('jit=off' = ANY(proconfig), false)
 			FROM pg_proc WHERE proname LIKE 'agentserver\_claim\_candidates%'`)
-		require.NoError(t, err)
-		defer rows.Close()
-		got := map[string]bool{}
-		for rows.Next() {
-			var name string
-			var off bool
-			require.NoError(t, rows.Scan(&name, &off))
-			got[name] = off
-		}
-		require.NoError(t, rows.Err())
-		return got
 	}
 
 	_, err := p.UpTo(ctx, 16)
