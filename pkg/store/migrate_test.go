@@ -297,3 +297,46 @@ func TestMigration16ClaimScansAreNotCompiled(t *testing.T) {
 		"agentserver_claim_candidates_limited": true,
 	}, uncompiled())
 }
+
+// Migration 17 makes autovacuum's ANALYZE of runs and run_events sample 3,000 rows, not
+// 30,000: every column has a statistics target of 10, or 0 (none). The check is on the
+// latest schema, so a column added later without a target of its own fails it.
+func TestStatisticsSamplesStaySmall(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	// attstattarget -1 is the default target (default_statistics_target, 100).
+	targets := func(table string) map[string]int {
+		return queryMap[string, int](t, db, `SELECT attname, attstattarget FROM pg_attribute
+			WHERE attrelid = '`+table+`'::regclass AND attnum > 0 AND NOT attisdropped`)
+	}
+
+	_, err := p.Up(ctx)
+	require.NoError(t, err)
+	for _, table := range []string{"runs", "run_events"} {
+		cols := targets(table)
+		require.NotEmpty(t, cols)
+		for col, target := range cols {
+			require.Containsf(t, []int{0, 10}, target, "statistics target of %s.%s", table, col)
+		}
+	}
+	require.Equal(t, 0, targets("runs")["input"], "migration 10's payload columns keep none")
+
+	// The sample follows: 4,000 events give a histogram of at most 11 bounds (101 with the
+	// default target).
+	_, err = db.ExecContext(ctx, `INSERT INTO run_events (run_id, tenant_id, type)
+		SELECT gen_random_uuid(), 't', 'e' FROM generate_series(1, 4000)`)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `ANALYZE run_events`)
+	require.NoError(t, err)
+	var bounds int
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT array_length(histogram_bounds, 1) FROM pg_stats
+		WHERE tablename = 'run_events' AND attname = 'seq'`).Scan(&bounds))
+	require.LessOrEqual(t, bounds, 11)
+
+	_, err = p.DownTo(ctx, 16)
+	require.NoError(t, err)
+	require.Equal(t, -1, targets("runs")["state"])
+	require.Equal(t, -1, targets("run_events")["seq"])
+	require.Equal(t, 0, targets("runs")["input"])
+}
