@@ -68,6 +68,9 @@ type Config struct {
 	// QueueVacuumRuns is how many runs this scheduler claims between two vacuums of the
 	// queue tables (store.VacuumQueue); 0 leaves them to autovacuum.
 	QueueVacuumRuns int
+	// EventHold is how long a session keeps a run's events back waiting for the run's
+	// result, so that both are written by one statement; 0 writes them as they come.
+	EventHold time.Duration
 }
 
 // Defaults returns the default configuration.
@@ -84,6 +87,7 @@ func Defaults() Config {
 		TimeoutGrace:      10 * time.Second,
 		ReconcileInterval: 30 * time.Second,
 		QueueVacuumRuns:   2000,
+		EventHold:         20 * time.Millisecond,
 	}
 }
 
@@ -100,6 +104,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("claim cooldown (%s) must be at least 0 and below the poll interval (%s)", c.ClaimCooldown, c.PollInterval)
 	case c.RetryBaseDelay < 0 || c.RetryMaxDelay < c.RetryBaseDelay:
 		return errors.New("retry delays must satisfy 0 <= base <= max")
+	case c.EventHold < 0 || c.EventHold >= c.HeartbeatInterval:
+		return fmt.Errorf("event hold (%s) must be at least 0 and below the heartbeat interval (%s)", c.EventHold, c.HeartbeatInterval)
 	case c.QueueVacuumRuns < 0:
 		return fmt.Errorf("queue vacuum runs (%d) must be at least 0 (0: leave the queue to autovacuum)", c.QueueVacuumRuns)
 	}

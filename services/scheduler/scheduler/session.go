@@ -396,7 +396,44 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 		}
 	}()
 	go func() {
-		for m := range in {
+		// Events held back for their results (see heldEvents); written at the latest
+		// EventHold after they arrived, and when the session ends.
+		held := &heldEvents{}
+		defer func() {
+			if len(held.evs) == 0 {
+				return
+			}
+			// The stream's context may be gone: these events are still the worker's.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := s.flushEvents(fctx, sess, held); err != nil {
+				log.Warn("writing a closed session's held events", "events", len(held.evs), "err", err)
+			}
+		}()
+		timer := time.NewTimer(time.Hour)
+		timer.Stop()
+		for {
+			var m *schedulerv1.ConnectRequest
+			ok := true
+			if len(held.evs) == 0 {
+				m, ok = <-in
+			} else {
+				timer.Reset(time.Until(held.since.Add(s.cfg.EventHold)))
+				select {
+				case m, ok = <-in:
+				case <-timer.C:
+					if err := s.flushEvents(ctx, sess, held); err != nil {
+						recvErr <- err
+						sess.close()
+						return
+					}
+					continue
+				}
+				timer.Stop()
+			}
+			if !ok {
+				return
+			}
 			batch := []*schedulerv1.ConnectRequest{m}
 		fill:
 			for len(batch) < maxMessageBatch {
@@ -410,7 +447,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 					break fill
 				}
 			}
-			if err := s.handleBatch(ctx, sess, batch); err != nil {
+			if err := s.handleBatch(ctx, sess, batch, held); err != nil {
 				recvErr <- err
 				sess.close()
 				return
@@ -430,28 +467,76 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 // maxMessageBatch bounds the messages of one session written in one go.
 const maxMessageBatch = 512
 
+// heldEvents are a session's events kept back for their results (Config.EventHold), in
+// arrival order. Nearly every run sends its step_started event a moment before its
+// result; written on their own, the events of a busy worker cost a statement per batch
+// (an eighth of the statements per run under sustained load), and held, they go into the
+// statement that writes the result. A run that lasts longer has its events written
+// EventHold after they arrived.
+type heldEvents struct {
+	evs []store.EventParams
+	// since is when the oldest of evs arrived.
+	since time.Time
+}
+
+// flushEvents writes the held events and forgets them.
+func (s *Server) flushEvents(ctx context.Context, sess *session, held *heldEvents) error {
+	evs := held.evs
+	held.evs = nil
+	refused, err := s.store.AppendRunEvents(ctx, evs)
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	for _, l := range refused {
+		if err := s.fenced(sess, l.RunID, l.Epoch, store.ErrStaleEpoch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // handleBatch processes messages of a worker in arrival order per run: its events first
 // (one statement), then checkpoints, then results (one transaction), then the newest
 // heartbeat. A run's events and checkpoints always precede its result in the stream, so
 // this order keeps each run's writes in order. Events of a claim whose result is in the
-// same batch are written with the result, under its fence, instead of on their own.
-func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedulerv1.ConnectRequest) error {
-	var events []store.EventParams
+// same batch are written with the result, under its fence, instead of on their own; the
+// others are held (with those held before) until their result comes, for up to EventHold,
+// and written before anything else of the batch when it has a checkpoint.
+func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedulerv1.ConnectRequest, held *heldEvents) error {
 	var results []*schedulerv1.RunResult
 	var rest []*schedulerv1.ConnectRequest
 	var heartbeat *schedulerv1.ConnectRequest
-	// The claims (run name, epoch) whose result is in this batch.
-	type claim struct {
-		run   string
-		epoch int64
-	}
-	finishing := make(map[claim]bool)
+	// The claims whose result is in this batch. A result whose run name does not parse
+	// is refused by handleResults.
+	finishing := make(map[store.Lease]bool)
 	for _, m := range batch {
 		if r := m.GetResult(); r != nil {
-			finishing[claim{r.GetRun(), r.GetEpoch()}] = true
+			if id, err := parseRunName(r.GetRun()); err == nil {
+				finishing[store.Lease{RunID: id, Epoch: r.GetEpoch()}] = true
+			}
 		}
 	}
 	var withResult map[store.Lease][]store.Event
+	// Events held from earlier batches come first: they arrived first.
+	events := held.evs[:0:0]
+	hold := func(e store.EventParams) {
+		l := store.Lease{RunID: e.RunID, Epoch: e.Epoch}
+		if !finishing[l] {
+			events = append(events, e)
+			return
+		}
+		if withResult == nil {
+			withResult = make(map[store.Lease][]store.Event)
+		}
+		withResult[l] = append(withResult[l], store.Event{Type: e.Type, Data: e.Data})
+	}
+	for _, e := range held.evs {
+		hold(e)
+	}
+	since := held.since
+	if len(events) == 0 {
+		since = time.Now()
+	}
 	for _, m := range batch {
 		switch msg := m.GetMsg().(type) {
 		case *schedulerv1.ConnectRequest_Event:
@@ -459,15 +544,7 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 			if err != nil {
 				return status.Error(codes.InvalidArgument, err.Error())
 			}
-			if finishing[claim{msg.Event.GetRun(), msg.Event.GetEpoch()}] {
-				if withResult == nil {
-					withResult = make(map[store.Lease][]store.Event)
-				}
-				l := store.Lease{RunID: id, Epoch: msg.Event.GetEpoch()}
-				withResult[l] = append(withResult[l], store.Event{Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
-				continue
-			}
-			events = append(events, store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
+			hold(store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
 		case *schedulerv1.ConnectRequest_Result:
 			results = append(results, msg.Result)
 		case *schedulerv1.ConnectRequest_Heartbeat:
@@ -476,15 +553,10 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 			rest = append(rest, m)
 		}
 	}
-	if len(events) > 0 {
-		refused, err := s.store.AppendRunEvents(ctx, events)
-		if err != nil {
-			return status.Error(codes.Unavailable, err.Error())
-		}
-		for _, l := range refused {
-			if err := s.fenced(sess, l.RunID, l.Epoch, store.ErrStaleEpoch); err != nil {
-				return err
-			}
+	held.evs, held.since = events, since
+	if len(held.evs) > 0 && (len(rest) > 0 || len(held.evs) >= maxMessageBatch || time.Since(since) >= s.cfg.EventHold) {
+		if err := s.flushEvents(ctx, sess, held); err != nil {
+			return err
 		}
 	}
 	for _, m := range rest {
