@@ -340,3 +340,29 @@ func TestStatisticsSamplesStaySmall(t *testing.T) {
 	require.Equal(t, -1, targets("run_events")["seq"])
 	require.Equal(t, 0, targets("runs")["input"])
 }
+
+// Migration 19 rebuilds the list indexes of runs in ascending order, and going down
+// rebuilds them descending.
+func TestMigration19ListIndexesAscend(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	defs := func() map[string]string {
+		return queryMap[string, string](t, db, `SELECT indexname, indexdef FROM pg_indexes
+			WHERE tablename = 'runs' AND indexname LIKE 'runs\_list%'`)
+	}
+
+	_, err := p.UpTo(ctx, 19)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{
+		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id)",
+		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id)",
+	}, defs())
+
+	_, err = p.DownTo(ctx, 18)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{
+		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time DESC, id DESC)",
+		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time DESC, id DESC)",
+	}, defs())
+}

@@ -326,10 +326,26 @@ type RunCursor struct {
 // ListRuns returns up to limit runs, newest first, after the cursor (nil = from the top).
 // It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit int, after *RunCursor) ([]*Run, error) {
-	// The statement names only the filters that are set, each combination its own prepared
-	// statement: PostgreSQL turns to a generic plan once it looks no costlier than the custom
-	// ones, and a generic plan of "($3 = '' OR assistant_id = $3)" cannot use
-	// runs_list_assistant.
+	sql, args := listRunsQuery(tenant, f, limit, after)
+	return readStale(ctx, s, func(q querier) ([]*Run, error) {
+		rows, err := q.Query(ctx, sql, args...)
+		if err != nil {
+			return nil, fmt.Errorf("listing runs: %w", err)
+		}
+		out, err := collect(rows, scanRun)
+		if err != nil {
+			return nil, fmt.Errorf("listing runs: %w", err)
+		}
+		return out, nil
+	})
+}
+
+// listRunsQuery is ListRuns' statement. It names only the filters that are set, each
+// combination its own prepared statement: PostgreSQL turns to a generic plan once it looks
+// no costlier than the custom ones, and a generic plan of "($3 = '' OR assistant_id = $3)"
+// cannot use runs_list_assistant. Newest first is a backward scan of runs_list or
+// runs_list_assistant (ascending since migration 19).
+func listRunsQuery(tenant string, f RunFilter, limit int, after *RunCursor) (string, []any) {
 	sql := `SELECT ` + runColumns + ` FROM runs WHERE tenant_id = $1`
 	args := []any{tenant, limit}
 	if f.State != 0 {
@@ -344,18 +360,7 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit 
 		args = append(args, after.CreateTime, after.ID)
 		sql += fmt.Sprintf(" AND (create_time, id) < ($%d, $%d)", len(args)-1, len(args))
 	}
-	sql += " ORDER BY create_time DESC, id DESC LIMIT $2"
-	return readStale(ctx, s, func(q querier) ([]*Run, error) {
-		rows, err := q.Query(ctx, sql, args...)
-		if err != nil {
-			return nil, fmt.Errorf("listing runs: %w", err)
-		}
-		out, err := collect(rows, scanRun)
-		if err != nil {
-			return nil, fmt.Errorf("listing runs: %w", err)
-		}
-		return out, nil
-	})
+	return sql + " ORDER BY create_time DESC, id DESC LIMIT $2", args
 }
 
 // CancelRun cancels a run: a queued or interrupted run ends CANCELLED at once; a running
