@@ -342,8 +342,8 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit 
 
 // listRunsQuery is ListRuns' statement. It names only the filters that are set, each
 // combination its own prepared statement: PostgreSQL turns to a generic plan once it looks
-// no costlier than the custom ones, and a generic plan of "($3 = '' OR assistant_id = $3)"
-// cannot use runs_list_assistant. Newest first is a backward scan of runs_list or
+// no costlier than the custom ones, and the generic plan of an optional filter (an empty $3
+// or assistant_id = $3) cannot use runs_list_assistant. Newest first is a backward scan of runs_list or
 // runs_list_assistant (ascending since migration 19).
 func listRunsQuery(tenant string, f RunFilter, limit int, after *RunCursor) (string, []any) {
 	sql := `SELECT ` + runColumns + ` FROM runs WHERE tenant_id = $1`
