@@ -263,11 +263,21 @@ func send(ctx context.Context, ch chan<- proto.Message, m any, ended <-chan stru
 	if err != nil {
 		return err
 	}
+	// Single-channel operations first, which the runtime does without taking the locks of
+	// every channel of a select (the selects of send and receive were ~4 % of the
+	// all-in-one server's CPU in a burn-down). A stream that ended refuses the message even
+	// when ch has room.
 	select {
 	case <-ended:
 		return endErr
-	case <-ctx.Done():
+	default:
+	}
+	if ctx.Err() != nil {
 		return ctxErr(ctx)
+	}
+	select {
+	case ch <- msg:
+		return nil
 	default:
 	}
 	select {
@@ -283,6 +293,12 @@ func send(ctx context.Context, ch chan<- proto.Message, m any, ended <-chan stru
 // receive copies the next message of ch into m. Once closed is closed, the messages
 // already on ch still come first, then end's error.
 func receive(ctx context.Context, ch <-chan proto.Message, m any, closed <-chan struct{}, end func() error) error {
+	// A message waiting is taken without a select (see send).
+	select {
+	case msg := <-ch:
+		return copyMessage(m, msg)
+	default:
+	}
 	select {
 	case msg := <-ch:
 		return copyMessage(m, msg)
