@@ -126,18 +126,8 @@ func (s *Store) GetAssistant(ctx context.Context, tenant, id string) (*Assistant
 // ListAssistants returns up to limit assistants with ids after afterID, in id order.
 // It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListAssistants(ctx context.Context, tenant string, limit int, afterID string) ([]*Assistant, error) {
-	return readStale(ctx, s, func(q querier) ([]*Assistant, error) {
-		rows, err := q.Query(ctx, `SELECT `+assistantColumns+`
-			FROM assistants WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3`, tenant, afterID, limit)
-		if err != nil {
-			return nil, fmt.Errorf("listing assistants: %w", err)
-		}
-		out, err := collect(rows, scanAssistant)
-		if err != nil {
-			return nil, fmt.Errorf("listing assistants: %w", err)
-		}
-		return out, nil
-	})
+	return listStale(ctx, s, "assistants", `SELECT `+assistantColumns+`
+		FROM assistants WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3`, []any{tenant, afterID, limit}, scanAssistant)
 }
 
 // UpdateAssistant applies update to the stored assistant under a row lock and stores the

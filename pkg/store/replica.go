@@ -202,3 +202,19 @@ func readStale[T any](ctx context.Context, s *Store, f func(q querier) (T, error
 	}
 	return f(s.pool)
 }
+
+// listStale runs a listing's query where staleness is tolerated (see readStale) and scans
+// its rows; what names the listing in errors.
+func listStale[T any](ctx context.Context, s *Store, what, sql string, args []any, scan func(pgx.Row) (T, error)) ([]T, error) {
+	return readStale(ctx, s, func(q querier) ([]T, error) {
+		rows, err := q.Query(ctx, sql, args...)
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", what, err)
+		}
+		out, err := collect(rows, scan)
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", what, err)
+		}
+		return out, nil
+	})
+}

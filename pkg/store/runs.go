@@ -327,17 +327,7 @@ type RunCursor struct {
 // It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit int, after *RunCursor) ([]*Run, error) {
 	sql, args := listRunsQuery(tenant, f, limit, after)
-	return readStale(ctx, s, func(q querier) ([]*Run, error) {
-		rows, err := q.Query(ctx, sql, args...)
-		if err != nil {
-			return nil, fmt.Errorf("listing runs: %w", err)
-		}
-		out, err := collect(rows, scanRun)
-		if err != nil {
-			return nil, fmt.Errorf("listing runs: %w", err)
-		}
-		return out, nil
-	})
+	return listStale(ctx, s, "runs", sql, args, scanRun)
 }
 
 // listRunsQuery is ListRuns' statement. It names only the filters that are set, each

@@ -151,13 +151,7 @@ func (s *Store) ListThreads(ctx context.Context, tenant string, limit int, after
 		args = append(args, after.CreateTime, after.ID)
 	}
 	sql += ` ORDER BY create_time DESC, id DESC LIMIT $2`
-	return readStale(ctx, s, func(q querier) ([]*Thread, error) {
-		rows, err := q.Query(ctx, sql, args...)
-		if err != nil {
-			return nil, fmt.Errorf("listing threads: %w", err)
-		}
-		return collect(rows, scanThread)
-	})
+	return listStale(ctx, s, "threads", sql, args, scanThread)
 }
 
 // DeleteThread deletes a thread without an active run (ErrThreadBusy otherwise).
