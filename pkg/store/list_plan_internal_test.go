@@ -13,10 +13,10 @@ import (
 	"github.com/agentserver/agentserver/pkg/pgtest"
 )
 
-// Listings read runs newest first by scanning runs_list or runs_list_assistant backwards
-// (both ascending since migration 19): never a sort of the tenant's runs, with the plan
-// PostgreSQL makes for the given values and with a generic one.
-func TestListRunsScansTheListIndexesBackwards(t *testing.T) {
+// Listings read runs and threads newest first by scanning runs_list, runs_list_assistant
+// or threads_list backwards (ascending since migrations 19 and 20): never a sort of the
+// tenant's rows, with the plan PostgreSQL makes for the given values and with a generic one.
+func TestListingsScanTheListIndexesBackwards(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	url := pgtest.NewDatabase(t)
@@ -30,22 +30,32 @@ func TestListRunsScansTheListIndexesBackwards(t *testing.T) {
 			now() - (20000 - g) * interval '1 second'
 		FROM generate_series(1, 20000) g`)
 	require.NoError(t, err)
-	_, err = conn.Exec(ctx, `ANALYZE runs`)
+	_, err = conn.Exec(ctx, `INSERT INTO threads (tenant_id, id, create_time)
+		SELECT 'default', 't-' || g, now() - (20000 - g) * interval '1 second' FROM generate_series(1, 20000) g`)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, `ANALYZE runs, threads`)
 	require.NoError(t, err)
 
 	cursor := &RunCursor{CreateTime: time.Now().Add(-time.Hour), ID: uuid.Max}
 	for _, tc := range []struct {
 		name  string
-		f     RunFilter
-		after *RunCursor
+		query func() (string, []any)
 		index string
 	}{
-		{"all", RunFilter{}, nil, "runs_list"},
-		{"all, next page", RunFilter{}, cursor, "runs_list"},
-		{"assistant", RunFilter{AssistantID: "a1"}, nil, "runs_list_assistant"},
-		{"assistant, next page", RunFilter{AssistantID: "a1"}, cursor, "runs_list_assistant"},
+		{"runs", func() (string, []any) { return listRunsQuery("default", RunFilter{}, 50, nil) }, "runs_list on runs"},
+		{"runs, next page", func() (string, []any) { return listRunsQuery("default", RunFilter{}, 50, cursor) }, "runs_list on runs"},
+		{"runs of an assistant", func() (string, []any) {
+			return listRunsQuery("default", RunFilter{AssistantID: "a1"}, 50, nil)
+		}, "runs_list_assistant on runs"},
+		{"runs of an assistant, next page", func() (string, []any) {
+			return listRunsQuery("default", RunFilter{AssistantID: "a1"}, 50, cursor)
+		}, "runs_list_assistant on runs"},
+		{"threads", func() (string, []any) { return listThreadsQuery("default", 50, nil) }, "threads_list on threads"},
+		{"threads, next page", func() (string, []any) {
+			return listThreadsQuery("default", 50, &ThreadCursor{CreateTime: cursor.CreateTime, ID: "t-~"})
+		}, "threads_list on threads"},
 	} {
-		sql, args := listRunsQuery("default", tc.f, 50, tc.after)
+		sql, args := tc.query()
 		for _, mode := range []string{"auto", "force_generic_plan"} {
 			_, err := conn.Exec(ctx, `SET plan_cache_mode = `+mode)
 			require.NoError(t, err)
@@ -54,7 +64,7 @@ func TestListRunsScansTheListIndexesBackwards(t *testing.T) {
 			lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 			require.NoError(t, err)
 			plan := strings.Join(lines, "\n")
-			require.Containsf(t, plan, "Index Scan Backward using "+tc.index+" on runs", "%s (%s):\n%s", tc.name, mode, plan)
+			require.Containsf(t, plan, "Index Scan Backward using "+tc.index, "%s (%s):\n%s", tc.name, mode, plan)
 			require.NotContainsf(t, plan, "Sort", "%s (%s):\n%s", tc.name, mode, plan)
 		}
 	}

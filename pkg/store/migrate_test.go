@@ -341,22 +341,23 @@ func TestStatisticsSamplesStaySmall(t *testing.T) {
 	require.Equal(t, 0, targets("runs")["input"])
 }
 
-// Migration 19 rebuilds the list indexes of runs in ascending order, and going down
-// rebuilds them descending.
-func TestMigration19ListIndexesAscend(t *testing.T) {
+// Migrations 19 and 20 rebuild the list indexes of runs and threads in ascending order,
+// and going down rebuilds them descending.
+func TestMigrations19And20ListIndexesAscend(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	db, p := migrationProvider(t)
 	defs := func() map[string]string {
 		return queryMap[string, string](t, db, `SELECT indexname, indexdef FROM pg_indexes
-			WHERE tablename = 'runs' AND indexname LIKE 'runs\_list%'`)
+			WHERE indexname IN ('runs_list', 'runs_list_assistant', 'threads_list')`)
 	}
 
-	_, err := p.UpTo(ctx, 19)
+	_, err := p.UpTo(ctx, 20)
 	require.NoError(t, err)
 	require.Equal(t, map[string]string{
 		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id)",
 		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id)",
+		"threads_list":        "CREATE INDEX threads_list ON public.threads USING btree (tenant_id, create_time, id)",
 	}, defs())
 
 	_, err = p.DownTo(ctx, 18)
@@ -364,5 +365,6 @@ func TestMigration19ListIndexesAscend(t *testing.T) {
 	require.Equal(t, map[string]string{
 		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time DESC, id DESC)",
 		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time DESC, id DESC)",
+		"threads_list":        "CREATE INDEX threads_list ON public.threads USING btree (tenant_id, create_time DESC, id DESC)",
 	}, defs())
 }

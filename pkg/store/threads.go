@@ -142,16 +142,21 @@ type ThreadCursor struct {
 // ListThreads returns up to limit threads, newest first, after the cursor.
 // It tolerates staleness: with a read replica, it reads there.
 func (s *Store) ListThreads(ctx context.Context, tenant string, limit int, after *ThreadCursor) ([]*Thread, error) {
-	// The cursor condition only when there is a cursor: a generic plan of "$2 IS NULL OR …"
-	// would serve both cases at once.
+	sql, args := listThreadsQuery(tenant, limit, after)
+	return listStale(ctx, s, "threads", sql, args, scanThread)
+}
+
+// listThreadsQuery is ListThreads' statement: the cursor condition only when there is a
+// cursor (a generic plan of "$3 IS NULL OR …" would serve both cases at once), newest first
+// by a backward scan of threads_list (ascending since migration 20).
+func listThreadsQuery(tenant string, limit int, after *ThreadCursor) (string, []any) {
 	sql := `SELECT ` + threadColumns + ` FROM threads WHERE tenant_id = $1`
 	args := []any{tenant, limit}
 	if after != nil {
 		sql += ` AND (create_time, id) < ($3, $4)`
 		args = append(args, after.CreateTime, after.ID)
 	}
-	sql += ` ORDER BY create_time DESC, id DESC LIMIT $2`
-	return listStale(ctx, s, "threads", sql, args, scanThread)
+	return sql + ` ORDER BY create_time DESC, id DESC LIMIT $2`, args
 }
 
 // DeleteThread deletes a thread without an active run (ErrThreadBusy otherwise).
