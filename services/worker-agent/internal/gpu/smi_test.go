@@ -99,6 +99,11 @@ const (
 	h100       = "NVIDIA H100 80GB HBM3"
 )
 
+// h200 is the idle GPU of the machine lent to this project, as its nvidia-smi printed it
+// (unmasked UUID; 143771 MiB, the same bytes its NVML reported: 150,754,820,096).
+var h200 = gpu.GPU{Index: 0, UUID: "GPU-99df4c76-7793-9f54-0a60-669f1a67cc3a", Model: "NVIDIA H200",
+	MemoryTotalBytes: 143771 * mib, MemoryUsedBytes: 0, UtilizationPercent: ptr(0), TemperatureCelsius: ptr(36)}
+
 func TestParseSMIRecorded(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -115,6 +120,10 @@ func TestParseSMIRecorded(t *testing.T) {
 		{file: "recorded-h100-80gb-hbm3-mig-590.48.01-capture-nvidia_gpu_exporter.csv", gpus: []gpu.GPU{
 			{Index: 0, UUID: maskedUUID, Model: h100, MemoryTotalBytes: 81559 * mib, MemoryUsedBytes: 59 * mib, UtilizationPercent: nil, TemperatureCelsius: ptr(42)},
 		}},
+		// Recorded by this project on the GPU machine lent to it (deploy/scripts/real-gpu-check.sh,
+		// 2026-11-27): the worker's own command, and the same with a header (units in brackets).
+		{file: "recorded-h200-580.159.04-lent-machine.csv", gpus: []gpu.GPU{h200}},
+		{file: "recorded-h200-580.159.04-lent-machine-header.csv", gpus: []gpu.GPU{h200}},
 		// nvidia-smi's messages come back as notes, word for word.
 		{file: "recorded-no-devices-issue-open-gpu-kernel-modules-862.txt", notes: []string{"No devices were found"}},
 		{file: "recorded-driver-not-loaded-issue-mattshma-bigdata-108.txt", notes: []string{"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running."}},
