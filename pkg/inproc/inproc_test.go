@@ -16,6 +16,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/agentserver/agentserver/pkg/inproc"
 )
@@ -31,7 +32,10 @@ func (d *duplex) FullDuplexCall(s grpc.BidiStreamingServer[testpb.StreamingOutpu
 }
 
 func channelWith(handle func(grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error) testpb.TestServiceClient {
-	ch := new(inproc.Channel)
+	return channelOf(new(inproc.Channel), handle)
+}
+
+func channelOf(ch *inproc.Channel, handle func(grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error) testpb.TestServiceClient {
 	testpb.RegisterTestServiceServer(ch, &duplex{handle: handle})
 	return testpb.NewTestServiceClient(ch)
 }
@@ -192,6 +196,67 @@ func TestMessagesAreCopied(t *testing.T) {
 	require.NotSame(t, reply, resp)
 	resp.Payload.Body[0] = 'X'
 	require.Equal(t, "reply", string(reply.GetPayload().GetBody()))
+}
+
+// With Share, a message is handed over: the receiver's message is its own, its field values
+// are the sender's. Both directions of a stream and unary calls alike.
+func TestSharedMessagesAreHandedOver(t *testing.T) {
+	t.Parallel()
+	received := make(chan *testpb.StreamingOutputCallRequest, 1)
+	reply := &testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Type: testpb.PayloadType_COMPRESSABLE, Body: []byte("reply")}}
+	client := channelOf(&inproc.Channel{Share: true}, func(s grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+		req, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		received <- req
+		return s.Send(reply)
+	})
+	stream, err := client.FullDuplexCall(t.Context())
+	require.NoError(t, err)
+	req := request("hello")
+	req.ResponseParameters = []*testpb.ResponseParameters{{Size: 7}, {Size: 9}}
+	req.ResponseStatus = &testpb.EchoStatus{Code: 3, Message: "m"}
+	require.NoError(t, stream.Send(req))
+	got := <-received
+	require.NotSame(t, req, got, "the receiver's message is its own")
+	require.Same(t, req.GetPayload(), got.GetPayload(), "a nested message is the sender's")
+	require.Same(t, req.GetResponseStatus(), got.GetResponseStatus())
+	require.Len(t, got.GetResponseParameters(), 2)
+	require.Same(t, req.GetResponseParameters()[1], got.GetResponseParameters()[1], "a list holds the sender's elements")
+	require.True(t, proto.Equal(req, got))
+	got.Payload = nil // changing the receiver's top level leaves the sender's alone
+	require.Equal(t, "hello", string(req.GetPayload().GetBody()))
+
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	require.NotSame(t, reply, resp)
+	require.Same(t, reply.GetPayload(), resp.GetPayload())
+	require.Equal(t, testpb.PayloadType_COMPRESSABLE, resp.GetPayload().GetType())
+
+	// Unary calls hand over both ways too.
+	ch := &inproc.Channel{Share: true}
+	echo := &testpb.SimpleResponse{Payload: &testpb.Payload{Body: []byte("pong")}, Username: "u"}
+	var in *testpb.SimpleRequest
+	testpb.RegisterTestServiceServer(ch, &unary{handle: func(r *testpb.SimpleRequest) *testpb.SimpleResponse { in = r; return echo }})
+	sreq := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("ping")}}
+	sresp, err := testpb.NewTestServiceClient(ch).UnaryCall(t.Context(), sreq)
+	require.NoError(t, err)
+	require.NotSame(t, sreq, in)
+	require.Same(t, sreq.GetPayload(), in.GetPayload())
+	require.NotSame(t, echo, sresp)
+	require.Same(t, echo.GetPayload(), sresp.GetPayload())
+	require.Equal(t, "u", sresp.GetUsername())
+}
+
+// unary is a service whose UnaryCall the test chooses.
+type unary struct {
+	testpb.UnimplementedTestServiceServer
+	handle func(*testpb.SimpleRequest) *testpb.SimpleResponse
+}
+
+func (u *unary) UnaryCall(_ context.Context, r *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return u.handle(r), nil
 }
 
 // Outgoing metadata of the client arrives as incoming metadata of the handler.

@@ -162,7 +162,10 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	)...)
 	schedulerv1.RegisterSchedulerServiceServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
-	s.inproc = new(inproc.Channel)
+	// Messages are handed over, not deep-copied: the scheduler and the worker-agent build a
+	// fresh message for every send and only read what they receive (a worker resends its
+	// unacknowledged results as they are, still read-only), which is what Share requires.
+	s.inproc = &inproc.Channel{Share: true}
 	schedulerv1.RegisterSchedulerServiceServer(s.inproc, s)
 	if cfg.AdminAddr != "" {
 		s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, s.log)
@@ -178,7 +181,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 
 // InProcess is a connection to this scheduler for workers in the same process (the
-// all-in-one server): calls are Go function calls on copies of the messages, with no
+// all-in-one server): calls are Go function calls handing the messages over, with no
 // encoding, HTTP/2 framing or socket in between. Streams over it behave as over the
 // network: a session ends when either side's context ends or the handler returns.
 func (s *Server) InProcess() grpc.ClientConnInterface { return s.inproc }
