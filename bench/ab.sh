@@ -17,7 +17,7 @@ trap 'rm -f "$out"' EXIT
 for _ in $(seq "$pairs"); do
   for tree in "$@"; do
     GOWORK=off go run ./cmd/benchall --only ours --rounds 1 --sustained-duration 8s \
-      --sustained-max 100000 --burndown 30000 --rate-duration 5s --repo "$tree" --out "$out" >/dev/null 2>&1
+      --sustained-max 100000 --burndown ${AB_BURNDOWN:-30000} --rate-duration 5s --repo "$tree" --out "$out" >/dev/null 2>&1
     python3 - "$tree" "$out" <<'PY'
 import json, sys
 tree, path = sys.argv[1], sys.argv[2]

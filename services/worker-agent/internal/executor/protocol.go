@@ -30,6 +30,65 @@ type request struct {
 	Epoch int64 `json:"epoch,omitempty"`
 }
 
+// appendJSON appends req as json.Marshal encodes it, byte for byte, without reflection (the
+// reflective encoder was ~2.5 % of the all-in-one server's CPU in a burn-down). The raw
+// fields must hold what json.Marshal produced (compact, valid, HTML-escaped), as every
+// caller's do; a nil State is null, as json.Marshal writes a nil RawMessage.
+func (req *request) appendJSON(b []byte) []byte {
+	b = append(b, `{"type":`...)
+	b = appendJSONString(b, req.Type)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, req.ID)
+	b = append(b, `,"run":`...)
+	b = appendJSONString(b, req.Run)
+	b = append(b, `,"step":`...)
+	b = appendJSONString(b, req.Step)
+	b = append(b, `,"attempt":`...)
+	b = strconv.AppendInt(b, int64(req.Attempt), 10)
+	b = append(b, `,"state":`...)
+	b = appendRaw(b, req.State)
+	b = append(b, `,"config":`...)
+	b = appendRaw(b, req.Config)
+	if len(req.Item) > 0 {
+		b = append(b, `,"item":`...)
+		b = append(b, req.Item...)
+	}
+	if req.Index != nil {
+		b = append(b, `,"index":`...)
+		b = strconv.AppendInt(b, int64(*req.Index), 10)
+	}
+	if len(req.Resume) > 0 {
+		b = append(b, `,"resume":`...)
+		b = append(b, req.Resume...)
+	}
+	if req.Epoch != 0 {
+		b = append(b, `,"epoch":`...)
+		b = strconv.AppendInt(b, req.Epoch, 10)
+	}
+	return append(b, '}')
+}
+
+func appendRaw(b []byte, raw json.RawMessage) []byte {
+	if raw == nil {
+		return append(b, "null"...)
+	}
+	return append(b, raw...)
+}
+
+// appendJSONString appends s as a JSON string as json.Marshal writes it: directly when it is
+// printable ASCII that needs no escape (names, ids), else through json.Marshal.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 // message is any executor → worker line of protocol v1. Unknown fields are ignored so that v1
 // can grow optional fields.
 type message struct {

@@ -3,7 +3,6 @@ package executor
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -451,11 +450,7 @@ func (r *replica) writeRequest(buf []byte) (written <-chan error, err error) {
 // returns a *failure when the executor crashed or broke the protocol (the replica is then
 // unusable), or context.Cause(ctx) when ctx ended first (the replica is then killed).
 func (r *replica) call(ctx context.Context, req *request, onEvent func(map[string]any)) (*reply, error) {
-	buf, err := json.Marshal(req)
-	if err != nil {
-		return nil, &failure{msg: fmt.Sprintf("encoding request: %v", err)}
-	}
-	buf = append(buf, '\n')
+	buf := append(req.appendJSON(make([]byte, 0, 256+len(req.State)+len(req.Config)+len(req.Item)+len(req.Resume))), '\n')
 
 	var (
 		total  int64
