@@ -155,11 +155,13 @@ const CancelChannel = "agentserver_cancel"
 // used before is not created again: the earlier run is returned in its place. Unknown
 // assistants fail the whole call with *AssistantNotFoundError. Runs without a thread take
 // one autocommit statement; runs on threads also need their threads locked, in a
-// transaction around the same statement.
+// transaction around the same statement. A new run's Input is the map given (nil as {}),
+// not a decoding of what was stored: values JSON cannot tell apart (an int and a float64)
+// stay as given.
 func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) ([]*Run, error) {
 	n := len(runs)
 	in := createInput{
-		ids: make([]uuid.UUID, n), assistants: make([]string, n), inputs: make([][]byte, n),
+		ids: make([]uuid.UUID, n), assistants: make([]string, n), inputs: make([][]byte, n), values: make([]map[string]any, n),
 		priorities: make([]*int32, n), timeouts: make([]int64, n), requestIDs: make([]string, n),
 		threads: make([]string, n),
 	}
@@ -176,7 +178,7 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		if in.inputs[i], err = json.Marshal(input); err != nil {
 			return nil, fmt.Errorf("encoding run input: %w", err)
 		}
-		in.ids[i], in.assistants[i], in.priorities[i] = id, r.AssistantID, r.Priority
+		in.ids[i], in.assistants[i], in.priorities[i], in.values[i] = id, r.AssistantID, r.Priority, input
 		in.timeouts[i], in.requestIDs[i], in.threads[i] = r.Timeout.Milliseconds(), r.RequestID, r.ThreadID
 		withThreads = withThreads || r.ThreadID != ""
 	}
@@ -218,6 +220,9 @@ type createInput struct {
 	ids        []uuid.UUID
 	assistants []string
 	inputs     [][]byte
+	// values are the inputs as given (nil made {}): a created run's Input, not decoded
+	// back from what was stored.
+	values     []map[string]any
 	priorities []*int32
 	timeouts   []int64
 	requestIDs []string
@@ -265,28 +270,38 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 			SELECT pg_notify('`+QueueChannel+`', slot_type) FROM (SELECT DISTINCT slot_type FROM ins) x
 		)
 		-- n is a plain SELECT CTE: it runs (once, when runs were created) only because it
-		-- is referenced here.
-		SELECT `+runColumnsOf("ins")+`, (SELECT count(*) FROM n) FROM ins`,
+		-- is referenced here. Only what the database chose comes back: the rest of a new
+		-- run is what this call sent or a column default (see createdRun).
+		SELECT id, assistant_version, priority, slot_type, max_attempts, timeout_ms, create_time,
+			(SELECT count(*) FROM n)
+		FROM ins`,
 		tenant, in.ids, in.assistants, in.inputs, in.priorities, in.timeouts, in.requestIDs, in.threads,
 		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
 	if err != nil {
 		return nil, err
 	}
-	created, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Run, error) {
-		var notified int64
-		return scanRunWith(row, &notified)
+	index := make(map[uuid.UUID]int, len(in.ids))
+	for i, id := range in.ids {
+		index[id] = i
+	}
+	out := make([]*Run, len(in.ids))
+	var (
+		c        createdRun
+		notified int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&c.id, &c.assistantVersion, &c.priority, &c.slotType, &c.maxAttempts, &c.timeoutMS, &c.createTime, &notified}, func() error {
+		i, ok := index[c.id]
+		if !ok {
+			return fmt.Errorf("created run %s was not asked for", c.id)
+		}
+		out[i] = c.run(tenant, in, i)
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	byID := make(map[uuid.UUID]*Run, len(created))
-	for _, r := range created {
-		byID[r.ID] = r
-	}
-	out := make([]*Run, len(in.ids))
-	for i, id := range in.ids {
-		if r, ok := byID[id]; ok {
-			out[i] = r
+	for i := range in.ids {
+		if out[i] != nil {
 			continue
 		}
 		// Not inserted: its request id was used before. Return that run.
@@ -297,6 +312,28 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 		out[i] = r
 	}
 	return out, nil
+}
+
+// createdRun is what insertRuns reads back of a run it created.
+type createdRun struct {
+	id                    uuid.UUID
+	assistantVersion      int64
+	priority, maxAttempts int32
+	slotType              string
+	timeoutMS             int64
+	createTime            time.Time
+}
+
+// run is the created run i of in as scanRun would read it: the columns insertRuns sets
+// from in, the defaults of the rest (runs' DDL: attempt 1, epoch 0, error ”, nulls), and
+// what the database chose. TestCreatedRunsAreReturnedAsStored holds the two together.
+func (c *createdRun) run(tenant string, in createInput, i int) *Run {
+	return &Run{
+		TenantID: tenant, ID: c.id, AssistantID: in.assistants[i], AssistantVersion: c.assistantVersion,
+		ThreadID: in.threads[i], State: StateQueued, Priority: c.priority, SlotType: c.slotType,
+		Input: in.values[i], Attempt: 1, MaxAttempts: c.maxAttempts, Timeout: time.Duration(c.timeoutMS) * time.Millisecond,
+		RequestID: in.requestIDs[i], CreateTime: c.createTime,
+	}
 }
 
 // GetRun returns a run.

@@ -847,3 +847,31 @@ func TestRequeuedRunsKeepTheRunningEventOfEveryClaim(t *testing.T) {
 	}
 	require.Equal(t, evs, paged)
 }
+
+// CreateRuns returns each new run as GetRun reads it back: built from what it sent and what
+// the database chose, it must agree with the stored row field for field.
+func TestCreatedRunsAreReturnedAsStored(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	newAssistant(t, st, "b", func(a *store.Assistant) {
+		a.Priority, a.MaxAttempts, a.Timeout, a.SlotType = 7, 5, 90*time.Second, "gpu"
+	})
+	_, err := st.CreateThread(t.Context(), tenant, "t", nil, nil)
+	require.NoError(t, err)
+	created := enqueue(t, st,
+		store.NewRun{AssistantID: "a"},
+		store.NewRun{AssistantID: "b", Input: map[string]any{"n": 1.5, "s": "x", "l": []any{true, nil}, "o": map[string]any{"k": "v"}}},
+		store.NewRun{AssistantID: "b", Priority: prio(-3), Timeout: 2 * time.Second, RequestID: "req-1"},
+		store.NewRun{AssistantID: "a", ThreadID: "t", Input: map[string]any{}},
+	)
+	again := enqueue(t, st, store.NewRun{AssistantID: "a", RequestID: "req-1"}, store.NewRun{AssistantID: "a"})
+	for _, r := range append(created, again...) {
+		stored, err := st.GetRun(t.Context(), tenant, r.ID)
+		require.NoError(t, err)
+		require.Equal(t, stored, r, "run %s", r.ID)
+	}
+	require.Equal(t, created[2].ID, again[0].ID, "a repeated request returns the earlier run")
+	require.Equal(t, int32(-3), created[2].Priority)
+	require.Equal(t, "gpu", created[1].SlotType)
+}

@@ -41,7 +41,7 @@ func TestCreateBatcherIsolatesFailures(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := store.NewRun{AssistantID: "a", Input: map[string]any{"i": i}}
+			r := store.NewRun{AssistantID: "a", Input: map[string]any{"i": float64(i)}} // as the API's structpb gives numbers
 			switch {
 			case i%10 == 3:
 				r.AssistantID = "ghost"
