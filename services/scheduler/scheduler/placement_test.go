@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -60,9 +61,16 @@ func runScheduler(t *testing.T, mods ...func(*scheduler.Config)) (st *store.Stor
 // standInWorker speaks the scheduler protocol like a worker-agent but executes nothing:
 // it records the assignments it gets and reports results when told to. A test stand-in.
 type standInWorker struct {
-	stream schedulerv1.SchedulerService_ConnectClient
-	mu     sync.Mutex
-	got    []*schedulerv1.Assignment
+	stream     schedulerv1.SchedulerService_ConnectClient
+	registered *schedulerv1.Registered
+	mu         sync.Mutex
+	got        []*schedulerv1.Assignment
+	// acks are the results acknowledged, by ResultAck or ResultAcks; ackMessages counts
+	// the messages of each kind ("single", "batched").
+	acks        []*schedulerv1.ResultAck
+	ackMessages map[string]int
+	// end is why the session ended, once it has.
+	end error
 }
 
 func connectStandIn(t *testing.T, addr string, reg *schedulerv1.Register) *standInWorker {
@@ -84,21 +92,48 @@ func connectStandInOver(t *testing.T, conn grpc.ClientConnInterface, reg *schedu
 	first, err := stream.Recv()
 	require.NoError(t, err)
 	require.NotNil(t, first.GetRegistered())
-	w := &standInWorker{stream: stream}
+	w := &standInWorker{stream: stream, registered: first.GetRegistered(), ackMessages: map[string]int{}}
 	go func() {
 		for {
 			m, err := stream.Recv()
+			w.mu.Lock()
 			if err != nil {
+				w.end = err
+				w.mu.Unlock()
 				return
 			}
-			if a := m.GetAssignment(); a != nil {
-				w.mu.Lock()
-				w.got = append(w.got, a)
-				w.mu.Unlock()
+			switch msg := m.GetMsg().(type) {
+			case *schedulerv1.ConnectResponse_Assignment:
+				w.got = append(w.got, msg.Assignment)
+			case *schedulerv1.ConnectResponse_ResultAck:
+				w.acks = append(w.acks, msg.ResultAck)
+				w.ackMessages["single"]++
+			case *schedulerv1.ConnectResponse_ResultAcks:
+				w.acks = append(w.acks, msg.ResultAcks.GetAcks()...)
+				w.ackMessages["batched"]++
 			}
+			w.mu.Unlock()
 		}
 	}()
 	return w
+}
+
+// acked returns the acknowledged results' runs and the ack messages by kind.
+func (w *standInWorker) acked() ([]string, map[string]int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var runs []string
+	for _, a := range w.acks {
+		runs = append(runs, a.GetRun())
+	}
+	return runs, maps.Clone(w.ackMessages)
+}
+
+// ended returns why the session ended (nil while it lasts).
+func (w *standInWorker) ended() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.end
 }
 
 func (w *standInWorker) assignments() []*schedulerv1.Assignment {

@@ -49,7 +49,19 @@ type session struct {
 	runs      map[uuid.UUID]*inflight
 	draining  bool
 	heartbeat time.Time
+
+	// Protocol extensions in use in this session (Register.features, answered in
+	// Registered.features); fixed at registration.
+	resultAcks, resultEvents bool
 }
+
+// Protocol extensions a scheduler uses when a worker names them in Register.features.
+const (
+	// FeatureResultAcks: the results of a batch are acknowledged by one ResultAcks.
+	FeatureResultAcks = "result_acks"
+	// FeatureResultEvents: a RunResult may carry its claim's events (RunResult.events).
+	FeatureResultEvents = "result_events"
+)
 
 func (s *session) close() { s.closeOne.Do(func() { close(s.done) }) }
 
@@ -297,6 +309,18 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 		draining:  reg.GetDraining(),
 		heartbeat: time.Now(),
 	}
+	var features []string
+	for _, f := range reg.GetFeatures() {
+		switch {
+		case f == FeatureResultAcks && !sess.resultAcks:
+			sess.resultAcks = true
+		case f == FeatureResultEvents && !sess.resultEvents:
+			sess.resultEvents = true
+		default:
+			continue // unknown to this scheduler, or named twice
+		}
+		features = append(features, f)
+	}
 	for _, l := range leases {
 		if st, ok := valid[l.RunID]; ok {
 			sess.runs[l.RunID] = &inflight{epoch: l.Epoch, slotType: st, since: time.Now()}
@@ -328,7 +352,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 		}
 	}
 
-	registered := &schedulerv1.Registered{SchedulerId: s.cfg.ID, HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval)}
+	registered := &schedulerv1.Registered{SchedulerId: s.cfg.ID, HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), Features: features}
 	for _, l := range lost {
 		registered.Lost = append(registered.Lost, &schedulerv1.RunLease{Run: runName(l.RunID), Epoch: l.Epoch})
 	}
@@ -546,6 +570,15 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 			}
 			hold(store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
 		case *schedulerv1.ConnectRequest_Result:
+			// Its events happened before it: they go with it (finishing has its claim,
+			// unless its run name is bad, which handleResults refuses).
+			evs, err := resultEvents(msg.Result)
+			if err != nil {
+				return err
+			}
+			for _, e := range evs {
+				hold(e)
+			}
 			results = append(results, msg.Result)
 		case *schedulerv1.ConnectRequest_Heartbeat:
 			heartbeat = m
@@ -608,7 +641,19 @@ func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.Conne
 			s.kick()
 		}
 	case *schedulerv1.ConnectRequest_Result:
-		return s.handleResults(ctx, sess, []*schedulerv1.RunResult{msg.Result}, nil)
+		evs, err := resultEvents(msg.Result)
+		if err != nil {
+			return err
+		}
+		var events map[store.Lease][]store.Event
+		for _, e := range evs {
+			if events == nil {
+				events = make(map[store.Lease][]store.Event)
+			}
+			l := store.Lease{RunID: e.RunID, Epoch: e.Epoch}
+			events[l] = append(events[l], store.Event{Type: e.Type, Data: e.Data})
+		}
+		return s.handleResults(ctx, sess, []*schedulerv1.RunResult{msg.Result}, events)
 	case *schedulerv1.ConnectRequest_Event:
 		ev := msg.Event
 		id, err := parseRunName(ev.GetRun())
@@ -714,10 +759,40 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 			s.log.Warn("refused result from a worker whose lease moved on", "worker", sess.workerID, "run", p.RunID, "epoch", p.Epoch)
 		}
 	}
+	if sess.resultAcks {
+		acks := &schedulerv1.ResultAcks{Acks: make([]*schedulerv1.ResultAck, len(rs))}
+		for i, r := range rs {
+			acks.Acks[i] = &schedulerv1.ResultAck{Run: r.GetRun(), Epoch: r.GetEpoch()}
+		}
+		sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAcks{ResultAcks: acks}})
+		return nil
+	}
 	for _, r := range rs {
 		sess.send(&schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{
 			Run: r.GetRun(), Epoch: r.GetEpoch(),
 		}}})
 	}
 	return nil
+}
+
+// resultEvents are the events a result carries (RunResult.events), as the result's claim's.
+// It accepts them whether or not the session agreed to FeatureResultEvents: they are
+// the worker's, and writing them loses nothing.
+func resultEvents(r *schedulerv1.RunResult) ([]store.EventParams, error) {
+	if len(r.GetEvents()) == 0 {
+		return nil, nil
+	}
+	id, err := parseRunName(r.GetRun())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	out := make([]store.EventParams, len(r.GetEvents()))
+	for i, e := range r.GetEvents() {
+		if (e.GetRun() != "" && e.GetRun() != r.GetRun()) || (e.GetEpoch() != 0 && e.GetEpoch() != r.GetEpoch()) {
+			return nil, status.Errorf(codes.InvalidArgument, "result.events[%d]: run %q epoch %d is not the result's claim (%s epoch %d): leave them empty or the same",
+				i, e.GetRun(), e.GetEpoch(), r.GetRun(), r.GetEpoch())
+		}
+		out[i] = store.EventParams{RunID: id, Epoch: r.GetEpoch(), Type: e.GetType(), Data: e.GetData().AsMap()}
+	}
+	return out, nil
 }

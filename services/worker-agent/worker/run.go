@@ -78,6 +78,9 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 // older claim never replaces one of a newer claim of the same run in the resend set: the
 // older one can only be refused, the newer one must not be lost with a broken stream.
 func (w *Worker) finish(res *schedulerv1.RunResult) {
+	if evs := w.events.take(res.GetRun(), res.GetEpoch()); len(evs) > 0 {
+		res.Events = evs // before anyone else sees res: it is read-only once queued
+	}
 	w.mu.Lock()
 	if old, ok := w.unacked[res.GetRun()]; !ok || old.GetEpoch() <= res.GetEpoch() {
 		w.unacked[res.GetRun()] = res
@@ -102,9 +105,7 @@ func (w *Worker) stepStarted(a *schedulerv1.Assignment, step string) {
 }
 
 func (w *Worker) pushEvent(a *schedulerv1.Assignment, typ string, data *structpb.Struct) {
-	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Event{Event: &schedulerv1.RunEvent{
-		Run: a.GetRun(), Epoch: a.GetEpoch(), Type: typ, Data: data,
-	}}})
+	w.events.add(&schedulerv1.RunEvent{Run: a.GetRun(), Epoch: a.GetEpoch(), Type: typ, Data: data})
 }
 
 // execute runs the assignment's flow, its replicas getting env on top of the worker's
@@ -249,6 +250,7 @@ func (w *Worker) checkpoint(ctx context.Context, cp *schedulerv1.Checkpoint) err
 		}
 		w.mu.Unlock()
 	}()
+	w.events.flush(cp.GetRun()) // the step's events come before its checkpoint
 	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Checkpoint{Checkpoint: cp}})
 	select {
 	case <-p.done:

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -58,11 +59,14 @@ type Config struct {
 	CgroupDir string
 	// GPU configures GPU discovery for gpu slots (gpu.go).
 	GPU GPUConfig
+	// EventHold is how long a run's events wait to go out with its result (events.go);
+	// 0 sends each event at once.
+	EventHold time.Duration
 }
 
 // Defaults returns the default configuration.
 func Defaults() Config {
-	return Config{Pool: "default", Slots: DefaultSlots, SchedulerAddrs: "localhost:9091", DrainGrace: 30 * time.Second, GPU: DefaultGPUConfig()}
+	return Config{Pool: "default", Slots: DefaultSlots, SchedulerAddrs: "localhost:9091", DrainGrace: 30 * time.Second, GPU: DefaultGPUConfig(), EventHold: DefaultEventHold}
 }
 
 // Bind registers the worker's settings on set, with cfg's values as defaults.
@@ -76,6 +80,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.String(&cfg.Labels, "labels", "WORKER_LABELS", cfg.Labels, "labels, e.g. zone=a,disk=ssd")
 	set.String(&cfg.CgroupDir, "cgroup-dir", "WORKER_CGROUP_DIR", cfg.CgroupDir, "delegated cgroup v2 directory for per-replica memory limits (empty: rlimits)")
 	set.String(&cfg.AdminAddr, "admin-addr", "WORKER_ADMIN_ADDR", cfg.AdminAddr, "/healthz, /readyz and /metrics address, e.g. :9093 (empty: off; several workers on one host need different ports)")
+	set.Duration(&cfg.EventHold, "event-hold", "WORKER_EVENT_HOLD", cfg.EventHold, "how long a run's events wait to go out with its result (0: sent at once)")
 	bindGPU(set, &cfg.GPU)
 }
 
@@ -101,6 +106,8 @@ type Worker struct {
 	runs     map[string]*activeRun // by run name
 	used     map[string]int
 	draining bool
+	// events holds runs' events for their results.
+	events *eventHold
 	// unacked holds results sent but not yet acknowledged, resent after a reconnect.
 	unacked map[string]*schedulerv1.RunResult
 	outbox  *outbox
@@ -158,6 +165,9 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 	if cfg.DrainGrace < 0 {
 		return nil, errors.New("WORKER_DRAIN_GRACE must not be negative")
 	}
+	if cfg.EventHold < 0 || cfg.EventHold > maxEventHold {
+		return nil, fmt.Errorf("WORKER_EVENT_HOLD must be between 0 and %s (got %s): it delays a run's events (e.g. step_started) by up to that much", maxEventHold, cfg.EventHold)
+	}
 	hostname, _ := os.Hostname()
 	if cfg.ID == "" {
 		cfg.ID = fmt.Sprintf("%s-%s", hostname, uuid.NewString()[:8])
@@ -193,6 +203,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 		unacked: make(map[string]*schedulerv1.RunResult), outbox: newOutbox(), idle: make(chan struct{}, 1), runners: newRunners(),
 		dial: dialOptions(opts), checkpoints: make(map[string]*pendingCheckpoint),
 	}
+	w.events = newEventHold(cfg.EventHold, w.outbox.push)
 	if cfg.AdminAddr != "" {
 		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log); err != nil {
 			_ = mgr.Close()
@@ -396,6 +407,7 @@ func (w *Worker) session(ctx context.Context, addr string, registered *bool) err
 	reg := &schedulerv1.Register{
 		WorkerId: w.cfg.ID, Pool: w.cfg.Pool, Slots: w.slotInventory(), Gpus: w.gpuInventory(), MemoryTotalBytes: total,
 		MemoryFreeBytes: free, Labels: w.labels, Hostname: w.hostname, Draining: w.draining,
+		Features: []string{featureResultAcks, featureResultEvents},
 	}
 	for _, r := range w.runs {
 		reg.Running = append(reg.Running, &schedulerv1.RunLease{Run: r.name, Epoch: r.epoch})
@@ -441,7 +453,8 @@ func (w *Worker) session(ctx context.Context, addr string, registered *bool) err
 	w.mu.Unlock()
 
 	errc := make(chan error, 2)
-	go func() { errc <- w.sendLoop(ctx, stream, interval) }()
+	resultEvents := slices.Contains(reply.GetFeatures(), featureResultEvents)
+	go func() { errc <- w.sendLoop(ctx, stream, interval, resultEvents) }()
 	go func() {
 		for {
 			m, err := stream.Recv()
@@ -458,8 +471,9 @@ func (w *Worker) session(ctx context.Context, addr string, registered *bool) err
 }
 
 // sendLoop writes the outbox and heartbeats to the stream. A message whose send fails
-// goes back to the front of the outbox for the next session.
-func (w *Worker) sendLoop(ctx context.Context, stream schedulerv1.SchedulerService_ConnectClient, interval time.Duration) error {
+// goes back to the front of the outbox for the next session. Without resultEvents (a
+// scheduler that does not take events in results) a result's events go on their own first.
+func (w *Worker) sendLoop(ctx context.Context, stream schedulerv1.SchedulerService_ConnectClient, interval time.Duration, resultEvents bool) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -467,6 +481,15 @@ func (w *Worker) sendLoop(ctx context.Context, stream schedulerv1.SchedulerServi
 			m := w.outbox.pop()
 			if m == nil {
 				break
+			}
+			if !resultEvents && len(m.GetResult().GetEvents()) > 0 {
+				for _, part := range splitResult(m) {
+					if err := stream.Send(part); err != nil {
+						w.outbox.pushFront(m) // whole again: its events may go twice, never lost
+						return err
+					}
+				}
+				continue
 			}
 			if err := stream.Send(m); err != nil {
 				w.outbox.pushFront(m)
@@ -500,8 +523,12 @@ func (w *Worker) handle(m *schedulerv1.ConnectResponse) {
 		w.checkpointAcked(msg.CheckpointAck)
 	case *schedulerv1.ConnectResponse_ResultAck:
 		w.mu.Lock()
-		if res, ok := w.unacked[msg.ResultAck.GetRun()]; ok && res.GetEpoch() == msg.ResultAck.GetEpoch() {
-			delete(w.unacked, msg.ResultAck.GetRun())
+		w.acked(msg.ResultAck)
+		w.mu.Unlock()
+	case *schedulerv1.ConnectResponse_ResultAcks:
+		w.mu.Lock()
+		for _, ack := range msg.ResultAcks.GetAcks() {
+			w.acked(ack)
 		}
 		w.mu.Unlock()
 	case *schedulerv1.ConnectResponse_Drain:
@@ -509,6 +536,13 @@ func (w *Worker) handle(m *schedulerv1.ConnectResponse) {
 		w.draining = true
 		w.mu.Unlock()
 		w.outbox.push(w.heartbeat())
+	}
+}
+
+// acked forgets the result ack acknowledges. Call with w.mu held.
+func (w *Worker) acked(ack *schedulerv1.ResultAck) {
+	if res, ok := w.unacked[ack.GetRun()]; ok && res.GetEpoch() == ack.GetEpoch() {
+		delete(w.unacked, ack.GetRun())
 	}
 }
 

@@ -91,7 +91,7 @@ func (x RunResult_Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RunResult_Outcome.Descriptor instead.
 func (RunResult_Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15, 0}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16, 0}
 }
 
 // GetClusterStatsRequest is the request of GetClusterStats.
@@ -492,6 +492,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Drain
 	//	*ConnectResponse_ResultAck
 	//	*ConnectResponse_CheckpointAck
+	//	*ConnectResponse_ResultAcks
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -588,6 +589,15 @@ func (x *ConnectResponse) GetCheckpointAck() *CheckpointAck {
 	return nil
 }
 
+func (x *ConnectResponse) GetResultAcks() *ResultAcks {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_ResultAcks); ok {
+			return x.ResultAcks
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -622,6 +632,12 @@ type ConnectResponse_CheckpointAck struct {
 	CheckpointAck *CheckpointAck `protobuf:"bytes,6,opt,name=checkpoint_ack,json=checkpointAck,proto3,oneof"`
 }
 
+type ConnectResponse_ResultAcks struct {
+	// The scheduler recorded several results (extension "result_acks": sent only to a
+	// worker whose Register named it, in place of one ResultAck per result).
+	ResultAcks *ResultAcks `protobuf:"bytes,7,opt,name=result_acks,json=resultAcks,proto3,oneof"`
+}
+
 func (*ConnectResponse_Registered) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Assignment) isConnectResponse_Msg() {}
@@ -633,6 +649,8 @@ func (*ConnectResponse_Drain) isConnectResponse_Msg() {}
 func (*ConnectResponse_ResultAck) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_CheckpointAck) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_ResultAcks) isConnectResponse_Msg() {}
 
 // Register describes the worker and its inventory.
 type Register struct {
@@ -656,7 +674,11 @@ type Register struct {
 	// Runs the worker is executing (after a reconnect), to keep their leases.
 	Running []*RunLease `protobuf:"bytes,9,rep,name=running,proto3" json:"running,omitempty"`
 	// True when the worker is draining and takes no new work.
-	Draining      bool `protobuf:"varint,10,opt,name=draining,proto3" json:"draining,omitempty"`
+	Draining bool `protobuf:"varint,10,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Optional protocol extensions the worker understands ("result_acks", "result_events").
+	// A scheduler uses those it names in Registered.features and ignores the rest, so
+	// workers and schedulers of different versions keep working together.
+	Features      []string `protobuf:"bytes,11,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +783,13 @@ func (x *Register) GetDraining() bool {
 	return false
 }
 
+func (x *Register) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
 // RunLease names a run and the fencing epoch of the worker's claim of it.
 type RunLease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -824,7 +853,9 @@ type Registered struct {
 	// How often the worker must heartbeat.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// Runs from Register.running whose leases are no longer the worker's: stop them.
-	Lost          []*RunLease `protobuf:"bytes,3,rep,name=lost,proto3" json:"lost,omitempty"`
+	Lost []*RunLease `protobuf:"bytes,3,rep,name=lost,proto3" json:"lost,omitempty"`
+	// The extensions of Register.features this scheduler uses in this session.
+	Features      []string `protobuf:"bytes,4,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -876,6 +907,13 @@ func (x *Registered) GetHeartbeatInterval() *durationpb.Duration {
 func (x *Registered) GetLost() []*RunLease {
 	if x != nil {
 		return x.Lost
+	}
+	return nil
+}
+
+func (x *Registered) GetFeatures() []string {
+	if x != nil {
+		return x.Features
 	}
 	return nil
 }
@@ -1275,6 +1313,52 @@ func (x *ResultAck) GetEpoch() int64 {
 	return 0
 }
 
+// ResultAcks confirms several results at once, each as a ResultAck would.
+type ResultAcks struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The results recorded, in the order they were received.
+	Acks          []*ResultAck `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultAcks) Reset() {
+	*x = ResultAcks{}
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultAcks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultAcks) ProtoMessage() {}
+
+func (x *ResultAcks) ProtoReflect() protoreflect.Message {
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultAcks.ProtoReflect.Descriptor instead.
+func (*ResultAcks) Descriptor() ([]byte, []int) {
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ResultAcks) GetAcks() []*ResultAck {
+	if x != nil {
+		return x.Acks
+	}
+	return nil
+}
+
 // CheckpointAck confirms that a checkpoint is durable. A worker starts a run's next step
 // only after it, so a step whose checkpoint was acknowledged never runs again.
 type CheckpointAck struct {
@@ -1291,7 +1375,7 @@ type CheckpointAck struct {
 
 func (x *CheckpointAck) Reset() {
 	*x = CheckpointAck{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1387,7 @@ func (x *CheckpointAck) String() string {
 func (*CheckpointAck) ProtoMessage() {}
 
 func (x *CheckpointAck) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1400,7 @@ func (x *CheckpointAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointAck.ProtoReflect.Descriptor instead.
 func (*CheckpointAck) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckpointAck) GetRun() string {
@@ -1358,14 +1442,19 @@ type RunResult struct {
 	// What an interrupted step asks (OUTCOME_INTERRUPTED).
 	Prompt *structpb.Value `protobuf:"bytes,7,opt,name=prompt,proto3" json:"prompt,omitempty"`
 	// The step that failed or was interrupted.
-	Step          string `protobuf:"bytes,8,opt,name=step,proto3" json:"step,omitempty"`
+	Step string `protobuf:"bytes,8,opt,name=step,proto3" json:"step,omitempty"`
+	// Events of this claim not sent on their own, in the order they happened, all before
+	// the result (extension "result_events": a worker attaches events only while its
+	// scheduler named that extension in Registered.features). Each event's run and epoch
+	// are empty or the result's.
+	Events        []*RunEvent `protobuf:"bytes,9,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunResult) Reset() {
 	*x = RunResult{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1466,7 @@ func (x *RunResult) String() string {
 func (*RunResult) ProtoMessage() {}
 
 func (x *RunResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1479,7 @@ func (x *RunResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResult.ProtoReflect.Descriptor instead.
 func (*RunResult) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RunResult) GetRun() string {
@@ -1449,6 +1538,13 @@ func (x *RunResult) GetStep() string {
 	return ""
 }
 
+func (x *RunResult) GetEvents() []*RunEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // RunEvent is an event of a running run.
 type RunEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1466,7 +1562,7 @@ type RunEvent struct {
 
 func (x *RunEvent) Reset() {
 	*x = RunEvent{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1574,7 @@ func (x *RunEvent) String() string {
 func (*RunEvent) ProtoMessage() {}
 
 func (x *RunEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1587,7 @@ func (x *RunEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunEvent.ProtoReflect.Descriptor instead.
 func (*RunEvent) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RunEvent) GetRun() string {
@@ -1539,7 +1635,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1647,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_agentserver_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1660,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Checkpoint) GetRun() string {
@@ -1624,7 +1720,7 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x05 \x01(\v2$.agentserver.scheduler.v1.CheckpointH\x00R\n" +
 	"checkpointB\x05\n" +
-	"\x03msg\"\xb5\x03\n" +
+	"\x03msg\"\xfe\x03\n" +
 	"\x0fConnectResponse\x12F\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2$.agentserver.scheduler.v1.RegisteredH\x00R\n" +
@@ -1636,8 +1732,10 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05drain\x18\x04 \x01(\v2\x1f.agentserver.scheduler.v1.DrainH\x00R\x05drain\x12D\n" +
 	"\n" +
 	"result_ack\x18\x05 \x01(\v2#.agentserver.scheduler.v1.ResultAckH\x00R\tresultAck\x12P\n" +
-	"\x0echeckpoint_ack\x18\x06 \x01(\v2'.agentserver.scheduler.v1.CheckpointAckH\x00R\rcheckpointAckB\x05\n" +
-	"\x03msg\"\xec\x03\n" +
+	"\x0echeckpoint_ack\x18\x06 \x01(\v2'.agentserver.scheduler.v1.CheckpointAckH\x00R\rcheckpointAck\x12G\n" +
+	"\vresult_acks\x18\a \x01(\v2$.agentserver.scheduler.v1.ResultAcksH\x00R\n" +
+	"resultAcksB\x05\n" +
+	"\x03msg\"\x88\x04\n" +
 	"\bRegister\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x123\n" +
@@ -1649,18 +1747,20 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bhostname\x18\b \x01(\tR\bhostname\x12<\n" +
 	"\arunning\x18\t \x03(\v2\".agentserver.scheduler.v1.RunLeaseR\arunning\x12\x1a\n" +
 	"\bdraining\x18\n" +
-	" \x01(\bR\bdraining\x1a9\n" +
+	" \x01(\bR\bdraining\x12\x1a\n" +
+	"\bfeatures\x18\v \x03(\tR\bfeatures\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"2\n" +
 	"\bRunLease\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"\xb1\x01\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"\xcd\x01\n" +
 	"\n" +
 	"Registered\x12!\n" +
 	"\fscheduler_id\x18\x01 \x01(\tR\vschedulerId\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x126\n" +
-	"\x04lost\x18\x03 \x03(\v2\".agentserver.scheduler.v1.RunLeaseR\x04lost\"\xb1\x01\n" +
+	"\x04lost\x18\x03 \x03(\v2\".agentserver.scheduler.v1.RunLeaseR\x04lost\x12\x1a\n" +
+	"\bfeatures\x18\x04 \x03(\tR\bfeatures\"\xb1\x01\n" +
 	"\tHeartbeat\x12*\n" +
 	"\x11memory_free_bytes\x18\x01 \x01(\x03R\x0fmemoryFreeBytes\x123\n" +
 	"\x05slots\x18\x02 \x03(\v2\x1d.agentserver.v1.SlotInventoryR\x05slots\x12'\n" +
@@ -1693,11 +1793,14 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05Drain\"3\n" +
 	"\tResultAck\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"T\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\"E\n" +
+	"\n" +
+	"ResultAcks\x127\n" +
+	"\x04acks\x18\x01 \x03(\v2#.agentserver.scheduler.v1.ResultAckR\x04acks\"T\n" +
 	"\rCheckpointAck\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x1b\n" +
-	"\tnext_step\x18\x03 \x01(\tR\bnextStep\"\xce\x03\n" +
+	"\tnext_step\x18\x03 \x01(\tR\bnextStep\"\x8a\x04\n" +
 	"\tRunResult\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12E\n" +
@@ -1706,7 +1809,8 @@ const file_agentserver_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1c\n" +
 	"\tretryable\x18\x06 \x01(\bR\tretryable\x12.\n" +
 	"\x06prompt\x18\a \x01(\v2\x16.google.protobuf.ValueR\x06prompt\x12\x12\n" +
-	"\x04step\x18\b \x01(\tR\x04step\"\xaa\x01\n" +
+	"\x04step\x18\b \x01(\tR\x04step\x12:\n" +
+	"\x06events\x18\t \x03(\v2\".agentserver.scheduler.v1.RunEventR\x06events\"\xaa\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n" +
@@ -1743,7 +1847,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_agentserver_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_agentserver_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
 	(RunResult_Outcome)(0),          // 0: agentserver.scheduler.v1.RunResult.Outcome
 	(*GetClusterStatsRequest)(nil),  // 1: agentserver.scheduler.v1.GetClusterStatsRequest
@@ -1760,62 +1864,66 @@ var file_agentserver_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*Cancel)(nil),                  // 12: agentserver.scheduler.v1.Cancel
 	(*Drain)(nil),                   // 13: agentserver.scheduler.v1.Drain
 	(*ResultAck)(nil),               // 14: agentserver.scheduler.v1.ResultAck
-	(*CheckpointAck)(nil),           // 15: agentserver.scheduler.v1.CheckpointAck
-	(*RunResult)(nil),               // 16: agentserver.scheduler.v1.RunResult
-	(*RunEvent)(nil),                // 17: agentserver.scheduler.v1.RunEvent
-	(*Checkpoint)(nil),              // 18: agentserver.scheduler.v1.Checkpoint
-	nil,                             // 19: agentserver.scheduler.v1.Register.LabelsEntry
-	nil,                             // 20: agentserver.scheduler.v1.Assignment.TraceContextEntry
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
-	(*v1.SlotInventory)(nil),        // 22: agentserver.v1.SlotInventory
-	(*v1.Gpu)(nil),                  // 23: agentserver.v1.Gpu
-	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
-	(*structpb.Struct)(nil),         // 25: google.protobuf.Struct
-	(*structpb.Value)(nil),          // 26: google.protobuf.Value
+	(*ResultAcks)(nil),              // 15: agentserver.scheduler.v1.ResultAcks
+	(*CheckpointAck)(nil),           // 16: agentserver.scheduler.v1.CheckpointAck
+	(*RunResult)(nil),               // 17: agentserver.scheduler.v1.RunResult
+	(*RunEvent)(nil),                // 18: agentserver.scheduler.v1.RunEvent
+	(*Checkpoint)(nil),              // 19: agentserver.scheduler.v1.Checkpoint
+	nil,                             // 20: agentserver.scheduler.v1.Register.LabelsEntry
+	nil,                             // 21: agentserver.scheduler.v1.Assignment.TraceContextEntry
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*v1.SlotInventory)(nil),        // 23: agentserver.v1.SlotInventory
+	(*v1.Gpu)(nil),                  // 24: agentserver.v1.Gpu
+	(*durationpb.Duration)(nil),     // 25: google.protobuf.Duration
+	(*structpb.Struct)(nil),         // 26: google.protobuf.Struct
+	(*structpb.Value)(nil),          // 27: google.protobuf.Value
 }
 var file_agentserver_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	21, // 0: agentserver.scheduler.v1.GetClusterStatsResponse.time:type_name -> google.protobuf.Timestamp
+	22, // 0: agentserver.scheduler.v1.GetClusterStatsResponse.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: agentserver.scheduler.v1.GetClusterStatsResponse.slot_types:type_name -> agentserver.scheduler.v1.SlotTypeStats
 	4,  // 2: agentserver.scheduler.v1.GetClusterStatsResponse.pools:type_name -> agentserver.scheduler.v1.PoolStats
-	22, // 3: agentserver.scheduler.v1.PoolStats.slots:type_name -> agentserver.v1.SlotInventory
+	23, // 3: agentserver.scheduler.v1.PoolStats.slots:type_name -> agentserver.v1.SlotInventory
 	7,  // 4: agentserver.scheduler.v1.ConnectRequest.register:type_name -> agentserver.scheduler.v1.Register
 	10, // 5: agentserver.scheduler.v1.ConnectRequest.heartbeat:type_name -> agentserver.scheduler.v1.Heartbeat
-	16, // 6: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
-	17, // 7: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
-	18, // 8: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
+	17, // 6: agentserver.scheduler.v1.ConnectRequest.result:type_name -> agentserver.scheduler.v1.RunResult
+	18, // 7: agentserver.scheduler.v1.ConnectRequest.event:type_name -> agentserver.scheduler.v1.RunEvent
+	19, // 8: agentserver.scheduler.v1.ConnectRequest.checkpoint:type_name -> agentserver.scheduler.v1.Checkpoint
 	9,  // 9: agentserver.scheduler.v1.ConnectResponse.registered:type_name -> agentserver.scheduler.v1.Registered
 	11, // 10: agentserver.scheduler.v1.ConnectResponse.assignment:type_name -> agentserver.scheduler.v1.Assignment
 	12, // 11: agentserver.scheduler.v1.ConnectResponse.cancel:type_name -> agentserver.scheduler.v1.Cancel
 	13, // 12: agentserver.scheduler.v1.ConnectResponse.drain:type_name -> agentserver.scheduler.v1.Drain
 	14, // 13: agentserver.scheduler.v1.ConnectResponse.result_ack:type_name -> agentserver.scheduler.v1.ResultAck
-	15, // 14: agentserver.scheduler.v1.ConnectResponse.checkpoint_ack:type_name -> agentserver.scheduler.v1.CheckpointAck
-	22, // 15: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
-	23, // 16: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
-	19, // 17: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
-	8,  // 18: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
-	24, // 19: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
-	8,  // 20: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
-	22, // 21: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
-	23, // 22: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
-	25, // 23: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
-	25, // 24: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
-	24, // 25: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
-	20, // 26: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
-	26, // 27: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
-	0,  // 28: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
-	25, // 29: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
-	26, // 30: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
-	25, // 31: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
-	25, // 32: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
-	5,  // 33: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
-	1,  // 34: agentserver.scheduler.v1.SchedulerService.GetClusterStats:input_type -> agentserver.scheduler.v1.GetClusterStatsRequest
-	6,  // 35: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
-	2,  // 36: agentserver.scheduler.v1.SchedulerService.GetClusterStats:output_type -> agentserver.scheduler.v1.GetClusterStatsResponse
-	35, // [35:37] is the sub-list for method output_type
-	33, // [33:35] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	16, // 14: agentserver.scheduler.v1.ConnectResponse.checkpoint_ack:type_name -> agentserver.scheduler.v1.CheckpointAck
+	15, // 15: agentserver.scheduler.v1.ConnectResponse.result_acks:type_name -> agentserver.scheduler.v1.ResultAcks
+	23, // 16: agentserver.scheduler.v1.Register.slots:type_name -> agentserver.v1.SlotInventory
+	24, // 17: agentserver.scheduler.v1.Register.gpus:type_name -> agentserver.v1.Gpu
+	20, // 18: agentserver.scheduler.v1.Register.labels:type_name -> agentserver.scheduler.v1.Register.LabelsEntry
+	8,  // 19: agentserver.scheduler.v1.Register.running:type_name -> agentserver.scheduler.v1.RunLease
+	25, // 20: agentserver.scheduler.v1.Registered.heartbeat_interval:type_name -> google.protobuf.Duration
+	8,  // 21: agentserver.scheduler.v1.Registered.lost:type_name -> agentserver.scheduler.v1.RunLease
+	23, // 22: agentserver.scheduler.v1.Heartbeat.slots:type_name -> agentserver.v1.SlotInventory
+	24, // 23: agentserver.scheduler.v1.Heartbeat.gpus:type_name -> agentserver.v1.Gpu
+	26, // 24: agentserver.scheduler.v1.Assignment.config:type_name -> google.protobuf.Struct
+	26, // 25: agentserver.scheduler.v1.Assignment.state:type_name -> google.protobuf.Struct
+	25, // 26: agentserver.scheduler.v1.Assignment.timeout:type_name -> google.protobuf.Duration
+	21, // 27: agentserver.scheduler.v1.Assignment.trace_context:type_name -> agentserver.scheduler.v1.Assignment.TraceContextEntry
+	27, // 28: agentserver.scheduler.v1.Assignment.resume:type_name -> google.protobuf.Value
+	14, // 29: agentserver.scheduler.v1.ResultAcks.acks:type_name -> agentserver.scheduler.v1.ResultAck
+	0,  // 30: agentserver.scheduler.v1.RunResult.outcome:type_name -> agentserver.scheduler.v1.RunResult.Outcome
+	26, // 31: agentserver.scheduler.v1.RunResult.state:type_name -> google.protobuf.Struct
+	27, // 32: agentserver.scheduler.v1.RunResult.prompt:type_name -> google.protobuf.Value
+	18, // 33: agentserver.scheduler.v1.RunResult.events:type_name -> agentserver.scheduler.v1.RunEvent
+	26, // 34: agentserver.scheduler.v1.RunEvent.data:type_name -> google.protobuf.Struct
+	26, // 35: agentserver.scheduler.v1.Checkpoint.state:type_name -> google.protobuf.Struct
+	5,  // 36: agentserver.scheduler.v1.SchedulerService.Connect:input_type -> agentserver.scheduler.v1.ConnectRequest
+	1,  // 37: agentserver.scheduler.v1.SchedulerService.GetClusterStats:input_type -> agentserver.scheduler.v1.GetClusterStatsRequest
+	6,  // 38: agentserver.scheduler.v1.SchedulerService.Connect:output_type -> agentserver.scheduler.v1.ConnectResponse
+	2,  // 39: agentserver.scheduler.v1.SchedulerService.GetClusterStats:output_type -> agentserver.scheduler.v1.GetClusterStatsResponse
+	38, // [38:40] is the sub-list for method output_type
+	36, // [36:38] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_agentserver_scheduler_v1_scheduler_proto_init() }
@@ -1837,6 +1945,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 		(*ConnectResponse_Drain)(nil),
 		(*ConnectResponse_ResultAck)(nil),
 		(*ConnectResponse_CheckpointAck)(nil),
+		(*ConnectResponse_ResultAcks)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1844,7 +1953,7 @@ func file_agentserver_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentserver_scheduler_v1_scheduler_proto_rawDesc), len(file_agentserver_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
