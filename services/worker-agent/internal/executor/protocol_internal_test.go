@@ -3,6 +3,7 @@ package executor
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -64,4 +65,49 @@ func TestRequestEncodingMatchesEncodingJSON(t *testing.T) {
 		sawInvalid = sawInvalid || !utf8.ValidString(r.Type+r.ID+r.Run+r.Step)
 	}
 	require.True(t, sawInvalid, "the cases include invalid UTF-8")
+}
+
+// The reflection-free message decoder agrees with json.Unmarshal on every line it accepts,
+// and accepts the lines executors write.
+func TestMessageDecodingMatchesEncodingJSON(t *testing.T) {
+	t.Parallel()
+	keys := []string{"type", "id", "data", "state", "next", "prompt", "message", "retryable",
+		"Type", "ID", "Id", "STATE", "ſtate", "Retryable", "unknown", "ty\\u0070e", "typé", ""}
+	values := []string{`"result"`, `"event"`, `"req-1"`, `null`, `true`, `false`, `12`, `-1.5e3`, `{}`,
+		`{"a":[1,{"b":"}"}],"c":"\\""}`, `[1,2]`, `"a\"b"`, `"é"`, `"\u00e9"`, `"x\ny"`, `""`, `[]`,
+		`{"k":"v","n":null}`, "\"\xff\"", `"ok"`, `[{"x":[]},"]"]`}
+	spaces := []string{"", " ", "\t", "\n ", "  "}
+	rng := rand.New(rand.NewPCG(3, 4))
+	sp := func() string { return spaces[rng.IntN(len(spaces))] }
+	lines := []string{`{}`, `{"type":"result","id":"req-7","state":{}}`, `{"type":"event","id":"req-7","data":{"n":1}}`,
+		`{"type":"error","id":"req-7","message":"boom","retryable":true}`, `{"type":"interrupt","id":"req-7","prompt":"?"}`,
+		`{"type":"result","id":"req-7","state":{"a":[1,2,{"b":null}]},"next":"s2"}`, `{"type":"result","id":"req-7"} x`,
+		`{"type":"result",}`, `{"type" "result"}`, `{"type":"result"`, `{"type":"result","id":"a","id":null}`}
+	for range 5000 {
+		var b strings.Builder
+		b.WriteString("{" + sp())
+		for i := range rng.IntN(6) {
+			if i > 0 {
+				b.WriteString(sp() + "," + sp())
+			}
+			b.WriteString(`"` + keys[rng.IntN(len(keys))] + `"` + sp() + ":" + sp() + values[rng.IntN(len(values))])
+		}
+		b.WriteString(sp() + "}")
+		lines = append(lines, b.String())
+	}
+	accepted := 0
+	for _, line := range lines {
+		var fast, slow message
+		ok := fast.decode([]byte(line))
+		err := json.Unmarshal([]byte(line), &slow)
+		if !ok {
+			continue
+		}
+		accepted++
+		require.NoError(t, err, "accepted %s", line)
+		require.Equal(t, slow, fast, "decoding %s", line)
+	}
+	t.Logf("accepted %d of %d", accepted, len(lines)); require.Greater(t, accepted, len(lines)/10, "the decoder takes the usual lines")
+	var m message
+	require.True(t, m.decode([]byte(`{"type":"result","id":"req-7","state":{"x":"y"}}`)))
 }
