@@ -107,7 +107,8 @@ func TestMessageDecodingMatchesEncodingJSON(t *testing.T) {
 		require.NoError(t, err, "accepted %s", line)
 		require.Equal(t, slow, fast, "decoding %s", line)
 	}
-	t.Logf("accepted %d of %d", accepted, len(lines)); require.Greater(t, accepted, len(lines)/10, "the decoder takes the usual lines")
+	t.Logf("accepted %d of %d", accepted, len(lines))
+	require.Greater(t, accepted, len(lines)/10, "the decoder takes the usual lines")
 	var m message
 	require.True(t, m.decode([]byte(`{"type":"result","id":"req-7","state":{"x":"y"}}`)))
 }
