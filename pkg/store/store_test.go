@@ -875,3 +875,23 @@ func TestCreatedRunsAreReturnedAsStored(t *testing.T) {
 	require.Equal(t, int32(-3), created[2].Priority)
 	require.Equal(t, "gpu", created[1].SlotType)
 }
+
+// A claim's Run holds the fields Claim documents, as GetRun reads them after the claim,
+// and its State is the input of a run that has no checkpoint or thread.
+func TestClaimCarriesWhatExecutionNeeds(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "b", func(a *store.Assistant) { a.MaxAttempts, a.Timeout, a.Priority = 4, 90*time.Second, 2 })
+	created := enqueue(t, st, store.NewRun{AssistantID: "b", Input: map[string]any{"q": "x"}, Priority: prio(9)})[0]
+	c := claim(t, st, "w1", "cpu", 1)[0]
+	stored, err := st.GetRun(t.Context(), tenant, created.ID)
+	require.NoError(t, err)
+	want := &store.Run{TenantID: stored.TenantID, ID: stored.ID, AssistantID: stored.AssistantID, AssistantVersion: stored.AssistantVersion,
+		ThreadID: stored.ThreadID, State: stored.State, Priority: stored.Priority, SlotType: stored.SlotType, Attempt: stored.Attempt,
+		MaxAttempts: stored.MaxAttempts, Timeout: stored.Timeout, Epoch: stored.Epoch, WorkerID: stored.WorkerID, Step: stored.Step}
+	require.Equal(t, want, c.Run)
+	require.Equal(t, store.StateRunning, c.Run.State)
+	require.Equal(t, "w1", c.Run.WorkerID)
+	require.Equal(t, int32(9), c.Run.Priority)
+	require.Equal(t, map[string]any{"q": "x"}, c.State)
+}
