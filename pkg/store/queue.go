@@ -470,12 +470,12 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 	for i, p := range ps {
 		if p.State != nil {
 			var err error
-			if states[i], err = json.Marshal(p.State); err != nil {
+			if states[i], err = marshalJSON(p.State); err != nil {
 				return nil, nil, fmt.Errorf("encoding state of run %s: %w", p.RunID, err)
 			}
 		}
 		for _, e := range p.Events {
-			b, err := json.Marshal(e.Data)
+			b, err := marshalJSON(e.Data)
 			if err != nil {
 				return nil, nil, fmt.Errorf("encoding event of run %s: %w", p.RunID, err)
 			}
@@ -741,7 +741,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 			errMsg = "cancelled"
 		}
 		if res.State == StateInterrupted {
-			prompt, err := json.Marshal(p.Prompt)
+			prompt, err := marshalJSON(p.Prompt)
 			if err != nil {
 				return fmt.Errorf("encoding prompt: %w", err)
 			}
@@ -767,7 +767,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 		data["step"] = p.Step
 		data["prompt"] = p.Prompt
 	}
-	ev, err := json.Marshal(data)
+	ev, err := marshalJSON(data)
 	if err != nil {
 		return fmt.Errorf("encoding event: %w", err)
 	}
@@ -812,7 +812,7 @@ func stateName(s RunState) string {
 
 // Checkpoint records a run's state after a step, fenced by the claim's epoch.
 func (s *Store) Checkpoint(ctx context.Context, runID uuid.UUID, epoch int64, nextStep string, state map[string]any) error {
-	b, err := json.Marshal(state)
+	b, err := marshalJSON(state)
 	if err != nil {
 		return fmt.Errorf("encoding checkpoint: %w", err)
 	}
@@ -831,7 +831,7 @@ func (s *Store) Checkpoint(ctx context.Context, runID uuid.UUID, epoch int64, ne
 // AppendRunEvent appends an event to a running run's log, fenced by the claim's epoch:
 // the run row is share-locked so no new claim can slip between the check and the insert.
 func (s *Store) AppendRunEvent(ctx context.Context, runID uuid.UUID, epoch int64, typ string, data map[string]any) error {
-	b, err := json.Marshal(data)
+	b, err := marshalJSON(data)
 	if err != nil {
 		return fmt.Errorf("encoding event: %w", err)
 	}
@@ -1111,7 +1111,7 @@ func (s *Store) AppendRunEvents(ctx context.Context, evs []EventParams) ([]Lease
 	types := make([]string, len(evs))
 	datas := make([][]byte, len(evs))
 	for i, e := range evs {
-		b, err := json.Marshal(e.Data)
+		b, err := marshalJSON(e.Data)
 		if err != nil {
 			return nil, fmt.Errorf("encoding event: %w", err)
 		}

@@ -175,7 +175,7 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		if input == nil {
 			input = map[string]any{}
 		}
-		if in.inputs[i], err = json.Marshal(input); err != nil {
+		if in.inputs[i], err = marshalJSON(input); err != nil {
 			return nil, fmt.Errorf("encoding run input: %w", err)
 		}
 		in.ids[i], in.assistants[i], in.priorities[i], in.values[i] = id, r.AssistantID, r.Priority, input
@@ -468,7 +468,7 @@ func (e *StateError) Error() string {
 // ResumeRun queues an INTERRUPTED run again; its interrupted step is called with value as
 // "resume". Any other state fails with *StateError.
 func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, value any) (*Run, error) {
-	b, err := json.Marshal(value)
+	b, err := marshalJSON(value)
 	if err != nil {
 		return nil, fmt.Errorf("encoding resume value: %w", err)
 	}
@@ -509,7 +509,7 @@ func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, valu
 }
 
 func appendEvent(ctx context.Context, tx pgx.Tx, tenant string, run uuid.UUID, typ string, data map[string]any) error {
-	b, err := json.Marshal(data)
+	b, err := marshalJSON(data)
 	if err != nil {
 		return err
 	}
