@@ -8,6 +8,7 @@
 #
 #   git worktree add /tmp/base HEAD~1
 #   bench/ab.sh 3 "$PWD" /tmp/base
+#   AB_BURNDOWN=150000 bench/ab.sh 3 "$PWD" /tmp/base   # burn-down size (default 30,000)
 set -euo pipefail
 pairs=${1:?usage: ab.sh PAIRS TREE...}
 shift
