@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/agentserver/agentserver/pkg/jsonenc"
 )
 
 // Claim is a run handed to a worker: the run, the flow of its assistant version and the
@@ -470,12 +472,12 @@ func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResu
 	for i, p := range ps {
 		if p.State != nil {
 			var err error
-			if states[i], err = marshalJSON(p.State); err != nil {
+			if states[i], err = jsonenc.Marshal(p.State); err != nil {
 				return nil, nil, fmt.Errorf("encoding state of run %s: %w", p.RunID, err)
 			}
 		}
 		for _, e := range p.Events {
-			b, err := marshalJSON(e.Data)
+			b, err := jsonenc.Marshal(e.Data)
 			if err != nil {
 				return nil, nil, fmt.Errorf("encoding event of run %s: %w", p.RunID, err)
 			}
@@ -741,7 +743,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 			errMsg = "cancelled"
 		}
 		if res.State == StateInterrupted {
-			prompt, err := marshalJSON(p.Prompt)
+			prompt, err := jsonenc.Marshal(p.Prompt)
 			if err != nil {
 				return fmt.Errorf("encoding prompt: %w", err)
 			}
@@ -767,7 +769,7 @@ func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *F
 		data["step"] = p.Step
 		data["prompt"] = p.Prompt
 	}
-	ev, err := marshalJSON(data)
+	ev, err := jsonenc.Marshal(data)
 	if err != nil {
 		return fmt.Errorf("encoding event: %w", err)
 	}
@@ -812,7 +814,7 @@ func stateName(s RunState) string {
 
 // Checkpoint records a run's state after a step, fenced by the claim's epoch.
 func (s *Store) Checkpoint(ctx context.Context, runID uuid.UUID, epoch int64, nextStep string, state map[string]any) error {
-	b, err := marshalJSON(state)
+	b, err := jsonenc.Marshal(state)
 	if err != nil {
 		return fmt.Errorf("encoding checkpoint: %w", err)
 	}
@@ -831,7 +833,7 @@ func (s *Store) Checkpoint(ctx context.Context, runID uuid.UUID, epoch int64, ne
 // AppendRunEvent appends an event to a running run's log, fenced by the claim's epoch:
 // the run row is share-locked so no new claim can slip between the check and the insert.
 func (s *Store) AppendRunEvent(ctx context.Context, runID uuid.UUID, epoch int64, typ string, data map[string]any) error {
-	b, err := marshalJSON(data)
+	b, err := jsonenc.Marshal(data)
 	if err != nil {
 		return fmt.Errorf("encoding event: %w", err)
 	}
@@ -1111,7 +1113,7 @@ func (s *Store) AppendRunEvents(ctx context.Context, evs []EventParams) ([]Lease
 	types := make([]string, len(evs))
 	datas := make([][]byte, len(evs))
 	for i, e := range evs {
-		b, err := marshalJSON(e.Data)
+		b, err := jsonenc.Marshal(e.Data)
 		if err != nil {
 			return nil, fmt.Errorf("encoding event: %w", err)
 		}

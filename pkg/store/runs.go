@@ -10,6 +10,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/agentserver/agentserver/pkg/jsonenc"
 )
 
 // RunState is the state of a run; the numbers are those of agentserver.v1.Run.State.
@@ -175,7 +177,7 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		if input == nil {
 			input = map[string]any{}
 		}
-		if in.inputs[i], err = marshalJSON(input); err != nil {
+		if in.inputs[i], err = jsonenc.Marshal(input); err != nil {
 			return nil, fmt.Errorf("encoding run input: %w", err)
 		}
 		in.ids[i], in.assistants[i], in.priorities[i], in.values[i] = id, r.AssistantID, r.Priority, input
@@ -468,7 +470,7 @@ func (e *StateError) Error() string {
 // ResumeRun queues an INTERRUPTED run again; its interrupted step is called with value as
 // "resume". Any other state fails with *StateError.
 func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, value any) (*Run, error) {
-	b, err := marshalJSON(value)
+	b, err := jsonenc.Marshal(value)
 	if err != nil {
 		return nil, fmt.Errorf("encoding resume value: %w", err)
 	}
@@ -509,7 +511,7 @@ func (s *Store) ResumeRun(ctx context.Context, tenant string, id uuid.UUID, valu
 }
 
 func appendEvent(ctx context.Context, tx pgx.Tx, tenant string, run uuid.UUID, typ string, data map[string]any) error {
-	b, err := marshalJSON(data)
+	b, err := jsonenc.Marshal(data)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/agentserver/agentserver/pkg/jsonenc"
 )
 
 // request is the worker → executor line of protocol v1.
@@ -36,13 +38,13 @@ type request struct {
 // caller's do; a nil State is null, as json.Marshal writes a nil RawMessage.
 func (req *request) appendJSON(b []byte) []byte {
 	b = append(b, `{"type":`...)
-	b = appendJSONString(b, req.Type)
+	b = jsonenc.AppendString(b, req.Type)
 	b = append(b, `,"id":`...)
-	b = appendJSONString(b, req.ID)
+	b = jsonenc.AppendString(b, req.ID)
 	b = append(b, `,"run":`...)
-	b = appendJSONString(b, req.Run)
+	b = jsonenc.AppendString(b, req.Run)
 	b = append(b, `,"step":`...)
-	b = appendJSONString(b, req.Step)
+	b = jsonenc.AppendString(b, req.Step)
 	b = append(b, `,"attempt":`...)
 	b = strconv.AppendInt(b, int64(req.Attempt), 10)
 	b = append(b, `,"state":`...)
@@ -73,20 +75,6 @@ func appendRaw(b []byte, raw json.RawMessage) []byte {
 		return append(b, "null"...)
 	}
 	return append(b, raw...)
-}
-
-// appendJSONString appends s as a JSON string as json.Marshal writes it: directly when it is
-// printable ASCII that needs no escape (names, ids), else through json.Marshal.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string always encodes
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }
 
 // message is any executor → worker line of protocol v1. Unknown fields are ignored so that v1

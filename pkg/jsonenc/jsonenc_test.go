@@ -1,4 +1,4 @@
-package store
+package jsonenc
 
 import (
 	"encoding/json"
@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// marshalJSON writes what json.Marshal writes, byte for byte, and fails where it fails.
-func TestMarshalJSONMatchesEncodingJSON(t *testing.T) {
+// Marshal writes what json.Marshal writes, byte for byte, and fails where it fails.
+func TestMarshalMatchesEncodingJSON(t *testing.T) {
 	t.Parallel()
 	rng := rand.New(rand.NewPCG(5, 6))
 	strs := []string{"", "a", "plain text", `q"uote`, `back\slash`, "<b>&amp;</b>", "tab\tnl\n", "\x00\x1f", "\x7f", "é", "😀",
@@ -55,13 +55,13 @@ func TestMarshalJSONMatchesEncodingJSON(t *testing.T) {
 	for _, v := range cases {
 		want, err := json.Marshal(v)
 		require.NoError(t, err)
-		got, err := marshalJSON(v)
+		got, err := Marshal(v)
 		require.NoError(t, err)
 		require.Equal(t, string(want), string(got), "%#v", v)
 	}
 	for _, bad := range []any{math.NaN(), math.Inf(1), map[string]any{"x": []any{math.Inf(-1)}}} {
 		_, want := json.Marshal(bad)
-		_, got := marshalJSON(bad)
+		_, got := Marshal(bad)
 		require.Error(t, got)
 		require.Equal(t, want.Error(), got.Error())
 	}

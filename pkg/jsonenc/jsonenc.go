@@ -1,4 +1,7 @@
-package store
+// Package jsonenc encodes the values that decoded JSON is made of exactly as encoding/json
+// does, without reflection: the hot paths of run inputs, states, events and executor
+// requests encode such values for every run.
+package jsonenc
 
 import (
 	"encoding/json"
@@ -9,25 +12,26 @@ import (
 	"unicode/utf8"
 )
 
-// marshalJSON encodes v exactly as json.Marshal does, without reflection for the values
-// that decoded JSON and structpb's AsMap are made of (maps of string to any, slices of
-// any, strings, float64, bools and nil); any other value is encoded by json.Marshal
-// itself, in place. Run inputs, states and event data are such values: encoding them
-// through reflection was ~3 % of the all-in-one server's CPU in a burn-down.
-func marshalJSON(v any) ([]byte, error) {
-	return appendJSON(make([]byte, 0, 64), v)
+// Marshal encodes v exactly as json.Marshal does, without reflection for the values that
+// decoded JSON and structpb's AsMap are made of (maps of string to any, slices of any,
+// strings, float64, bools and nil); any other value is encoded by json.Marshal itself, in
+// place. (Run inputs, states and event data are such values: encoding them through
+// reflection was ~3 % of the all-in-one server's CPU in a burn-down.)
+func Marshal(v any) ([]byte, error) {
+	return Append(make([]byte, 0, 64), v)
 }
 
-func appendJSON(b []byte, v any) ([]byte, error) {
+// Append appends v to b as Marshal encodes it.
+func Append(b []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case nil:
 		return append(b, "null"...), nil
 	case bool:
 		return strconv.AppendBool(b, v), nil
 	case string:
-		return appendJSONString(b, v), nil
+		return AppendString(b, v), nil
 	case float64:
-		return appendJSONFloat(b, v)
+		return appendFloat(b, v)
 	case map[string]any:
 		if v == nil {
 			return append(b, "null"...), nil
@@ -42,9 +46,9 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = append(appendJSONString(b, k), ':')
+			b = append(AppendString(b, k), ':')
 			var err error
-			if b, err = appendJSON(b, v[k]); err != nil {
+			if b, err = Append(b, v[k]); err != nil {
 				return nil, err
 			}
 		}
@@ -59,7 +63,7 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 				b = append(b, ',')
 			}
 			var err error
-			if b, err = appendJSON(b, e); err != nil {
+			if b, err = Append(b, e); err != nil {
 				return nil, err
 			}
 		}
@@ -72,8 +76,8 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 	return append(b, out...), nil
 }
 
-// appendJSONFloat writes f as encoding/json's float64 encoder does.
-func appendJSONFloat(b []byte, f float64) ([]byte, error) {
+// appendFloat appends f as encoding/json's float64 encoder does.
+func appendFloat(b []byte, f float64) ([]byte, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		_, err := json.Marshal(f) // its error, word for word
 		return nil, err
@@ -93,9 +97,9 @@ func appendJSONFloat(b []byte, f float64) ([]byte, error) {
 	return b, nil
 }
 
-// appendJSONString writes s as json.Marshal does: directly when it is printable ASCII
+// AppendString appends s as json.Marshal encodes it: directly when it is printable ASCII
 // that needs no escape, else through json.Marshal.
-func appendJSONString(b []byte, s string) []byte {
+func AppendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 			q, _ := json.Marshal(s) // a string always encodes
