@@ -207,7 +207,16 @@ func claimStatement(cte, ids, limited string) string {
 			coalesce(u.checkpoint, CASE WHEN t.id IS NOT NULL THEN t.state || u.input END, u.input), u.resume
 		FROM u JOIN assistant_versions v
 			ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
-		LEFT JOIN threads t ON t.tenant_id = u.tenant_id AND t.id = u.thread_id
+		-- The thread's state is read locked, which reads its latest committed version: the
+		-- candidate scan is a volatile function, whose queries see what committed after this
+		-- statement's snapshot, so it can claim a run that a result promoted meanwhile; the
+		-- state that result wrote is then newer than the snapshot, which would give the
+		-- run its thread's state from before the result.
+		LEFT JOIN LATERAL (
+			SELECT th.id, th.state FROM threads th
+			WHERE th.tenant_id = u.tenant_id AND th.id = u.thread_id
+			FOR SHARE
+		) t ON true
 		ORDER BY u.priority DESC, u.seq`
 }
 

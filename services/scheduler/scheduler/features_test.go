@@ -102,3 +102,27 @@ func TestResultEventsOfAnotherClaimAreRefused(t *testing.T) {
 	require.Equal(t, store.StateRunning, run.State)
 	require.Empty(t, workerEvents(t, st, as[0]))
 }
+
+// A result sent twice (a worker resends what was not acknowledged) has its events written
+// once: by the first copy, in one batch or the next (where the second copy is stale).
+func TestResultEventsOfAResultSentTwiceAreWrittenOnce(t *testing.T) {
+	t.Parallel()
+	st, w, as := startRuns(t, 1, scheduler.FeatureResultAcks, scheduler.FeatureResultEvents)
+	a := as[0]
+	res := &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{
+		Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_SUCCEEDED, State: a.GetState(),
+		Events: []*schedulerv1.RunEvent{stepStartedEvent(a.GetRun(), a.GetEpoch(), "x")},
+	}}}
+	require.NoError(t, w.stream.Send(res))
+	require.NoError(t, w.stream.Send(res))
+	require.Eventually(t, func() bool { runs, _ := w.acked(); return len(runs) == 2 }, 10*time.Second, 10*time.Millisecond)
+	evs, err := st.ListRunEvents(t.Context(), store.DefaultTenant, runID(t, a), 0, 100)
+	require.NoError(t, err)
+	started := 0
+	for _, e := range evs {
+		if e.Type == "step_started" {
+			started++
+		}
+	}
+	require.Equal(t, 1, started)
+}

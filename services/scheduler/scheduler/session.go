@@ -561,6 +561,7 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 	if len(events) == 0 {
 		since = time.Now()
 	}
+	var eventsTaken map[store.Lease]bool
 	for _, m := range batch {
 		switch msg := m.GetMsg().(type) {
 		case *schedulerv1.ConnectRequest_Event:
@@ -570,14 +571,24 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 			}
 			hold(store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
 		case *schedulerv1.ConnectRequest_Result:
-			// Its events happened before it: they go with it (finishing has its claim,
-			// unless its run name is bad, which handleResults refuses).
+			// Its events happened before it: they go with it (finishing has its claim).
+			// A result sent twice (resent after a reconnect while still queued) carries
+			// its events once.
 			evs, err := resultEvents(msg.Result)
 			if err != nil {
 				return err
 			}
-			for _, e := range evs {
-				hold(e)
+			if len(evs) > 0 {
+				l := store.Lease{RunID: evs[0].RunID, Epoch: evs[0].Epoch}
+				if !eventsTaken[l] {
+					if eventsTaken == nil {
+						eventsTaken = make(map[store.Lease]bool)
+					}
+					eventsTaken[l] = true
+					for _, e := range evs {
+						hold(e)
+					}
+				}
 			}
 			results = append(results, msg.Result)
 		case *schedulerv1.ConnectRequest_Heartbeat:

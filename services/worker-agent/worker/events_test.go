@@ -222,3 +222,32 @@ func TestEventHold(t *testing.T) {
 	_, err := New(Config{Slots: "cpu=1", SchedulerAddrs: "x:1", EventHold: 2 * time.Second}, slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, "WORKER_EVENT_HOLD must be between 0 and 1s (got 2s)")
 }
+
+// After a reconnect the worker resends its unacknowledged results, except those still in its
+// outbox, which go out from there: each result once, so its events are not written twice.
+func TestQueuedResultsAreNotResentTwice(t *testing.T) {
+	t.Parallel()
+	s := &standInScheduler{}
+	ch := new(inproc.Channel)
+	schedulerv1.RegisterSchedulerServiceServer(ch, s)
+	cfg := Defaults()
+	cfg.Slots, cfg.WorkDir = "cpu=1", t.TempDir()
+	w, err := New(cfg, slog.New(slog.DiscardHandler), WithSchedulerConn(ch))
+	require.NoError(t, err)
+	sent := &schedulerv1.RunResult{Run: "runs/sent", Epoch: 1, Outcome: schedulerv1.RunResult_OUTCOME_SUCCEEDED}
+	queued := &schedulerv1.RunResult{Run: "runs/queued", Epoch: 1, Outcome: schedulerv1.RunResult_OUTCOME_SUCCEEDED,
+		Events: []*schedulerv1.RunEvent{{Run: "runs/queued", Epoch: 1, Type: "step_started"}}}
+	w.unacked[sent.Run], w.unacked[queued.Run] = sent, queued // as a broken session leaves them
+	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: queued}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; w.exec.Close() })
+	require.Eventually(t, func() bool { return len(s.received()) >= 3 }, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // a duplicate would follow at once
+	require.ElementsMatch(t, []string{"event:runs/queued:step_started", "result:runs/queued+0", "result:runs/sent+0"}, kinds(s.received()))
+	require.Len(t, s.reg.GetRunning(), 2, "both keep their leases")
+	s.respond(t, &schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{Run: "runs/sent", Epoch: 1}}})
+	s.respond(t, &schedulerv1.ConnectResponse{Msg: &schedulerv1.ConnectResponse_ResultAck{ResultAck: &schedulerv1.ResultAck{Run: "runs/queued", Epoch: 1}}})
+	require.Eventually(t, func() bool { return w.unackedCount() == 0 }, 10*time.Second, 5*time.Millisecond)
+}

@@ -48,3 +48,16 @@ func (o *outbox) pop() *schedulerv1.ConnectRequest {
 	o.items = o.items[1:]
 	return m
 }
+
+// queuedResults is the set of results waiting in the outbox.
+func (o *outbox) queuedResults() map[*schedulerv1.RunResult]bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make(map[*schedulerv1.RunResult]bool)
+	for _, m := range o.items {
+		if r := m.GetResult(); r != nil {
+			out[r] = true
+		}
+	}
+	return out
+}

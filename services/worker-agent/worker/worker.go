@@ -413,10 +413,13 @@ func (w *Worker) session(ctx context.Context, addr string, registered *bool) err
 		reg.Running = append(reg.Running, &schedulerv1.RunLease{Run: r.name, Epoch: r.epoch})
 	}
 	resend := make([]*schedulerv1.RunResult, 0, len(w.unacked))
+	queued := w.outbox.queuedResults()
 	for _, res := range w.unacked {
 		// Finished but unacknowledged: keep the lease until the result lands.
 		reg.Running = append(reg.Running, &schedulerv1.RunLease{Run: res.GetRun(), Epoch: res.GetEpoch()})
-		resend = append(resend, res)
+		if !queued[res] { // one still in the outbox goes out from there, once
+			resend = append(resend, res)
+		}
 	}
 	w.mu.Unlock()
 	if err := stream.Send(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Register{Register: reg}}); err != nil {
