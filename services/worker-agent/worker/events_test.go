@@ -97,18 +97,30 @@ func runWorker(t *testing.T, s *standInScheduler, hold time.Duration, release st
 		s.assign = append(s.assign, &schedulerv1.Assignment{Run: run, Epoch: 3, Assistant: "assistants/env", AssistantVersion: 1,
 			Flow: flowYAML, State: state, Attempt: 1, SlotType: "cpu"})
 	}
+	w := newStandInWorker(t, s, "cpu=2")
+	w.events.hold = hold // beyond what WORKER_EVENT_HOLD allows: no timing in the tests that need none
+	serve(t, w)
+	return w
+}
+
+// newStandInWorker is a worker with slots, connected in process to s.
+func newStandInWorker(t *testing.T, s *standInScheduler, slots string) *Worker {
+	t.Helper()
 	ch := new(inproc.Channel)
 	schedulerv1.RegisterSchedulerServiceServer(ch, s)
 	cfg := Defaults()
-	cfg.Slots, cfg.WorkDir = "cpu=2", t.TempDir()
+	cfg.Slots, cfg.WorkDir = slots, t.TempDir()
 	w, err := New(cfg, slog.New(slog.DiscardHandler), WithSchedulerConn(ch))
 	require.NoError(t, err)
-	w.events.hold = hold // beyond what WORKER_EVENT_HOLD allows: no timing in the tests that need none
+	return w
+}
+
+// serve runs w until the test ends.
+func serve(t *testing.T, w *Worker) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; w.exec.Close() })
-	return w
 }
 
 // kinds describes messages as "event:<run>" and "result:<run>+<events it carries>".
@@ -228,21 +240,13 @@ func TestEventHold(t *testing.T) {
 func TestQueuedResultsAreNotResentTwice(t *testing.T) {
 	t.Parallel()
 	s := &standInScheduler{}
-	ch := new(inproc.Channel)
-	schedulerv1.RegisterSchedulerServiceServer(ch, s)
-	cfg := Defaults()
-	cfg.Slots, cfg.WorkDir = "cpu=1", t.TempDir()
-	w, err := New(cfg, slog.New(slog.DiscardHandler), WithSchedulerConn(ch))
-	require.NoError(t, err)
+	w := newStandInWorker(t, s, "cpu=1")
 	sent := &schedulerv1.RunResult{Run: "runs/sent", Epoch: 1, Outcome: schedulerv1.RunResult_OUTCOME_SUCCEEDED}
 	queued := &schedulerv1.RunResult{Run: "runs/queued", Epoch: 1, Outcome: schedulerv1.RunResult_OUTCOME_SUCCEEDED,
 		Events: []*schedulerv1.RunEvent{{Run: "runs/queued", Epoch: 1, Type: "step_started"}}}
 	w.unacked[sent.Run], w.unacked[queued.Run] = sent, queued // as a broken session leaves them
 	w.outbox.push(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: queued}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; w.exec.Close() })
+	serve(t, w)
 	require.Eventually(t, func() bool { return len(s.received()) >= 3 }, 10*time.Second, 5*time.Millisecond)
 	time.Sleep(100 * time.Millisecond) // a duplicate would follow at once
 	require.ElementsMatch(t, []string{"event:runs/queued:step_started", "result:runs/queued+0", "result:runs/sent+0"}, kinds(s.received()))
