@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -894,4 +895,59 @@ func TestClaimCarriesWhatExecutionNeeds(t *testing.T) {
 	require.Equal(t, "w1", c.Run.WorkerID)
 	require.Equal(t, int32(9), c.Run.Priority)
 	require.Equal(t, map[string]any{"q": "x"}, c.State)
+}
+
+// A claim gives a thread run its thread's latest committed state, even one committed after
+// the claim statement began (claims overlap the results that promote thread runs). Here a
+// transaction holds an update of the thread's state while the claim runs: the claim waits
+// for it and starts the run from the new state, where reading with its own snapshot it
+// returned the old one at once.
+func TestClaimReadsTheThreadsLatestState(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	_, err := st.CreateThread(t.Context(), tenant, "t", nil, map[string]any{"count": 2.0})
+	require.NoError(t, err)
+	run := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: "t", Input: map[string]any{"x": "y"}})[0]
+
+	tx, err := st.Pool().Begin(t.Context())
+	require.NoError(t, err)
+	defer tx.Rollback(context.Background())
+	_, err = tx.Exec(t.Context(), `UPDATE threads SET state = '{"count": 3}' WHERE tenant_id = $1 AND id = 't'`, tenant)
+	require.NoError(t, err)
+
+	type result struct {
+		c   []*store.Claim
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := st.ClaimRuns(context.Background(), store.ClaimParams{WorkerID: "w", SlotType: "cpu", Limit: 1, LeaseTTL: time.Minute})
+		done <- result{c, err}
+	}()
+	// The claim is under way once a backend waits for the update's lock; a claim that
+	// does not wait answers first.
+	waiting := func() bool {
+		var n int
+		require.NoError(t, st.Pool().QueryRow(t.Context(),
+			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+		return n > 0
+	}
+	var early *result
+	require.Eventually(t, func() bool {
+		select {
+		case r := <-done:
+			early = &r
+			return true
+		default:
+			return waiting()
+		}
+	}, 20*time.Second, 5*time.Millisecond)
+	require.Nil(t, early, "the claim did not wait for the thread's state: it got %+v", early)
+	require.NoError(t, tx.Commit(t.Context()))
+	r := <-done
+	require.NoError(t, r.err)
+	require.Len(t, r.c, 1)
+	require.Equal(t, run.ID, r.c[0].Run.ID)
+	require.Equal(t, map[string]any{"count": 3.0, "x": "y"}, r.c[0].State)
 }
