@@ -619,8 +619,10 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 	return nil
 }
 
-// handle processes one message of a worker. Store errors other than fencing end the
-// session (the worker reconnects and resends); a fenced write tells the worker to stop.
+// handle processes one message of a worker that handleBatch does not gather (a heartbeat,
+// a checkpoint; results and events only ever go through handleBatch). Store errors other
+// than fencing end the session (the worker reconnects and resends); a fenced write tells
+// the worker to stop.
 func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.ConnectRequest) error {
 	switch msg := m.GetMsg().(type) {
 	case *schedulerv1.ConnectRequest_Heartbeat:
@@ -651,28 +653,6 @@ func (s *Server) handle(ctx context.Context, sess *session, m *schedulerv1.Conne
 		if wasDraining && !hb.GetDraining() {
 			s.kick()
 		}
-	case *schedulerv1.ConnectRequest_Result:
-		evs, err := resultEvents(msg.Result)
-		if err != nil {
-			return err
-		}
-		var events map[store.Lease][]store.Event
-		for _, e := range evs {
-			if events == nil {
-				events = make(map[store.Lease][]store.Event)
-			}
-			l := store.Lease{RunID: e.RunID, Epoch: e.Epoch}
-			events[l] = append(events[l], store.Event{Type: e.Type, Data: e.Data})
-		}
-		return s.handleResults(ctx, sess, []*schedulerv1.RunResult{msg.Result}, events)
-	case *schedulerv1.ConnectRequest_Event:
-		ev := msg.Event
-		id, err := parseRunName(ev.GetRun())
-		if err != nil {
-			return status.Error(codes.InvalidArgument, err.Error())
-		}
-		err = s.store.AppendRunEvent(ctx, id, ev.GetEpoch(), ev.GetType(), ev.GetData().AsMap())
-		return s.fenced(sess, id, ev.GetEpoch(), err)
 	case *schedulerv1.ConnectRequest_Checkpoint:
 		cp := msg.Checkpoint
 		id, err := parseRunName(cp.GetRun())
