@@ -347,7 +347,7 @@ func (p *pool) acquire(ctx context.Context, run string, sink func(string)) (*rep
 			r := p.idle[n-1]
 			p.idle = p.idle[:n-1]
 			p.mu.Unlock()
-			if !r.reusable() {
+			if !r.reusable(true) {
 				p.discard(r)
 				continue
 			}
@@ -407,7 +407,7 @@ func (p *pool) env(index int, run string) []string {
 // otherwise.
 func (p *pool) put(r *replica) {
 	r.detach()
-	if r.reusable() {
+	if r.reusable(false) {
 		p.mu.Lock()
 		if !p.closed {
 			r.lastUsed = time.Now()

@@ -31,12 +31,6 @@ type failure struct {
 
 func (f *failure) Error() string { return f.msg }
 
-// lineMsg is one line of a replica's stdout, or the error that ended it.
-type lineMsg struct {
-	line []byte
-	err  error
-}
-
 // replica is one executor process. A pool hands it to one request at a time.
 type replica struct {
 	executor string
@@ -49,17 +43,18 @@ type replica struct {
 	stdout *os.File
 	stderr *os.File
 
-	// lines carries stdout lines; it is closed after the error that ends stdout. Its buffer of
-	// one lets an idle replica's stray output be noticed before the replica is reused.
-	lines chan lineMsg
+	// out buffers stdout. It is read only by the goroutine holding the replica: call, on
+	// the runner's own goroutine, and reusable. The pipe is non-blocking (os.Pipe), so a
+	// read waits in the runtime's poller and its read deadline interrupts it: set to the
+	// past when the request's context ends, and to ExitGrace ahead when the process exits
+	// or a write of the request fails.
+	out *bufio.Reader
 	// exited is closed once the process has been reaped (and its process group killed).
 	exited     chan struct{}
 	exitState  *os.ProcessState
 	stderrDone chan struct{}
-	// stop is closed when the replica is torn down, so that readers never block on a send.
-	stop      chan struct{}
-	killOnce  sync.Once
-	errReader *trackedReader
+	killOnce   sync.Once
+	errReader  *trackedReader
 
 	// memLimit is the executor's resources.memory in bytes (0 = none).
 	memLimit int64
@@ -158,10 +153,9 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		stdin:      inW,
 		stdout:     outR,
 		stderr:     errR,
-		lines:      make(chan lineMsg, 1),
+		out:        bufio.NewReaderSize(outR, 64<<10),
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
-		stop:       make(chan struct{}),
 		errReader:  &trackedReader{f: errR},
 		sink:       sink,
 	}
@@ -175,8 +169,11 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 			removeCgroup(r.cgroupDir)
 		}
 		close(r.exited)
+		// A request in flight reads what the process wrote before it died; its stdout ends
+		// now unless something that escaped the group holds it: then the read gives up after
+		// the grace.
+		r.graceDeadline()
 	}()
-	go r.readStdout()
 	go r.readStderr()
 	return r, nil
 }
@@ -187,20 +184,10 @@ func closeAll(files ...*os.File) {
 	}
 }
 
-func (r *replica) readStdout() {
-	defer close(r.lines)
-	br := bufio.NewReaderSize(r.stdout, 64<<10)
-	for {
-		line, _, err := readLine(br, r.cfg.MaxLineBytes, false)
-		select {
-		case r.lines <- lineMsg{line: line, err: err}:
-		case <-r.stop:
-			return
-		}
-		if err != nil {
-			return
-		}
-	}
+// graceDeadline bounds the reads of stdout to ExitGrace from now: the process exited or
+// stopped reading its request, so only what it already wrote is still to come.
+func (r *replica) graceDeadline() {
+	_ = r.stdout.SetReadDeadline(time.Now().Add(r.cfg.ExitGrace))
 }
 
 func (r *replica) readStderr() {
@@ -342,24 +329,46 @@ func (r *replica) markBroken() {
 }
 
 // reusable reports whether the replica can take another request. Output it wrote while idle
-// (which can never be an answer) makes it unusable; that output is logged.
-func (r *replica) reusable() bool {
+// (which can never be an answer) makes it unusable; that output is logged. check looks into
+// the pipe too (one non-blocking read): the pool does when it hands the replica out, so
+// that a stray line is never read as part of the next request's exchange.
+func (r *replica) reusable(check bool) bool {
 	r.mu.Lock()
 	broken := r.broken
 	r.mu.Unlock()
 	if broken || r.hasExited() {
 		return false
 	}
-	select {
-	case msg, ok := <-r.lines:
-		if ok && msg.err == nil {
-			r.logger.Warn("executor wrote to stdout while idle; replacing it",
-				"executor", r.executor, "replica", r.index, "pid", r.pid, "output", snippet(msg.line))
-		}
-		return false
-	default:
-		return true
+	var stray []byte
+	if n := r.out.Buffered(); n > 0 {
+		stray, _ = r.out.Peek(min(n, 256))
 	}
+	ended := false
+	if stray == nil && check {
+		var buf [256]byte
+		n := -1
+		if rc, err := r.stdout.SyscallConn(); err == nil {
+			_ = rc.Read(func(fd uintptr) bool {
+				n, _ = syscall.Read(int(fd), buf[:])
+				return true // one attempt: EAGAIN (n < 0) means nothing was written
+			})
+		}
+		switch {
+		case n > 0:
+			stray = buf[:n]
+		case n == 0:
+			ended = true // every writer closed stdout: nothing can answer
+		}
+	}
+	switch {
+	case stray != nil:
+		r.logger.Warn("executor wrote to stdout while idle; replacing it",
+			"executor", r.executor, "replica", r.index, "pid", r.pid, "output", snippet(stray))
+	case ended:
+		r.logger.Warn("executor closed its stdout while idle; replacing it",
+			"executor", r.executor, "replica", r.index, "pid", r.pid)
+	}
+	return stray == nil && !ended
 }
 
 // kill kills the replica's process group, reaps the process and releases its pipes. It is
@@ -369,7 +378,6 @@ func (r *replica) kill() {
 		r.markBroken()
 		_ = syscall.Kill(-r.pid, syscall.SIGKILL)
 		<-r.exited
-		close(r.stop)
 		// Closing the read ends also frees readers blocked on a pipe that a process which
 		// escaped the group (setsid) still holds open.
 		closeAll(r.stdin, r.stdout, r.stderr)
@@ -441,118 +449,118 @@ func (r *replica) writeRequest(buf []byte) (written <-chan error, err error) {
 	ch := make(chan error, 1)
 	go func() {
 		_, err := r.stdin.Write(rest)
+		if err != nil {
+			r.graceDeadline() // the reader stops waiting for an answer after the grace
+		}
 		ch <- err
 	}()
 	return ch, nil
 }
 
-// call sends one request and reads the executor's answer, handing events to onEvent. It
-// returns a *failure when the executor crashed or broke the protocol (the replica is then
-// unusable), or context.Cause(ctx) when ctx ended first (the replica is then killed).
+// call sends one request and reads the executor's answer on the caller's goroutine, handing
+// events to onEvent. It returns a *failure when the executor crashed or broke the protocol
+// (the replica is then unusable), or context.Cause(ctx) when ctx ended first (the replica is
+// then killed). (A goroutine per replica used to read stdout and hand each line over a
+// channel: two goroutine wake-ups per answer instead of one.)
 func (r *replica) call(ctx context.Context, req *request, onEvent func(map[string]any)) (*reply, error) {
 	buf := append(req.appendJSON(make([]byte, 0, 256+len(req.State)+len(req.Config)+len(req.Item)+len(req.Resume))), '\n')
 
-	var (
-		total  int64
-		lines  = r.lines
-		exited = r.exited
-		grace  <-chan time.Time
-	)
-	startGrace := func() {
-		if grace == nil {
-			grace = time.After(r.cfg.ExitGrace)
-		}
-	}
 	written, writeErr := r.writeRequest(buf)
 	if writeErr != nil {
-		// Most likely the process died before reading its request: see the written case.
-		startGrace()
+		// Most likely the process died before reading its request: its exit, once seen,
+		// explains more than EPIPE. Read what it wrote, for at most the grace.
+		r.graceDeadline()
 	}
+	// The context's end interrupts the read. Should it end as the call returns, after the
+	// answer, the deadline may land once the replica is back in the pool: never reuse it then.
+	interrupted := context.AfterFunc(ctx, func() { _ = r.stdout.SetReadDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if !interrupted() {
+			r.markBroken()
+		}
+	}()
+
+	var total int64
 	for {
-		select {
-		case <-ctx.Done():
-			r.kill()
-			return nil, context.Cause(ctx)
-
-		case err := <-written:
-			written = nil
-			if err != nil {
-				// Most likely the process died before reading its request: its exit, once
-				// seen, explains more than EPIPE.
-				writeErr = err
-				startGrace()
-			}
-
-		case <-exited:
-			exited = nil
-			if lines == nil {
-				// stdout had already ended: nothing more will come.
-				r.markBroken()
-				return nil, r.exitFailure()
-			}
-			// Keep reading: an answer written just before exiting still counts, and stdout
-			// ends promptly now that the process group is dead.
-			startGrace()
-
-		case <-grace:
-			if r.hasExited() {
-				r.markBroken()
-				return nil, r.exitFailure()
-			}
-			r.kill()
-			if writeErr != nil {
-				return nil, &failure{msg: fmt.Sprintf("executor %q: writing request: %v", r.executor, writeErr), retryable: true}
-			}
-			return nil, &failure{msg: fmt.Sprintf("executor %q closed its stdout", r.executor)}
-
-		case msg, ok := <-lines:
-			if !ok || (msg.err != nil && !errors.Is(msg.err, errLineTooLong)) {
-				lines = nil
-				if !ok || errors.Is(msg.err, io.EOF) || r.hasExited() {
-					if r.hasExited() {
-						r.markBroken()
-						return nil, r.exitFailure()
-					}
-					// stdout closed: the process is probably exiting; give it a moment.
-					startGrace()
-					continue
-				}
-				r.kill()
-				return nil, &failure{msg: fmt.Sprintf("executor %q: reading stdout: %v", r.executor, msg.err)}
-			}
-			if msg.err != nil {
-				return nil, r.protocolFailure(&protocolError{
-					what: fmt.Sprintf("output line longer than %d bytes", r.cfg.MaxLineBytes), line: msg.line})
-			}
-			total += int64(len(msg.line)) + 1
-			if total > r.cfg.MaxStepOutputBytes {
-				return nil, r.protocolFailure(&protocolError{
-					what: fmt.Sprintf("more than %d bytes of output for one request", r.cfg.MaxStepOutputBytes)})
-			}
-			data, rep, err := parseMessage(msg.line, req.ID)
-			if err != nil {
-				return nil, r.protocolFailure(err)
-			}
-			if rep == nil {
-				onEvent(data)
-				continue
-			}
-			r.settleStderr()
-			if written != nil {
-				// The answer can overtake the report of a write that did complete; a write
-				// still blocked after the grace means the request was never read in full.
+		line, _, err := readLine(r.out, r.cfg.MaxLineBytes, false)
+		if err != nil && !errors.Is(err, errLineTooLong) {
+			if writeErr == nil && written != nil {
 				select {
 				case writeErr = <-written:
-				case <-time.After(r.cfg.ExitGrace):
-					writeErr = errors.New("request still unread")
+				default:
 				}
 			}
-			if writeErr != nil {
-				// It answered without reading its whole request: the rest would be taken
-				// for the next one. Never reuse it.
-				r.markBroken()
+			return nil, r.outputEnded(ctx, err, writeErr)
+		}
+		if err != nil {
+			return nil, r.protocolFailure(&protocolError{
+				what: fmt.Sprintf("output line longer than %d bytes", r.cfg.MaxLineBytes), line: line})
+		}
+		total += int64(len(line)) + 1
+		if total > r.cfg.MaxStepOutputBytes {
+			return nil, r.protocolFailure(&protocolError{
+				what: fmt.Sprintf("more than %d bytes of output for one request", r.cfg.MaxStepOutputBytes)})
+		}
+		data, rep, err := parseMessage(line, req.ID)
+		if err != nil {
+			return nil, r.protocolFailure(err)
+		}
+		if rep == nil {
+			onEvent(data)
+			continue
+		}
+		r.settleStderr()
+		if written != nil && writeErr == nil {
+			// The answer can overtake the report of a write that did complete; a write
+			// still blocked after the grace means the request was never read in full.
+			select {
+			case writeErr = <-written:
+			case <-time.After(r.cfg.ExitGrace):
+				writeErr = errors.New("request still unread")
 			}
-			return rep, nil
+		}
+		if writeErr != nil {
+			// It answered without reading its whole request: the rest would be taken
+			// for the next one. Never reuse it.
+			r.markBroken()
+		}
+		return rep, nil
+	}
+}
+
+// outputEnded explains why stdout gave no answer: err ended the read (the end of stdout, or
+// the read deadline of an ended context, an exit or a failed write). It leaves the replica
+// killed or marked broken.
+func (r *replica) outputEnded(ctx context.Context, err, writeErr error) error {
+	if ctx.Err() != nil {
+		r.kill()
+		return context.Cause(ctx)
+	}
+	if errors.Is(err, io.EOF) {
+		// stdout closed: the process is probably exiting; give it a moment.
+		t := time.NewTimer(r.cfg.ExitGrace)
+		defer t.Stop()
+		select {
+		case <-r.exited:
+		case <-t.C:
+		case <-ctx.Done():
+			r.kill()
+			return context.Cause(ctx)
 		}
 	}
+	if r.hasExited() {
+		r.markBroken()
+		return r.exitFailure()
+	}
+	r.kill()
+	switch {
+	case writeErr != nil:
+		return &failure{msg: fmt.Sprintf("executor %q: writing request: %v", r.executor, writeErr), retryable: true}
+	case errors.Is(err, io.EOF):
+		return &failure{msg: fmt.Sprintf("executor %q closed its stdout", r.executor)}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Only an exit or a failed write sets a deadline while the context lives.
+		return &failure{msg: fmt.Sprintf("executor %q: no answer within %s of its request's failure", r.executor, r.cfg.ExitGrace), retryable: true}
+	}
+	return &failure{msg: fmt.Sprintf("executor %q: reading stdout: %v", r.executor, err)}
 }

@@ -110,6 +110,28 @@ def handle(req):
     elif action == "unsolicited":
         # One write: the stray line is in the pipe before the worker reads the result.
         raw(json.dumps({"type": "result", "id": rid, "state": {"pid": PID}}) + "\nunsolicited chatter")
+    elif action == "unsolicited_later":
+        # The stray line comes after the result, while the replica is idle in its pool.
+        send({"type": "result", "id": rid, "state": {"pid": PID}})
+        time.sleep(state.get("delay", 0.1))
+        raw("unsolicited chatter, later")
+    elif action == "close_stdout":
+        # Answers (unless told not to), then closes its stdout and lives on, reading stdin.
+        if state.get("answer", True):
+            send({"type": "result", "id": rid, "state": {"pid": PID}})
+        else:
+            err(f"pid {PID}")
+        sys.stdout.close()
+        os.close(1)
+    elif action == "escape_and_exit":
+        # A child in a session of its own (outside the replica's process group) keeps
+        # stdout open after the replica exits without answering.
+        child = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+        with open(state["pidfile"] + ".tmp", "w") as f:
+            f.write(f"{child.pid}")
+        os.rename(state["pidfile"] + ".tmp", state["pidfile"])
+        err("escaping")
+        os._exit(5)
     elif action == "stderr":
         for i in range(state["lines"]):
             err(f"line {i} " + "z" * state.get("width", 10))
