@@ -42,6 +42,8 @@ type replica struct {
 	stdin  *os.File
 	stdout *os.File
 	stderr *os.File
+	// in and probe are single non-blocking system calls on stdin and stdout.
+	in, probe *oneShot
 
 	// out buffers stdout. It is read only by the goroutine holding the replica: call, on
 	// the runner's own goroutine, and reusable. The pipe is non-blocking (os.Pipe), so a
@@ -156,7 +158,9 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		out:        bufio.NewReaderSize(outR, 64<<10),
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
-		errReader:  &trackedReader{f: errR},
+		errReader:  &trackedReader{f: errR, inq: newOneShot(errR)},
+		in:         newOneShot(inW),
+		probe:      newOneShot(outR),
 		sink:       sink,
 	}
 	go func() {
@@ -234,9 +238,77 @@ func (r *replica) logLine(line string) {
 	}
 }
 
+// oneShot makes single non-blocking system calls on one of a replica's pipes without
+// allocating: its RawConn and the functions it hands the RawConn are made once, with the
+// replica (a RawConn per call and closures capturing their results cost several
+// allocations per run). One goroutine at a time uses it.
+type oneShot struct {
+	rc      syscall.RawConn
+	rcErr   error
+	buf     []byte
+	scratch [256]byte
+	n       int
+	err     error
+	read    func(fd uintptr) bool
+	write   func(fd uintptr) bool
+	inq     func(fd uintptr)
+}
+
+func newOneShot(f *os.File) *oneShot {
+	o := &oneShot{}
+	o.rc, o.rcErr = f.SyscallConn()
+	// Each tries once and reports done: the caller decides what EAGAIN means.
+	o.read = func(fd uintptr) bool { o.n, o.err = syscall.Read(int(fd), o.buf); return true }
+	o.write = func(fd uintptr) bool { o.n, o.err = syscall.Write(int(fd), o.buf); return true }
+	// TIOCINQ is FIONREAD on Linux.
+	o.inq = func(fd uintptr) { o.n, o.err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }
+	return o
+}
+
+// tryRead reads what is there now into the scratch buffer: n < 0 with EAGAIN when nothing
+// is, 0 at the end of the pipe.
+func (o *oneShot) tryRead() (data []byte, n int, err error) {
+	if o.rcErr != nil {
+		return nil, -1, o.rcErr
+	}
+	o.buf, o.n, o.err = o.scratch[:], -1, nil
+	if err := o.rc.Read(o.read); err != nil {
+		return nil, -1, err
+	}
+	o.buf = nil
+	return o.scratch[:max(o.n, 0)], o.n, o.err
+}
+
+// tryWrite writes as much of p as fits now.
+func (o *oneShot) tryWrite(p []byte) (n int, err error) {
+	if o.rcErr != nil {
+		return 0, o.rcErr
+	}
+	o.buf, o.n, o.err = p, 0, nil
+	if err := o.rc.Write(o.write); err != nil {
+		o.buf = nil
+		return 0, err
+	}
+	o.buf = nil
+	return o.n, o.err
+}
+
+// pending returns how many bytes wait in the pipe (0 when that cannot be told).
+func (o *oneShot) pending() int {
+	if o.rcErr != nil {
+		return 0
+	}
+	o.n, o.err = 0, nil
+	if err := o.rc.Control(o.inq); err != nil || o.err != nil {
+		return 0
+	}
+	return o.n
+}
+
 // trackedReader lets settleStderr tell when the stderr reader is waiting for more input.
 type trackedReader struct {
 	f      *os.File
+	inq    *oneShot // used by settleStderr only
 	inRead atomic.Bool
 	reads  atomic.Uint64
 }
@@ -247,20 +319,6 @@ func (t *trackedReader) Read(p []byte) (int, error) {
 	t.reads.Add(1)
 	t.inRead.Store(false)
 	return n, err
-}
-
-// pending returns how many bytes wait in the stderr pipe.
-func (t *trackedReader) pending() int {
-	n := 0
-	if rc, err := t.f.SyscallConn(); err == nil {
-		_ = rc.Control(func(fd uintptr) {
-			// TIOCINQ is FIONREAD on Linux.
-			if v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
-				n = v
-			}
-		})
-	}
-	return n
 }
 
 // settleStderr waits, briefly, until the stderr reader has handed on every line the replica
@@ -277,7 +335,7 @@ func (r *replica) settleStderr() {
 		}
 		t := r.errReader
 		before := t.reads.Load()
-		if t.inRead.Load() && t.pending() == 0 {
+		if t.inRead.Load() && t.inq.pending() == 0 {
 			// The pipe held nothing, so everything written before the answer was read;
 			// the reader may still be handing on what its current Read returned: let it
 			// run, and count it settled once that Read is still the one in progress.
@@ -345,17 +403,10 @@ func (r *replica) reusable(check bool) bool {
 	}
 	ended := false
 	if stray == nil && check {
-		var buf [256]byte
-		n := -1
-		if rc, err := r.stdout.SyscallConn(); err == nil {
-			_ = rc.Read(func(fd uintptr) bool {
-				n, _ = syscall.Read(int(fd), buf[:])
-				return true // one attempt: EAGAIN (n < 0) means nothing was written
-			})
-		}
+		data, n, _ := r.probe.tryRead() // n < 0: nothing there (EAGAIN)
 		switch {
 		case n > 0:
-			stray = buf[:n]
+			stray = data
 		case n == 0:
 			ended = true // every writer closed stdout: nothing can answer
 		}
@@ -428,18 +479,8 @@ func (r *replica) protocolFailure(err error) *failure {
 // ~3 % of the all-in-one server's CPU in a burn-down: its start, and the wake-up of call
 // when it ended.) err is a write that failed outright (EPIPE: the process is gone).
 func (r *replica) writeRequest(buf []byte) (written <-chan error, err error) {
-	n := 0
-	var werr error
-	rc, err := r.stdin.SyscallConn()
-	if err == nil {
-		err = rc.Write(func(fd uintptr) bool {
-			n, werr = syscall.Write(int(fd), buf)
-			return true // one attempt; the goroutine below waits for room if need be
-		})
-	}
+	n, werr := r.in.tryWrite(buf)
 	switch {
-	case err != nil:
-		return nil, err
 	case werr == nil && n == len(buf):
 		return nil, nil
 	case werr != nil && !errors.Is(werr, syscall.EAGAIN) && !errors.Is(werr, syscall.EINTR):
