@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -163,7 +164,12 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 		},
 	})
 	if out.State != nil {
-		if s, err := structpb.NewStruct(out.State); err == nil {
+		if a.GetState() != nil && sameMap(out.State, spec.State) {
+			// The state came back unchanged: the executor package hands back the very map
+			// it was given (it never changes a state map in place), so the assignment's
+			// Struct is the final state. Both messages are read-only from here on.
+			res.State = a.GetState()
+		} else if s, err := structpb.NewStruct(out.State); err == nil {
 			res.State = s
 		}
 	}
@@ -268,4 +274,9 @@ func (w *Worker) checkpointAcked(ack *schedulerv1.CheckpointAck) {
 		delete(w.checkpoints, ack.GetRun())
 		close(p.done)
 	}
+}
+
+// sameMap reports whether a and b are one map, not merely equal ones.
+func sameMap(a, b map[string]any) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -491,6 +492,25 @@ func TestStrayOutputWhileIdleRetiresReplica(t *testing.T) {
 	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
 	require.NotEqual(t, first, pidOf(t, out), "the replica that wrote stray output was reused")
 	requireGone(t, first)
+}
+
+// A result whose state is, byte for byte, the state the request carried leaves the state
+// map as it was (the very map, not decoded again); the same state written differently is
+// decoded into an equal map.
+func TestUnchangedStateIsNotDecodedAgain(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, executor.Config{})
+	f := oneStep(t, "")
+	same := func(a, b map[string]any) bool {
+		return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+	}
+	for _, spaced := range []bool{false, true} {
+		state := map[string]any{"action": "echo", "spaced": spaced, "n": 1.5, "list": []any{"a", nil, true}, "obj": map[string]any{"k": "v"}}
+		out, _ := run(t, m, f, state)
+		require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
+		require.Equal(t, state, out.State)
+		require.Equal(t, !spaced, same(state, out.State), "spaced=%v", spaced)
+	}
 }
 
 func TestStrayOutputWrittenLaterWhileIdleRetiresReplica(t *testing.T) {

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/agentserver/agentserver/pkg/flow"
+	"github.com/agentserver/agentserver/pkg/jsonenc"
 )
 
 // Causes for ending a run's context, for context.WithCancelCause and context.WithTimeoutCause:
@@ -109,7 +111,8 @@ func (k OutcomeKind) String() string {
 type Outcome struct {
 	Kind OutcomeKind
 	// State is the final state when the run succeeded, else the state of the last checkpoint
-	// (or RunSpec.State when no step completed).
+	// (or RunSpec.State when no step completed). A state no step changed is RunSpec.State
+	// itself, the same map; Run never changes a state map in place.
 	State map[string]any
 	// Error describes a failure, cancellation, timeout or lost lease.
 	Error string
@@ -206,12 +209,12 @@ func (m *Manager) Run(ctx context.Context, spec RunSpec, cb Callbacks) Outcome {
 	}
 	rs := &runState{m: m, spec: &spec, g: g, attempt: max(spec.Attempt, 1)}
 	var err error
-	if rs.config, err = json.Marshal(nonNil(spec.Config)); err != nil {
+	if rs.config, err = jsonenc.Marshal(nonNil(spec.Config)); err != nil {
 		return fail(steps[i].Name, fmt.Sprintf("encoding config: %v", err), false)
 	}
 	if spec.Resume != nil {
 		if raw, ok := spec.Resume.(json.RawMessage); !ok || raw != nil {
-			if rs.resume, err = json.Marshal(spec.Resume); err != nil {
+			if rs.resume, err = jsonenc.Marshal(spec.Resume); err != nil {
 				return fail(steps[i].Name, fmt.Sprintf("encoding resume value: %v", err), false)
 			}
 		}
@@ -320,7 +323,7 @@ func (rs *runState) step(ctx context.Context, step flow.Step, state map[string]a
 		return rs.mapStep(ctx, p, step, state)
 	}
 
-	encoded, err := json.Marshal(state)
+	encoded, err := jsonenc.Marshal(state)
 	if err != nil {
 		return stepResult{err: &failure{msg: fmt.Sprintf("encoding state: %v", err)}}
 	}
@@ -335,8 +338,10 @@ func (rs *runState) step(ctx context.Context, step flow.Step, state map[string]a
 		return stepResult{interrupted: true, prompt: rep.prompt}
 	}
 	next := map[string]any{}
-	if rep.state == nil {
-		// No state in the result: the state is unchanged.
+	if rep.state == nil || bytes.Equal(rep.state, encoded) {
+		// No state in the result, or the state it was sent, byte for byte (the request's
+		// state is what json.Marshal writes for a map of decoded JSON, so decoding it gives
+		// that map again): the state is unchanged, and stays the same map.
 		next = state
 	} else if err := json.Unmarshal(rep.state, &next); err != nil {
 		return stepResult{err: &failure{msg: fmt.Sprintf("executor %q broke protocol v1: result state must be a JSON object: %s",
@@ -385,7 +390,7 @@ func (rs *runState) mapStep(ctx context.Context, p *pool, step flow.Step, state 
 	// Items do not get the list itself: N items each carrying N items would be quadratic.
 	rest := maps.Clone(state)
 	delete(rest, step.Map)
-	encoded, err := json.Marshal(rest)
+	encoded, err := jsonenc.Marshal(rest)
 	if err != nil {
 		return stepResult{err: &failure{msg: fmt.Sprintf("encoding state: %v", err)}}
 	}
@@ -409,7 +414,7 @@ func (rs *runState) mapStep(ctx context.Context, p *pool, step flow.Step, state 
 					return
 				}
 				res := &results[i]
-				item, err := json.Marshal(items[i])
+				item, err := jsonenc.Marshal(items[i])
 				if err != nil {
 					res.err = &failure{msg: fmt.Sprintf("encoding state.%s[%d]: %v", step.Map, i, err)}
 					stopped.Store(true)

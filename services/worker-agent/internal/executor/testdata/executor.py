@@ -110,6 +110,11 @@ def handle(req):
     elif action == "unsolicited":
         # One write: the stray line is in the pipe before the worker reads the result.
         raw(json.dumps({"type": "result", "id": rid, "state": {"pid": PID}}) + "\nunsolicited chatter")
+    elif action == "echo":
+        # The state it was sent: compact with sorted keys (as the worker writes it) or spaced.
+        spaced = state.get("spaced", False)
+        encoded = json.dumps(state, sort_keys=True, separators=(", ", ": ") if spaced else (",", ":"))
+        raw('{"type":"result","id":%s,"state":%s}' % (json.dumps(rid), encoded))
     elif action == "unsolicited_later":
         # The stray line comes after the result, while the replica is idle in its pool.
         send({"type": "result", "id": rid, "state": {"pid": PID}})
