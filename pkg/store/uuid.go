@@ -23,6 +23,7 @@ func registerUUID(_ context.Context, conn *pgx.Conn) error {
 func registerUUIDOn(m *pgtype.Map) {
 	m.TryWrapEncodePlanFuncs = append([]pgtype.TryWrapEncodePlanFunc{tryWrapUUID}, m.TryWrapEncodePlanFuncs...)
 	m.RegisterType(&pgtype.Type{Name: "uuid", OID: pgtype.UUIDOID, Codec: uuidCodec{}})
+	registerArraysOn(m) // arrays.go
 }
 
 // uuidCodec is pgx's UUIDCodec, planning the scan of a binary uuid into a *uuid.UUID
