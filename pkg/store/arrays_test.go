@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// []uuid.UUID and [][]byte parameters of uuid[] and jsonb[] encode to exactly pgx's own
+// []uuid.UUID, [][]byte and []*int32 parameters of uuid[], jsonb[] and int4[] encode to exactly pgx's own
 // bytes (nil slices as NULL, empty ones, NULL elements), without reflection; other values,
 // the text format and scanning stay pgx's.
 func TestArraysEncodeAsPgxDoes(t *testing.T) {
@@ -30,6 +30,10 @@ func TestArraysEncodeAsPgxDoes(t *testing.T) {
 		{"documents and NULL", pgtype.JSONBArrayOID, [][]byte{[]byte(`{}`), nil, []byte(`null`)}, nil},
 		{"no documents", pgtype.JSONBArrayOID, [][]byte{}, nil},
 		{"nil documents", pgtype.JSONBArrayOID, [][]byte(nil), nil},
+		{"optional ints", pgtype.Int4ArrayOID, []*int32{ptr(int32(7)), nil, ptr(int32(-3))}, nil},
+		{"ints", pgtype.Int4ArrayOID, []*int32{ptr(int32(1 << 30))}, nil},
+		{"no ints", pgtype.Int4ArrayOID, []*int32{}, nil},
+		{"nil ints", pgtype.Int4ArrayOID, []*int32(nil), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := tc.raw
@@ -100,3 +104,5 @@ func BenchmarkArrayEncode(b *testing.B) {
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
