@@ -71,7 +71,13 @@ type Config struct {
 	// EventHold is how long a session keeps a run's events back waiting for the run's
 	// result, so that both are written by one statement; 0 writes them as they come.
 	EventHold time.Duration
+	// ResultLinger is how long a session under load waits for more results before it
+	// writes a small batch of them (see nextBatch); 0 writes every batch at once.
+	ResultLinger time.Duration
 }
+
+// maxResultLinger bounds Config.ResultLinger.
+const maxResultLinger = 100 * time.Millisecond
 
 // Defaults returns the default configuration.
 func Defaults() Config {
@@ -88,6 +94,7 @@ func Defaults() Config {
 		ReconcileInterval: 30 * time.Second,
 		QueueVacuumRuns:   2000,
 		EventHold:         20 * time.Millisecond,
+		ResultLinger:      2 * time.Millisecond,
 	}
 }
 
@@ -106,6 +113,8 @@ func (c *Config) Validate() error {
 		return errors.New("retry delays must satisfy 0 <= base <= max")
 	case c.EventHold < 0 || c.EventHold >= c.HeartbeatInterval:
 		return fmt.Errorf("event hold (%s) must be at least 0 and below the heartbeat interval (%s)", c.EventHold, c.HeartbeatInterval)
+	case c.ResultLinger < 0 || c.ResultLinger > maxResultLinger:
+		return fmt.Errorf("result linger (%s) must be at least 0 and at most %s: it delays the completion of runs under load", c.ResultLinger, maxResultLinger)
 	case c.QueueVacuumRuns < 0:
 		return fmt.Errorf("queue vacuum runs (%d) must be at least 0 (0: leave the queue to autovacuum)", c.QueueVacuumRuns)
 	}
