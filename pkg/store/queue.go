@@ -341,13 +341,23 @@ func scanClaim(row pgx.Row) (*Claim, error) {
 	}
 	r.Timeout = time.Duration(timeoutMS) * time.Millisecond
 	c.Step = r.Step
-	if err := json.Unmarshal(config, &c.Config); err != nil {
+	if err := decodeObject(config, &c.Config); err != nil {
 		return nil, fmt.Errorf("decoding assistant config: %w", err)
 	}
-	if err := json.Unmarshal(state, &c.State); err != nil {
+	if err := decodeObject(state, &c.State); err != nil {
 		return nil, fmt.Errorf("decoding the state to start from: %w", err)
 	}
 	return &c, nil
+}
+
+// decodeObject decodes a jsonb object into dst as json.Unmarshal does; the empty object,
+// what most runs start from and most assistants are configured with, without the decoder.
+func decodeObject(b []byte, dst *map[string]any) error {
+	if string(b) == "{}" {
+		*dst = map[string]any{}
+		return nil
+	}
+	return json.Unmarshal(b, dst)
 }
 
 // RenewLeases extends the leases of the given claims, by worker id: a lease is renewed
