@@ -42,7 +42,7 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 		previous int
 	}{{long, 0}, {long, 1}, {long, lingerAfter - 1}, {0, lingerAfter}} {
 		in := queued(resultMsg())
-		require.Len(t, nextBatch(in, resultMsg(), tc.linger, tc.previous, noArrivals(t)), 2, "linger %s previous %d", tc.linger, tc.previous)
+		require.Len(t, nextBatch(in, resultMsg(), tc.linger, tc.previous), 2, "linger %s previous %d", tc.linger, tc.previous)
 	}
 
 	// Under load: waits for the linger, taking the results that come meanwhile.
@@ -52,18 +52,9 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 		in <- resultMsg()
 	}()
 	began := time.Now()
-	var arrivals []time.Duration // when the results were handed on, and how many
-	var handed int
-	batch := nextBatch(in, resultMsg(), 200*time.Millisecond, lingerAfter, func(ms []*schedulerv1.ConnectRequest) {
-		arrivals = append(arrivals, time.Since(began))
-		handed += len(ms)
-	})
+	batch := nextBatch(in, resultMsg(), 200*time.Millisecond, lingerAfter)
 	require.GreaterOrEqual(t, time.Since(began), 200*time.Millisecond)
 	require.Len(t, batch, 3)
-	// The batch so far, then the result that came, each as it came: not after the wait.
-	require.Len(t, arrivals, 2)
-	require.Equal(t, 3, handed)
-	require.Less(t, arrivals[1], 150*time.Millisecond)
 
 	// ... and stops as soon as it has lingerBatch messages.
 	in = queued()
@@ -72,28 +63,28 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 			in <- resultMsg()
 		}
 	}()
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, func([]*schedulerv1.ConnectRequest) {}), lingerBatch)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), lingerBatch)
 
 	// A full batch does not wait.
 	in = queued()
 	for range lingerBatch {
 		in <- resultMsg()
 	}
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noArrivals(t)), lingerBatch+1)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), lingerBatch+1)
 
 	// A checkpoint, queued or arriving, ends the wait (its step waits for the answer); so
 	// does the end of the stream.
-	require.Len(t, nextBatch(queued(checkpointMsg()), resultMsg(), long, lingerAfter, noArrivals(t)), 2)
-	require.Len(t, nextBatch(queued(), checkpointMsg(), long, lingerAfter, noArrivals(t)), 1)
+	require.Len(t, nextBatch(queued(checkpointMsg()), resultMsg(), long, lingerAfter), 2)
+	require.Len(t, nextBatch(queued(), checkpointMsg(), long, lingerAfter), 1)
 	in = queued()
 	go func() {
 		time.Sleep(20 * time.Millisecond)
 		in <- checkpointMsg()
 	}()
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, func([]*schedulerv1.ConnectRequest) {}), 2)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), 2)
 	in = queued(resultMsg())
 	close(in)
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noArrivals(t)), 2)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), 2)
 }
 
 func TestResultLingerIsValidated(t *testing.T) {
@@ -107,9 +98,4 @@ func TestResultLingerIsValidated(t *testing.T) {
 			require.ErrorContains(t, c.Validate(), "result linger", "linger %s", linger)
 		}
 	}
-}
-
-// noArrivals fails the test when nextBatch hands on results: it must not wait there.
-func noArrivals(t *testing.T) func([]*schedulerv1.ConnectRequest) {
-	return func([]*schedulerv1.ConnectRequest) { t.Error("handed on results, so it was about to wait") }
 }

@@ -459,7 +459,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 			if !ok {
 				return
 			}
-			batch := nextBatch(in, m, s.cfg.ResultLinger, lastBatch, func(ms []*schedulerv1.ConnectRequest) { s.freeSlots(sess, ms) })
+			batch := nextBatch(in, m, s.cfg.ResultLinger, lastBatch)
 			lastBatch = len(batch)
 			if err := s.handleBatch(ctx, sess, batch, held); err != nil {
 				recvErr <- err
@@ -495,10 +495,8 @@ const (
 // what a small batch costs: ~12 % less PostgreSQL CPU per run in the sustained benchmark),
 // at the price of up to linger on the completion of those runs. A lone result at low load
 // never waits, and anything else (a checkpoint, whose step waits for its acknowledgement,
-// a heartbeat) ends the wait at once. Before it waits, and as results arrive while it
-// does, it hands them to arrived (which frees their slots: the wait delays no claim).
-func nextBatch(in <-chan *schedulerv1.ConnectRequest, first *schedulerv1.ConnectRequest, linger time.Duration, previous int,
-	arrived func([]*schedulerv1.ConnectRequest)) []*schedulerv1.ConnectRequest {
+// a heartbeat) ends the wait at once.
+func nextBatch(in <-chan *schedulerv1.ConnectRequest, first *schedulerv1.ConnectRequest, linger time.Duration, previous int) []*schedulerv1.ConnectRequest {
 	batch := []*schedulerv1.ConnectRequest{first}
 	lingers := linger > 0 && previous >= lingerAfter && resultOrEvent(first)
 fill:
@@ -517,7 +515,6 @@ fill:
 	if !lingers || len(batch) >= lingerBatch {
 		return batch
 	}
-	arrived(batch)
 	t := time.NewTimer(linger)
 	defer t.Stop()
 	for len(batch) < lingerBatch {
@@ -530,38 +527,11 @@ fill:
 			if !resultOrEvent(m) {
 				return batch
 			}
-			arrived(batch[len(batch)-1:])
 		case <-t.C:
 			return batch
 		}
 	}
 	return batch
-}
-
-// freeSlots frees the slots of the runs whose results are among ms, in the session's
-// count: the worker freed each before it sent the result. handleResults does the same
-// for every result it writes; a result's slot is freed once.
-func (s *Server) freeSlots(sess *session, ms []*schedulerv1.ConnectRequest) {
-	freed := false
-	sess.mu.Lock()
-	for _, m := range ms {
-		r := m.GetResult()
-		if r == nil {
-			continue
-		}
-		id, err := parseRunName(r.GetRun())
-		if err != nil {
-			continue // refused by handleResults
-		}
-		if in, ok := sess.runs[id]; ok && in.epoch == r.GetEpoch() {
-			delete(sess.runs, id)
-			freed = true
-		}
-	}
-	sess.mu.Unlock()
-	if freed {
-		s.kick()
-	}
 }
 
 func resultOrEvent(m *schedulerv1.ConnectRequest) bool {
