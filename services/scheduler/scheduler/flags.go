@@ -17,6 +17,6 @@ func Bind(set *config.Set, cfg *Config) {
 	set.Duration(&cfg.TimeoutGrace, "timeout-grace", "SCHEDULER_TIMEOUT_GRACE", cfg.TimeoutGrace, "how long past its timeout a run may run before the scheduler ends it")
 	set.Int(&cfg.QueueVacuumRuns, "queue-vacuum-runs", "SCHEDULER_QUEUE_VACUUM_RUNS", cfg.QueueVacuumRuns, "runs claimed between two vacuums of the queue tables by this scheduler (0: leave them to autovacuum)")
 	set.Duration(&cfg.EventHold, "event-hold", "SCHEDULER_EVENT_HOLD", cfg.EventHold, "how long a run's events wait for its result to be written with it (0: written as they come)")
-	set.Duration(&cfg.ResultLinger, "result-linger", "SCHEDULER_RESULT_LINGER", cfg.ResultLinger, "how long a worker's results wait for more under load before a small batch of them is written (0: written at once; at most 100ms)")
+	set.Duration(&cfg.ResultLinger, "result-linger", "SCHEDULER_RESULT_LINGER", cfg.ResultLinger, "how long a worker's results wait for more under load before a small batch of them is written (0: written at once; at most 100ms; fewer statements, later completions)")
 	set.Duration(&cfg.ReconcileInterval, "reconcile-interval", "SCHEDULER_RECONCILE_INTERVAL", cfg.ReconcileInterval, "how often the running counts behind concurrency limits are recounted")
 }

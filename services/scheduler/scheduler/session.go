@@ -488,14 +488,17 @@ const (
 	lingerAfter = 4
 )
 
-// nextBatch returns first and the messages queued behind it on in. When the previous batch
-// held lingerAfter messages or more (results are coming faster than they are written) and this
-// one holds fewer than lingerBatch, all results and events, it waits up to linger for more:
-// under load a result statement then writes ~2–3× the runs (its fixed cost is most of
-// what a small batch costs: ~12 % less PostgreSQL CPU per run in the sustained benchmark),
-// at the price of up to linger on the completion of those runs. A lone result at low load
-// never waits, and anything else (a checkpoint, whose step waits for its acknowledgement,
-// a heartbeat) ends the wait at once.
+// nextBatch returns first and the messages queued behind it on in. With a linger
+// (SCHEDULER_RESULT_LINGER, off by default), when the previous batch held lingerAfter
+// messages or more (results are coming faster than they are written) and this one holds
+// fewer than lingerBatch, all results and events, it waits up to linger for more: a
+// result statement then writes ~2× the runs (its fixed cost is most of what a small batch
+// costs: 2 ms cut PostgreSQL's CPU per run by ~11 % in the sustained benchmark), at the
+// price of up to linger on the completion of those runs and on the freeing of their
+// slots. It is off by default because the sustained benchmark's completion tails grew
+// with it far beyond the linger (docs/performance.md, tenth pass). A lone result at low
+// load never waits, and anything else (a checkpoint, whose step waits for its
+// acknowledgement, a heartbeat) ends the wait at once.
 func nextBatch(in <-chan *schedulerv1.ConnectRequest, first *schedulerv1.ConnectRequest, linger time.Duration, previous int) []*schedulerv1.ConnectRequest {
 	batch := []*schedulerv1.ConnectRequest{first}
 	lingers := linger > 0 && previous >= lingerAfter && resultOrEvent(first)
