@@ -65,6 +65,23 @@ func appendArrayHeader(buf []byte, n int, elemOID uint32) ([]byte, int) {
 	return binary.BigEndian.AppendUint32(buf, 1), flag // lower bound
 }
 
+// appendArray appends vs as a one-dimensional array of elemOID: null tells the NULL
+// elements, elem appends an element's binary value.
+func appendArray[T any](buf []byte, vs []T, elemOID uint32, null func(T) bool, elem func([]byte, T) []byte) []byte {
+	buf, flag := appendArrayHeader(buf, len(vs), elemOID)
+	for _, v := range vs {
+		if null(v) {
+			binary.BigEndian.PutUint32(buf[flag:], 1)
+			buf = binary.BigEndian.AppendUint32(buf, 0xFFFFFFFF) // length -1: NULL
+			continue
+		}
+		at := len(buf)
+		buf = elem(append(buf, 0, 0, 0, 0), v)
+		binary.BigEndian.PutUint32(buf[at:], uint32(len(buf)-at-4))
+	}
+	return buf
+}
+
 // uuidArrayPlan encodes a []uuid.UUID as uuid[]: a nil slice is NULL.
 type uuidArrayPlan struct{}
 
@@ -73,12 +90,8 @@ func (uuidArrayPlan) Encode(value any, buf []byte) ([]byte, error) {
 	if ids == nil {
 		return nil, nil
 	}
-	buf, _ = appendArrayHeader(buf, len(ids), pgtype.UUIDOID)
-	for i := range ids {
-		buf = binary.BigEndian.AppendUint32(buf, 16)
-		buf = append(buf, ids[i][:]...)
-	}
-	return buf, nil
+	return appendArray(buf, ids, pgtype.UUIDOID, func(uuid.UUID) bool { return false },
+		func(b []byte, id uuid.UUID) []byte { return append(b, id[:]...) }), nil
 }
 
 // jsonbArrayPlan encodes a [][]byte of JSON documents as jsonb[] (each element version 1
@@ -91,17 +104,8 @@ func (jsonbArrayPlan) Encode(value any, buf []byte) ([]byte, error) {
 	if docs == nil {
 		return nil, nil
 	}
-	buf, flag := appendArrayHeader(buf, len(docs), pgtype.JSONBOID)
-	for _, d := range docs {
-		if d == nil {
-			binary.BigEndian.PutUint32(buf[flag:], 1)
-			buf = binary.BigEndian.AppendUint32(buf, 0xFFFFFFFF) // -1: NULL
-			continue
-		}
-		buf = binary.BigEndian.AppendUint32(buf, uint32(len(d)+1))
-		buf = append(append(buf, 1), d...)
-	}
-	return buf, nil
+	return appendArray(buf, docs, pgtype.JSONBOID, func(d []byte) bool { return d == nil },
+		func(b, d []byte) []byte { return append(append(b, 1), d...) }), nil
 }
 
 // optInt4ArrayPlan encodes a []*int32 as int4[]: a nil slice is NULL, a nil element a
@@ -113,17 +117,8 @@ func (optInt4ArrayPlan) Encode(value any, buf []byte) ([]byte, error) {
 	if vs == nil {
 		return nil, nil
 	}
-	buf, flag := appendArrayHeader(buf, len(vs), pgtype.Int4OID)
-	for _, v := range vs {
-		if v == nil {
-			binary.BigEndian.PutUint32(buf[flag:], 1)
-			buf = binary.BigEndian.AppendUint32(buf, 0xFFFFFFFF) // -1: NULL
-			continue
-		}
-		buf = binary.BigEndian.AppendUint32(buf, 4)
-		buf = binary.BigEndian.AppendUint32(buf, uint32(*v))
-	}
-	return buf, nil
+	return appendArray(buf, vs, pgtype.Int4OID, func(v *int32) bool { return v == nil },
+		func(b []byte, v *int32) []byte { return binary.BigEndian.AppendUint32(b, uint32(*v)) }), nil
 }
 
 func (optInt4ArrayPlan) directArray() {}

@@ -478,20 +478,35 @@ func TestResultThenExit(t *testing.T) {
 	require.NotEqual(t, first, pidOf(t, out))
 }
 
-func TestStrayOutputWhileIdleRetiresReplica(t *testing.T) {
+// A replica that wrote to stdout outside a request, or closed it, is never reused: the pool
+// retires it when it goes back (a stray line that came in the result's own write is already
+// buffered) or, at the latest, when it hands it out again (one look into the pipe), and a
+// fresh replica serves the next request; the stray line is never read as part of it.
+func TestIdleReplicaThatWroteOrClosedStdoutIsRetired(t *testing.T) {
 	t.Parallel()
-	m := newManager(t, executor.Config{})
-	f := oneStep(t, "")
-	out, _ := run(t, m, f, map[string]any{"action": "unsolicited"})
-	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
-	first := pidOf(t, out)
-	// The stray line came in the result's write, so the read that took the result buffered
-	// it too: the replica is retired as it goes back to the pool, and a fresh one serves the
-	// next request (the stray line is never read as part of it).
-	out, _ = run(t, m, f, nil)
-	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
-	require.NotEqual(t, first, pidOf(t, out), "the replica that wrote stray output was reused")
-	requireGone(t, first)
+	for _, tc := range []struct {
+		name  string
+		state map[string]any
+		wait  time.Duration // for the replica to act while idle
+	}{
+		{"stray line in the result's write", map[string]any{"action": "unsolicited"}, 0},
+		{"stray line written later", map[string]any{"action": "unsolicited_later", "delay": 0.05}, 300 * time.Millisecond},
+		{"stdout closed", map[string]any{"action": "close_stdout"}, 100 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m := newManager(t, executor.Config{})
+			f := oneStep(t, "")
+			out, _ := run(t, m, f, tc.state)
+			require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
+			first := pidOf(t, out)
+			time.Sleep(tc.wait)
+			out, _ = run(t, m, f, nil)
+			require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
+			require.NotEqual(t, first, pidOf(t, out), "the replica was reused")
+			requireGone(t, first)
+		})
+	}
 }
 
 // A result whose state is, byte for byte, the state the request carried leaves the state
@@ -511,36 +526,6 @@ func TestUnchangedStateIsNotDecodedAgain(t *testing.T) {
 		require.Equal(t, state, out.State)
 		require.Equal(t, !spaced, same(state, out.State), "spaced=%v", spaced)
 	}
-}
-
-func TestStrayOutputWrittenLaterWhileIdleRetiresReplica(t *testing.T) {
-	t.Parallel()
-	m := newManager(t, executor.Config{})
-	f := oneStep(t, "")
-	out, _ := run(t, m, f, map[string]any{"action": "unsolicited_later", "delay": 0.05})
-	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
-	first := pidOf(t, out)
-	// The line arrives while the replica waits in its pool: the pool's look into the pipe
-	// when it hands the replica out finds it, and a fresh replica serves the next request.
-	time.Sleep(300 * time.Millisecond)
-	out, _ = run(t, m, f, nil)
-	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
-	require.NotEqual(t, first, pidOf(t, out), "the replica that wrote stray output was reused")
-	requireGone(t, first)
-}
-
-func TestStdoutClosedWhileIdleRetiresReplica(t *testing.T) {
-	t.Parallel()
-	m := newManager(t, executor.Config{})
-	f := oneStep(t, "")
-	out, _ := run(t, m, f, map[string]any{"action": "close_stdout"})
-	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
-	first := pidOf(t, out)
-	time.Sleep(100 * time.Millisecond) // let it close stdout; it stays alive
-	out, _ = run(t, m, f, nil)
-	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
-	require.NotEqual(t, first, pidOf(t, out), "a replica whose stdout ended was reused")
-	requireGone(t, first)
 }
 
 func TestStdoutClosedWithoutAnswer(t *testing.T) {
