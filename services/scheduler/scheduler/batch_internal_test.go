@@ -52,8 +52,8 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 		in <- resultMsg()
 	}()
 	began := time.Now()
-	batch := nextBatch(in, resultMsg(), 200*time.Millisecond, lingerAfter)
-	require.GreaterOrEqual(t, time.Since(began), 200*time.Millisecond)
+	batch := nextBatch(in, resultMsg(), time.Second, lingerAfter)
+	require.GreaterOrEqual(t, time.Since(began), time.Second)
 	require.Len(t, batch, 3)
 
 	// ... and stops as soon as it has lingerBatch messages.
