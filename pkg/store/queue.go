@@ -21,8 +21,8 @@ import (
 type Claim struct {
 	// Run is the claimed run as far as executing and ordering it needs: tenant, id,
 	// assistant and version, thread, state (RUNNING), priority, slot type, attempt and max
-	// attempts, timeout, epoch, worker and step. Its other fields (input, priority, times, …) are not read
-	// and stay zero: GetRun has them.
+	// attempts, timeout, epoch, worker and step. Its other fields (input, output, times, …)
+	// are not read and stay zero: GetRun has them.
 	Run *Run
 	// Flow is the flow YAML of the run's assistant version.
 	Flow string

@@ -63,32 +63,22 @@ type Run struct {
 	Step string
 }
 
-// runColumnsOf lists the columns scanRun reads, qualified by table alias t when set.
-func runColumnsOf(t string) string {
-	if t != "" {
-		t += "."
-	}
-	return fmt.Sprintf(`%[1]stenant_id, %[1]sid, %[1]sassistant_id, %[1]sassistant_version,
-	coalesce(%[1]sthread_id, ''), %[1]sstate, %[1]spriority, %[1]sslot_type, %[1]sinput, %[1]soutput,
-	%[1]serror, %[1]sattempt, %[1]smax_attempts, %[1]stimeout_ms, %[1]sepoch, coalesce(%[1]sworker_id, ''),
-	%[1]scancel_requested, coalesce(%[1]srequest_id, ''), %[1]screate_time, %[1]sstart_time,
-	%[1]send_time, %[1]snext_attempt_time, %[1]sprompt, coalesce(%[1]snext_step, '')`, t)
-}
+// runColumns lists the columns scanRun reads.
+const runColumns = `tenant_id, id, assistant_id, assistant_version,
+	coalesce(thread_id, ''), state, priority, slot_type, input, output,
+	error, attempt, max_attempts, timeout_ms, epoch, coalesce(worker_id, ''),
+	cancel_requested, coalesce(request_id, ''), create_time, start_time,
+	end_time, next_attempt_time, prompt, coalesce(next_step, '')`
 
-var runColumns = runColumnsOf("")
-
-func scanRun(row pgx.Row) (*Run, error) { return scanRunWith(row) }
-
-// scanRunWith scans the runColumns of a row followed by the extra destinations.
-func scanRunWith(row pgx.Row, extra ...any) (*Run, error) {
+// scanRun scans a row of runColumns.
+func scanRun(row pgx.Row) (*Run, error) {
 	var r Run
 	var timeoutMS int64
 	var input, output, prompt []byte
-	dest := append([]any{&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
+	if err := row.Scan(&r.TenantID, &r.ID, &r.AssistantID, &r.AssistantVersion, &r.ThreadID, &r.State,
 		&r.Priority, &r.SlotType, &input, &output, &r.Error, &r.Attempt, &r.MaxAttempts, &timeoutMS,
 		&r.Epoch, &r.WorkerID, &r.CancelRequested, &r.RequestID, &r.CreateTime, &r.StartTime,
-		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step}, extra...)
-	if err := row.Scan(dest...); err != nil {
+		&r.EndTime, &r.NextAttemptTime, &prompt, &r.Step); err != nil {
 		return nil, err
 	}
 	if prompt != nil {

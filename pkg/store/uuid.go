@@ -14,7 +14,8 @@ import (
 // fail to write the resulting string in binary, and parse it back from text: 2.6 µs and
 // 20 allocations per UUID, 24 µs for a slice of 8 (against 0.9 µs as [16]byte). It also
 // scans a uuid column into a uuid.UUID from its 16 bytes: uuid.UUID is an sql.Scanner, so
-// pgx would format the bytes as text for Scan to parse back (see uuidCodec).
+// pgx would format the bytes as text for Scan to parse back (see uuidCodec). And it
+// registers the direct encoders of the hot statements' array parameters (arrays.go).
 func registerUUID(_ context.Context, conn *pgx.Conn) error {
 	registerUUIDOn(conn.TypeMap())
 	return nil
