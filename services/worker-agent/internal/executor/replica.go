@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,7 +157,7 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		out:        bufio.NewReaderSize(outR, 64<<10),
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
-		errReader:  &trackedReader{f: errR, inq: newOneShot(errR)},
+		errReader:  newTrackedReader(errR),
 		in:         newOneShot(inW),
 		probe:      newOneShot(outR),
 		sink:       sink,
@@ -305,26 +304,78 @@ func (o *oneShot) pending() int {
 	return o.n
 }
 
-// trackedReader lets settleStderr tell when the stderr reader is waiting for more input.
+// trackedReader reads the stderr pipe for readStderr and lets settleStderr tell when
+// everything read from the pipe was handed on, without waiting on the reader goroutine.
 type trackedReader struct {
-	f      *os.File
-	inq    *oneShot // used by settleStderr only
-	inRead atomic.Bool
-	reads  atomic.Uint64
+	rc    syscall.RawConn
+	rcErr error
+	inq   *oneShot // used by settleStderr only
+	// holding is set before each read of the pipe and cleared when that read found it
+	// empty, or when the reader asks for more: bufio reads again only once it has no whole
+	// line left, so every line read so far was handed on. While it is clear, the pipe's
+	// bytes that are gone were handed on.
+	holding atomic.Bool
+	buf     []byte
+	n       int
+	err     error
+	read    func(fd uintptr) bool
+}
+
+func newTrackedReader(f *os.File) *trackedReader {
+	t := &trackedReader{inq: newOneShot(f)}
+	t.rc, t.rcErr = f.SyscallConn()
+	t.read = func(fd uintptr) bool {
+		t.holding.Store(true)
+		for {
+			t.n, t.err = syscall.Read(int(fd), t.buf)
+			if t.err != syscall.EINTR {
+				break
+			}
+		}
+		if t.err == syscall.EAGAIN {
+			t.holding.Store(false)
+			return false // the poller waits for more
+		}
+		return true
+	}
+	return t
 }
 
 func (t *trackedReader) Read(p []byte) (int, error) {
-	t.inRead.Store(true)
-	n, err := t.f.Read(p)
-	t.reads.Add(1)
-	t.inRead.Store(false)
-	return n, err
+	t.holding.Store(false)
+	if t.rcErr != nil {
+		return 0, t.rcErr
+	}
+	t.buf = p
+	err := t.rc.Read(t.read)
+	t.buf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case t.err != nil:
+		return 0, &os.PathError{Op: "read", Path: "stderr", Err: t.err}
+	case t.n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return t.n, nil
+}
+
+// settled reports whether every byte taken from the pipe so far was handed on and none
+// waits in it. In this order: the pipe first, then holding (a read after the FIONREAD
+// took only bytes written after it).
+func (t *trackedReader) settled() bool {
+	return t.inq.pending() == 0 && !t.holding.Load()
 }
 
 // settleStderr waits, briefly, until the stderr reader has handed on every line the replica
 // wrote before its answer. stdout and stderr are separate pipes, so without this the last log
 // lines of a step (often the interesting ones) could arrive after the run has moved on. It is
 // best effort: at most settleTimeout.
+//
+// What the replica wrote to stderr before its answer is, once the answer was read, either
+// still in the pipe or taken from it by a read of the reader, which set holding before it
+// read. So an empty pipe, and holding clear after that, mean it was all handed on: one
+// system call (FIONREAD) in the common case, and no wait for the reader to be scheduled.
 func (r *replica) settleStderr() {
 	deadline := time.Now().Add(settleTimeout)
 	for {
@@ -333,17 +384,8 @@ func (r *replica) settleStderr() {
 			return
 		default:
 		}
-		t := r.errReader
-		before := t.reads.Load()
-		if t.inRead.Load() && t.inq.pending() == 0 {
-			// The pipe held nothing, so everything written before the answer was read;
-			// the reader may still be handing on what its current Read returned: let it
-			// run, and count it settled once that Read is still the one in progress.
-			// (Bytes arriving meanwhile were written after the answer: no need to look.)
-			runtime.Gosched()
-			if t.inRead.Load() && t.reads.Load() == before {
-				return
-			}
+		if r.errReader.settled() {
+			return
 		}
 		if time.Now().After(deadline) {
 			return
