@@ -163,10 +163,10 @@ func TestMigration13QueueTablesAreNotTruncated(t *testing.T) {
 	require.NotContains(t, leases, "vacuum_truncate")
 }
 
-// Going down from migrations 11 and 12 writes the QUEUED and RUNNING events that runs held
-// back into run_events, with their seq, data and time; going up again leaves the rows
+// Going down from migrations 11, 12 and 21 writes the QUEUED, RUNNING and SUCCEEDED events
+// that runs held back into run_events, with their seq, data and time; going up again leaves the rows
 // alone (the run holds no copy any more).
-func TestMigrations11And12KeptEventsGoDownAsRows(t *testing.T) {
+func TestMigrationsOfKeptEventsGoDownAsRows(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		version          int64
@@ -178,6 +178,8 @@ func TestMigrations11And12KeptEventsGoDownAsRows(t *testing.T) {
 		{12, "claim_time, running_seq, running_event", `'2026-01-02T03:04:05Z', nextval('run_events_seq_seq'),
 			'{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}'`,
 			"running_seq", `{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}`},
+		{21, "end_time, end_seq", "'2026-01-02T03:04:05Z', nextval('run_events_seq_seq')",
+			"end_seq", `{"state": "SUCCEEDED"}`},
 	} {
 		t.Run(strconv.FormatInt(tc.version, 10), func(t *testing.T) {
 			t.Parallel()

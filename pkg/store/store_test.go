@@ -728,34 +728,53 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 	}
 }
 
-// A run's log starts with its QUEUED event and its claim's RUNNING event, which the run
-// row holds (migrations 11 and 12): they come in order with the events written as rows,
-// and paging past them or stopping at them works like for any other event.
+// A run's log starts with its QUEUED event and its claim's RUNNING event and ends with its
+// SUCCEEDED event, which the run row holds (migrations 11, 12 and 21): they come in order
+// with the events written as rows (the result's events before SUCCEEDED, for each run of a
+// batch), and paging past them or stopping at them works like for any other event.
 func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
 	newAssistant(t, st, "a", nil)
-	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
-	c := claim(t, st, "w", "cpu", 1)[0]
-	_, err := st.FinishRun(t.Context(), store.FinishParams{RunID: run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded,
-		State: map[string]any{}, Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "a"}}}})
-	require.NoError(t, err)
-
-	evs, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 100)
-	require.NoError(t, err)
-	var got []string
-	for i, e := range evs {
-		if i > 0 {
-			require.Greater(t, e.Seq, evs[i-1].Seq)
-		}
-		name := e.Type
-		if e.Type == "state" {
-			name = e.Data["state"].(string)
-		}
-		got = append(got, name)
+	runs := enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
+	run := runs[0]
+	claims := claim(t, st, "w", "cpu", 3)
+	var ps []store.FinishParams
+	for _, c := range claims {
+		ps = append(ps, store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{},
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "a"}}, {Type: "note", Data: map[string]any{"n": 1}}}})
 	}
-	require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "SUCCEEDED"}, got)
+	_, errs, err := st.FinishRuns(t.Context(), ps)
+	require.NoError(t, err)
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+
+	var evs []store.RunEvent
+	for _, r := range runs {
+		all, err := st.ListRunEvents(t.Context(), tenant, r.ID, 0, 100)
+		require.NoError(t, err)
+		var got []string
+		for i, e := range all {
+			if i > 0 {
+				require.Greater(t, e.Seq, all[i-1].Seq)
+			}
+			name := e.Type
+			if e.Type == "state" {
+				name = e.Data["state"].(string)
+			}
+			got = append(got, name)
+		}
+		require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "note", "SUCCEEDED"}, got)
+		if r.ID == run.ID {
+			evs = all
+		}
+	}
 	require.WithinDuration(t, run.CreateTime, evs[0].CreateTime, time.Millisecond)
+	done, err := st.GetRun(t.Context(), tenant, run.ID)
+	require.NoError(t, err)
+	require.NotNil(t, done.EndTime)
+	require.True(t, done.EndTime.Equal(evs[4].CreateTime), "SUCCEEDED at the run's end time")
 
 	first, err := st.ListRunEvents(t.Context(), tenant, run.ID, 0, 1)
 	require.NoError(t, err)
@@ -769,7 +788,7 @@ func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 
 	var rows int
 	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, run.ID).Scan(&rows))
-	require.Equal(t, 2, rows, "QUEUED and RUNNING are not rows")
+	require.Equal(t, 2, rows, "QUEUED, RUNNING and SUCCEEDED are not rows")
 }
 
 // Every way a claimed run goes back to the queue (a retried failure, a released result, an
