@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -154,10 +155,10 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		stdin:      inW,
 		stdout:     outR,
 		stderr:     errR,
-		out:        bufio.NewReaderSize(outR, 64<<10),
+		out:        bufio.NewReaderSize(newTrackedReader(outR, "stdout"), 64<<10),
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
-		errReader:  newTrackedReader(errR),
+		errReader:  newTrackedReader(errR, "stderr"),
 		in:         newOneShot(inW),
 		probe:      newOneShot(outR),
 		sink:       sink,
@@ -257,11 +258,44 @@ func newOneShot(f *os.File) *oneShot {
 	o := &oneShot{}
 	o.rc, o.rcErr = f.SyscallConn()
 	// Each tries once and reports done: the caller decides what EAGAIN means.
-	o.read = func(fd uintptr) bool { o.n, o.err = syscall.Read(int(fd), o.buf); return true }
-	o.write = func(fd uintptr) bool { o.n, o.err = syscall.Write(int(fd), o.buf); return true }
-	// TIOCINQ is FIONREAD on Linux.
-	o.inq = func(fd uintptr) { o.n, o.err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }
+	o.read = func(fd uintptr) bool { o.n, o.err = rawRead(fd, o.buf); return true }
+	o.write = func(fd uintptr) bool { o.n, o.err = rawWrite(fd, o.buf); return true }
+	o.inq = func(fd uintptr) { o.n, o.err = rawPending(fd) }
 	return o
+}
+
+// rawRead, rawWrite and rawPending are read(2), write(2) and ioctl(FIONREAD) on a
+// replica's pipes, which are non-blocking: none of them ever waits, so they are made as
+// raw system calls, without telling Go's scheduler (syscall.Read and friends mark the
+// goroutine's P as in a system call, and the scheduler's monitor thread, sysmon, which
+// hands such a P to another thread once a call lasts a tick, kept waking every 20 µs
+// while runs made tens of thousands of these calls a second: sysmon and its sleeps were
+// ~8 % of the all-in-one server's CPU in a burn-down). On error they return -1 and the
+// errno, as syscall.Read does.
+func rawRead(fd uintptr, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd uintptr, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// rawPending returns how many bytes wait in the pipe (TIOCINQ is FIONREAD on Linux).
+func rawPending(fd uintptr) (int, error) {
+	var n int32
+	_, _, e := unix.RawSyscall(unix.SYS_IOCTL, fd, unix.TIOCINQ, uintptr(unsafe.Pointer(&n)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 // tryRead reads what is there now into the scratch buffer: n < 0 with EAGAIN when nothing
@@ -304,9 +338,11 @@ func (o *oneShot) pending() int {
 	return o.n
 }
 
-// trackedReader reads the stderr pipe for readStderr and lets settleStderr tell when
-// everything read from the pipe was handed on, without waiting on the reader goroutine.
+// trackedReader reads a replica's stdout or stderr through the pipe's RawConn (waiting in
+// Go's poller, reading with rawRead), and lets settleStderr tell when everything read
+// from stderr was handed on, without waiting on the reader goroutine.
 type trackedReader struct {
+	name  string
 	rc    syscall.RawConn
 	rcErr error
 	inq   *oneShot // used by settleStderr only
@@ -321,13 +357,13 @@ type trackedReader struct {
 	read    func(fd uintptr) bool
 }
 
-func newTrackedReader(f *os.File) *trackedReader {
-	t := &trackedReader{inq: newOneShot(f)}
+func newTrackedReader(f *os.File, name string) *trackedReader {
+	t := &trackedReader{name: name, inq: newOneShot(f)}
 	t.rc, t.rcErr = f.SyscallConn()
 	t.read = func(fd uintptr) bool {
 		t.holding.Store(true)
 		for {
-			t.n, t.err = syscall.Read(int(fd), t.buf)
+			t.n, t.err = rawRead(fd, t.buf)
 			if t.err != syscall.EINTR {
 				break
 			}
@@ -353,7 +389,7 @@ func (t *trackedReader) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case t.err != nil:
-		return 0, &os.PathError{Op: "read", Path: "stderr", Err: t.err}
+		return 0, &os.PathError{Op: "read", Path: t.name, Err: t.err}
 	case t.n == 0 && len(p) > 0:
 		return 0, io.EOF
 	}
