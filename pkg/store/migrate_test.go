@@ -3,7 +3,6 @@ package store
 import (
 	"database/sql"
 	"io/fs"
-	"strconv"
 	"testing"
 	"time"
 
@@ -163,8 +162,8 @@ func TestMigration13QueueTablesAreNotTruncated(t *testing.T) {
 	require.NotContains(t, leases, "vacuum_truncate")
 }
 
-// Going down from migrations 11, 12 and 21 writes the QUEUED, RUNNING and SUCCEEDED events
-// that runs held back into run_events, with their seq, data and time; going up again leaves the rows
+// Going down from migrations 11, 12 and 21 writes the QUEUED, RUNNING, step_started and
+// SUCCEEDED events that runs held back into run_events, with their seq, data and time; going up again leaves the rows
 // alone (the run holds no copy any more).
 func TestMigrationsOfKeptEventsGoDownAsRows(t *testing.T) {
 	t.Parallel()
@@ -172,16 +171,19 @@ func TestMigrationsOfKeptEventsGoDownAsRows(t *testing.T) {
 		version          int64
 		columns, values  string
 		seqColumn, event string
+		typ              string
 	}{
 		{11, "create_time, queued_seq", "'2026-01-02T03:04:05Z', nextval('run_events_seq_seq')",
-			"queued_seq", `{"state": "QUEUED"}`},
+			"queued_seq", `{"state": "QUEUED"}`, "state"},
 		{12, "claim_time, running_seq, running_event", `'2026-01-02T03:04:05Z', nextval('run_events_seq_seq'),
 			'{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}'`,
-			"running_seq", `{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}`},
+			"running_seq", `{"state": "RUNNING", "worker": "w", "attempt": 1, "epoch": 1}`, "state"},
 		{21, "end_time, end_seq", "'2026-01-02T03:04:05Z', nextval('run_events_seq_seq')",
-			"end_seq", `{"state": "SUCCEEDED"}`},
+			"end_seq", `{"state": "SUCCEEDED"}`, "state"},
+		{21, "end_time, step_seq, started_step", "'2026-01-02T03:04:05Z', nextval('run_events_seq_seq'), 'fetch'",
+			"step_seq", `{"step": "fetch"}`, "step_started"},
 	} {
-		t.Run(strconv.FormatInt(tc.version, 10), func(t *testing.T) {
+		t.Run(tc.seqColumn, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
 			db, p := migrationProvider(t)
@@ -203,7 +205,7 @@ func TestMigrationsOfKeptEventsGoDownAsRows(t *testing.T) {
 			require.NoError(t, db.QueryRowContext(ctx, `SELECT seq, type, data::text, create_time FROM run_events
 				WHERE run_id = '00000000-0000-0000-0000-000000000001'`).Scan(&gotSeq, &typ, &data, &at))
 			require.Equal(t, seq, gotSeq)
-			require.Equal(t, "state", typ)
+			require.Equal(t, tc.typ, typ)
 			require.JSONEq(t, tc.event, data)
 			require.True(t, at.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)))
 

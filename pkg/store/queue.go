@@ -615,6 +615,7 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	var evRuns []uuid.UUID
 	var evTypes []string
 	var evData [][]byte
+	var steps []string
 	// Each run once: the statement finds a run's epoch and output by the run's position
 	// in ids. A second claim of the same run in this batch (results of an old and a new
 	// claim) takes the general path.
@@ -625,6 +626,11 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 			ids = append(ids, ps[i].RunID)
 			epochs = append(epochs, ps[i].Epoch)
 			outputs = append(outputs, states[i])
+			step := keptStep(ps[i].Events)
+			steps = append(steps, step)
+			if step != "" {
+				continue // kept on the run
+			}
 			for k, e := range ps[i].Events {
 				evRuns, evTypes, evData = append(evRuns, ps[i].RunID), append(evTypes, e.Type), append(evData, events[i][k])
 			}
@@ -639,7 +645,7 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	}
 	var done []uuid.UUID
 	err := s.retryDeadlock(func() error {
-		rows, err := s.hot.Query(ctx, stmt, ids, epochs, outputs, evRuns, evTypes, evData)
+		rows, err := s.hot.Query(ctx, stmt, ids, epochs, outputs, evRuns, evTypes, evData, steps)
 		if err != nil {
 			return err
 		}
@@ -671,9 +677,22 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	return rest, nil
 }
 
+// keptStep returns the step of a result's events when they are just that step's
+// step_started event, {"step": name}, as the worker sends it: the one-statement finish
+// keeps that event on the run (migration 21) instead of writing a row. Otherwise "".
+func keptStep(events []Event) string {
+	if len(events) != 1 || events[0].Type != "step_started" || len(events[0].Data) != 1 {
+		return ""
+	}
+	step, _ := events[0].Data["step"].(string)
+	return step
+}
+
 // finishSuccessStatement ends the runs $1 (unique ids) under the epochs $2 with the
-// outputs $3, and appends the worker's events ($4 run, $5 type, $6 data) and each run's
-// SUCCEEDED event (kept on the run, migration 21). limited selects the runs claimed under a concurrency limit, whose
+// outputs $3, and appends the worker's events ($4 run, $5 type, $6 data), each run's
+// step_started event when that is its only one ($7, aligned with $1: the step, or the
+// empty string) and each run's SUCCEEDED event; the last two are kept on the run
+// (migration 21). limited selects the runs claimed under a concurrency limit, whose
 // updates fire the load trigger: that updates their assistants' assistant_load rows one
 // run at a time, in the order the runs are updated (by id), so the statement first locks
 // those rows in key order, as claims (admit) and the general path do, and two batches
@@ -701,19 +720,29 @@ func finishSuccessStatement(limited bool) string {
 				SELECT * FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS x(run_id, type, data, ord)
 				ORDER BY x.ord
 			) x
+		), st AS (
+			-- The seqs of the step_started events kept on the runs, aligned with $1.
+			SELECT array_agg(CASE WHEN k.step <> '' THEN nextval('run_events_seq_seq') END ORDER BY k.ord) AS seqs
+			FROM unnest($7::text[]) WITH ORDINALITY AS k(step, ord)
 		), u AS (
-			-- The SUCCEEDED event stays on the run (migration 21): end_seq, end_time.
+			-- The step_started event that was a result's only event and the SUCCEEDED
+			-- event stay on the run (migration 21): step_seq, started_step, end_seq, and
+			-- end_time for both.
 			UPDATE runs r SET state = 3, output = ($3::jsonb[])[array_position($1::uuid[], r.id)],
-				error = '', end_time = now(), end_seq = nextval('run_events_seq_seq')
+				error = '', end_time = now(),
+				step_seq = ((SELECT seqs FROM st))[array_position($1::uuid[], r.id)],
+				started_step = nullif(($7::text[])[array_position($1::uuid[], r.id)], ''),
+				end_seq = nextval('run_events_seq_seq')
 			-- r.id = ANY($1): an index probe per run whatever the statistics say. Each
 			-- run's epoch and output are found by its position in $1 (its ids are
 			-- unique), not by joining unnest($1, $2, $3): the planner ran that join as a
 			-- nested loop that rescanned the arrays for every run, n² rows per statement
-			-- (0.9 ms for 32 runs, 97 ms for 512; now 0.35 and 8.4). The InitPlan on ev
-			-- makes the events take their seqs before the first run takes its end_seq.
+			-- (0.9 ms for 32 runs, 97 ms for 512; now 0.35 and 8.4). The InitPlans on ev
+			-- and st make the events take their seqs before the first run takes its
+			-- end_seq.
 			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[array_position($1::uuid[], r.id)]
 				AND r.state = 2 AND r.thread_id IS NULL ` + which + `
-				AND (SELECT count(*) FROM ev) >= 0
+				AND (SELECT count(*) FROM ev) >= 0 AND cardinality((SELECT seqs FROM st)) >= 0
 			RETURNING r.id, r.tenant_id
 		), l AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
@@ -888,6 +917,10 @@ const queuedEvent = `'{"state": "QUEUED"}'::jsonb`
 // (migration 21).
 const succeededEvent = `'{"state": "SUCCEEDED"}'::jsonb`
 
+// stepStartedEvent is the data of the step_started event kept on a run whose step_seq is
+// set (migration 21).
+const stepStartedEvent = `jsonb_build_object('step', r.started_step)`
+
 // runningEvent is the data of the RUNNING event of the current claim of the run r, kept on
 // the run (migration 12). Since migration 14 claims no longer store it (running_event is
 // NULL): it is made from the claim's worker, attempt and epoch, which stay on the run until
@@ -915,14 +948,15 @@ func writeOutRunning(ids string) string {
 const clearRunning = `running_seq = NULL, running_event = NULL`
 
 // ListRunEvents returns up to limit events of a run with seq > afterSeq, in order: the
-// rows of run_events and the run's QUEUED event, current RUNNING event and SUCCEEDED
-// event, which the run row holds.
+// rows of run_events and the run's QUEUED event, current RUNNING event, and its last
+// step_started and SUCCEEDED events when it holds them (migration 21).
 func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
 	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM (
-			SELECT v.seq, 'state' AS type, v.data, v.create_time FROM runs r,
-				LATERAL (VALUES (r.queued_seq, `+queuedEvent+`, r.create_time),
-					(r.running_seq, `+runningEvent+`, r.claim_time),
-					(r.end_seq, `+succeededEvent+`, r.end_time)) AS v(seq, data, create_time)
+			SELECT v.seq, v.type, v.data, v.create_time FROM runs r,
+				LATERAL (VALUES (r.queued_seq, 'state', `+queuedEvent+`, r.create_time),
+					(r.running_seq, 'state', `+runningEvent+`, r.claim_time),
+					(r.step_seq, 'step_started', `+stepStartedEvent+`, r.end_time),
+					(r.end_seq, 'state', `+succeededEvent+`, r.end_time)) AS v(seq, type, data, create_time)
 			WHERE r.id = $1 AND r.tenant_id = $2 AND v.seq > $3
 			UNION ALL
 			(SELECT seq, type, data, create_time FROM run_events

@@ -729,20 +729,29 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 }
 
 // A run's log starts with its QUEUED event and its claim's RUNNING event and ends with its
-// SUCCEEDED event, which the run row holds (migrations 11, 12 and 21): they come in order
-// with the events written as rows (the result's events before SUCCEEDED, for each run of a
-// batch), and paging past them or stopping at them works like for any other event.
+// SUCCEEDED event, which the run row holds (migrations 11, 12 and 21), and so does the
+// step_started event that was its result's only event: they come in order with the events
+// written as rows (the result's events before SUCCEEDED, for each run of a batch), and
+// paging past them or stopping at them works like for any other event.
 func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
 	newAssistant(t, st, "a", nil)
-	runs := enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
-	run := runs[0]
-	claims := claim(t, st, "w", "cpu", 3)
+	runs := enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"},
+		store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
+	claims := claim(t, st, "w", "cpu", 5)
+	stepStarted := store.Event{Type: "step_started", Data: map[string]any{"step": "a"}}
+	eventsOf := map[uuid.UUID][]store.Event{
+		runs[0].ID: {stepStarted, {Type: "note", Data: map[string]any{"n": 1}}},
+		runs[1].ID: {stepStarted, {Type: "note", Data: map[string]any{"n": 1}}},
+		runs[2].ID: {stepStarted},
+		runs[3].ID: {{Type: "step_started", Data: map[string]any{"step": "a", "more": true}}},
+		runs[4].ID: {stepStarted},
+	}
 	var ps []store.FinishParams
 	for _, c := range claims {
 		ps = append(ps, store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{},
-			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "a"}}, {Type: "note", Data: map[string]any{"n": 1}}}})
+			Events: eventsOf[c.Run.ID]})
 	}
 	_, errs, err := st.FinishRuns(t.Context(), ps)
 	require.NoError(t, err)
@@ -750,9 +759,8 @@ func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	var evs []store.RunEvent
-	for _, r := range runs {
-		all, err := st.ListRunEvents(t.Context(), tenant, r.ID, 0, 100)
+	log := func(id uuid.UUID) ([]store.RunEvent, []string) {
+		all, err := st.ListRunEvents(t.Context(), tenant, id, 0, 100)
 		require.NoError(t, err)
 		var got []string
 		for i, e := range all {
@@ -765,11 +773,31 @@ func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 			}
 			got = append(got, name)
 		}
-		require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "note", "SUCCEEDED"}, got)
-		if r.ID == run.ID {
-			evs = all
-		}
+		return all, got
 	}
+	rowsOf := func(id uuid.UUID) (n int) {
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, id).Scan(&n))
+		return n
+	}
+	for _, r := range runs[:2] {
+		_, got := log(r.ID)
+		require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "note", "SUCCEEDED"}, got)
+		require.Equal(t, 2, rowsOf(r.ID), "QUEUED, RUNNING and SUCCEEDED are not rows; two events are")
+	}
+	for _, r := range []*store.Run{runs[2], runs[4]} {
+		kept, got := log(r.ID)
+		require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "SUCCEEDED"}, got)
+		require.Equal(t, map[string]any{"step": "a"}, kept[2].Data)
+		require.True(t, kept[2].CreateTime.Equal(kept[3].CreateTime), "at the run's end")
+		require.Zero(t, rowsOf(r.ID), "a lone step_started is kept on the run too")
+	}
+	other, got := log(runs[3].ID)
+	require.Equal(t, []string{"QUEUED", "RUNNING", "step_started", "SUCCEEDED"}, got)
+	require.Equal(t, map[string]any{"step": "a", "more": true}, other[2].Data)
+	require.Equal(t, 1, rowsOf(runs[3].ID), "a step_started event with more data is a row")
+
+	run := runs[0]
+	evs, _ := log(run.ID)
 	require.WithinDuration(t, run.CreateTime, evs[0].CreateTime, time.Millisecond)
 	done, err := st.GetRun(t.Context(), tenant, run.ID)
 	require.NoError(t, err)
@@ -782,13 +810,9 @@ func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	rest, err := st.ListRunEvents(t.Context(), tenant, run.ID, evs[0].Seq, 100)
 	require.NoError(t, err)
 	require.Equal(t, evs[1:], rest)
-	other, err := st.ListRunEvents(t.Context(), "other-tenant", run.ID, 0, 100)
+	foreign, err := st.ListRunEvents(t.Context(), "other-tenant", run.ID, 0, 100)
 	require.NoError(t, err)
-	require.Empty(t, other, "another tenant sees none of it")
-
-	var rows int
-	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, run.ID).Scan(&rows))
-	require.Equal(t, 2, rows, "QUEUED, RUNNING and SUCCEEDED are not rows")
+	require.Empty(t, foreign, "another tenant sees none of it")
 }
 
 // Every way a claimed run goes back to the queue (a retried failure, a released result, an
