@@ -12,12 +12,12 @@ import (
 // []*int32 (int[]). pgx has no fast path for these slice types: it encodes
 // them element by element through reflection, boxing each element (the finish statement's
 // parameters alone were 1.4 % of the all-in-one server's CPU in a burn-down, the create
-// statement's more under sustained load). These codecs write those two slice types in
+// statement's more under sustained load). These codecs write those three slice types in
 // PostgreSQL's binary array format directly, byte for byte as pgx would; everything else
 // (other values, text format, scanning) is pgx's ArrayCodec.
 
-// registerArraysOn replaces the uuid[] and jsonb[] types of m (registered after the uuid
-// type, whose codec the uuid[] elements keep).
+// registerArraysOn replaces the uuid[], jsonb[] and int4[] types of m (registered after
+// the uuid type, whose codec the uuid[] elements keep).
 func registerArraysOn(m *pgtype.Map) {
 	for _, t := range []struct {
 		name         string
