@@ -42,7 +42,8 @@ type replica struct {
 	stdin  *os.File
 	stdout *os.File
 	stderr *os.File
-	// in and probe are single non-blocking system calls on stdin and stdout.
+	// in and probe are single non-blocking system calls on stdin and stdout; probe's
+	// RawConn also serves out's reads.
 	in, probe *oneShot
 
 	// out buffers stdout. It is read only by the goroutine holding the replica: call, on
@@ -51,6 +52,9 @@ type replica struct {
 	// past when the request's context ends, and to ExitGrace ahead when the process exits
 	// or a write of the request fails.
 	out *bufio.Reader
+	// interrupt ends a read of stdout at once (its deadline in the past): call registers
+	// it with each request's context.
+	interrupt func()
 	// exited is closed once the process has been reaped (and its process group killed).
 	exited     chan struct{}
 	exitState  *os.ProcessState
@@ -155,14 +159,15 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		stdin:      inW,
 		stdout:     outR,
 		stderr:     errR,
-		out:        bufio.NewReaderSize(newTrackedReader(outR, "stdout"), 64<<10),
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
-		errReader:  newTrackedReader(errR, "stderr"),
+		errReader:  newTrackedReader(newOneShot(errR), "stderr"),
 		in:         newOneShot(inW),
 		probe:      newOneShot(outR),
 		sink:       sink,
 	}
+	r.out = bufio.NewReaderSize(newTrackedReader(r.probe, "stdout"), 64<<10)
+	r.interrupt = func() { _ = r.stdout.SetReadDeadline(time.Unix(1, 0)) }
 	go func() {
 		_ = cmd.Wait()
 		r.exitState = cmd.ProcessState
@@ -342,10 +347,10 @@ func (o *oneShot) pending() int {
 // Go's poller, reading with rawRead), and lets settleStderr tell when everything read
 // from stderr was handed on, without waiting on the reader goroutine.
 type trackedReader struct {
-	name  string
-	rc    syscall.RawConn
-	rcErr error
-	inq   *oneShot // used by settleStderr only
+	name string
+	// pipe is the pipe's oneShot: the reader uses its RawConn only (safe beside the
+	// oneShot's own calls, which settleStderr makes on stderr and reusable on stdout).
+	pipe *oneShot
 	// holding is set before each read of the pipe and cleared when that read found it
 	// empty, or when the reader asks for more: bufio reads again only once it has no whole
 	// line left, so every line read so far was handed on. While it is clear, the pipe's
@@ -357,9 +362,8 @@ type trackedReader struct {
 	read    func(fd uintptr) bool
 }
 
-func newTrackedReader(f *os.File, name string) *trackedReader {
-	t := &trackedReader{name: name, inq: newOneShot(f)}
-	t.rc, t.rcErr = f.SyscallConn()
+func newTrackedReader(pipe *oneShot, name string) *trackedReader {
+	t := &trackedReader{name: name, pipe: pipe}
 	t.read = func(fd uintptr) bool {
 		t.holding.Store(true)
 		for {
@@ -379,11 +383,11 @@ func newTrackedReader(f *os.File, name string) *trackedReader {
 
 func (t *trackedReader) Read(p []byte) (int, error) {
 	t.holding.Store(false)
-	if t.rcErr != nil {
-		return 0, t.rcErr
+	if t.pipe.rcErr != nil {
+		return 0, t.pipe.rcErr
 	}
 	t.buf = p
-	err := t.rc.Read(t.read)
+	err := t.pipe.rc.Read(t.read)
 	t.buf = nil
 	switch {
 	case err != nil:
@@ -400,7 +404,7 @@ func (t *trackedReader) Read(p []byte) (int, error) {
 // waits in it. In this order: the pipe first, then holding (a read after the FIONREAD
 // took only bytes written after it).
 func (t *trackedReader) settled() bool {
-	return t.inq.pending() == 0 && !t.holding.Load()
+	return t.pipe.pending() == 0 && !t.holding.Load()
 }
 
 // settleStderr waits, briefly, until the stderr reader has handed on every line the replica
@@ -592,7 +596,7 @@ func (r *replica) call(ctx context.Context, req *request, onEvent func(map[strin
 	}
 	// The context's end interrupts the read. Should it end as the call returns, after the
 	// answer, the deadline may land once the replica is back in the pool: never reuse it then.
-	interrupted := context.AfterFunc(ctx, func() { _ = r.stdout.SetReadDeadline(time.Unix(1, 0)) })
+	interrupted := context.AfterFunc(ctx, r.interrupt)
 	defer func() {
 		if !interrupted() {
 			r.markBroken()

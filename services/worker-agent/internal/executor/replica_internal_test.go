@@ -17,7 +17,7 @@ func TestStderrSettledOnlyOnceReadBytesWereHandedOn(t *testing.T) {
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = r.Close(); _ = w.Close() })
-	tr := newTrackedReader(r, "stderr")
+	tr := newTrackedReader(newOneShot(r), "stderr")
 	require.True(t, tr.settled(), "nothing written, nothing read")
 
 	_, err = w.WriteString("a line\n")
