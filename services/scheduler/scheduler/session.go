@@ -18,6 +18,7 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/intern"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -619,7 +620,7 @@ func (s *Server) handleBatch(ctx context.Context, sess *session, batch []*schedu
 			if err != nil {
 				return status.Error(codes.InvalidArgument, err.Error())
 			}
-			hold(store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: msg.Event.GetData().AsMap()})
+			hold(store.EventParams{RunID: id, Epoch: msg.Event.GetEpoch(), Type: msg.Event.GetType(), Data: eventData(msg.Event)})
 		case *schedulerv1.ConnectRequest_Result:
 			// Its events happened before it: they go with it (finishing has its claim).
 			// A result sent twice (resent after a reconnect while still queued) carries
@@ -833,7 +834,24 @@ func resultEvents(r *schedulerv1.RunResult) ([]store.EventParams, error) {
 			return nil, status.Errorf(codes.InvalidArgument, "result.events[%d]: run %q epoch %d is not the result's claim (%s epoch %d): leave them empty or the same",
 				i, e.GetRun(), e.GetEpoch(), r.GetRun(), r.GetEpoch())
 		}
-		out[i] = store.EventParams{RunID: id, Epoch: r.GetEpoch(), Type: e.GetType(), Data: e.GetData().AsMap()}
+		out[i] = store.EventParams{RunID: id, Epoch: r.GetEpoch(), Type: e.GetType(), Data: eventData(e)}
 	}
 	return out, nil
 }
+
+// eventData is e's data as a map. A step_started event's {"step": name}, which nearly
+// every run sends, is one shared map per step name (stepStartedData): event data is only
+// read from here on (written to run_events, or kept on the run).
+func eventData(e *schedulerv1.RunEvent) map[string]any {
+	if f := e.GetData().GetFields(); e.GetType() == "step_started" && len(f) == 1 {
+		if v, ok := f["step"].GetKind().(*structpb.Value_StringValue); ok {
+			return stepStartedData.Get(v.StringValue, newStepStartedData)
+		}
+	}
+	return e.GetData().AsMap()
+}
+
+// stepStartedData holds the data of step_started events, {"step": name}, by step name.
+var stepStartedData intern.Cache[map[string]any]
+
+func newStepStartedData(step string) map[string]any { return map[string]any{"step": step} }

@@ -24,12 +24,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/admin"
 	"github.com/agentserver/agentserver/pkg/config"
 	"github.com/agentserver/agentserver/pkg/grpcwin"
+	"github.com/agentserver/agentserver/pkg/intern"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/executor"
 	"github.com/agentserver/agentserver/services/worker-agent/internal/gpu"
 )
@@ -120,6 +122,8 @@ type Worker struct {
 
 	flowMu sync.Mutex
 	flows  map[string]cachedFlow
+	// stepData holds the data of step_started events by step name (stepStarted).
+	stepData intern.Cache[*structpb.Struct]
 	// checkpoints holds each run's checkpoint waiting for its acknowledgement (under mu).
 	checkpoints map[string]*pendingCheckpoint
 	admin       *admin.Server
