@@ -42,7 +42,8 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 		w.finish(&schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_RELEASED})
 		return
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
+	// A run context ends the run's executor reads itself (executor.NewRunContext).
+	ctx, cancel := executor.NewRunContext()
 	r := &activeRun{name: a.GetRun(), epoch: a.GetEpoch(), slotType: a.GetSlotType(), cancel: cancel, done: make(chan struct{})}
 	r.gpu = w.takeGPU(r.name, r.slotType, a.GetGpuUuid()) // GPU wiring (gpu.go): a gpu run holds one GPU until it ends
 	w.runs[r.name] = r

@@ -609,12 +609,23 @@ func TestProtocolErrors(t *testing.T) {
 	}
 }
 
+// runContexts are the two kinds of context a run can have: a run context (the worker's,
+// whose end interrupts reads itself) and any other context (context.AfterFunc).
+var runContexts = []struct {
+	name string
+	new  func(t *testing.T) (context.Context, context.CancelCauseFunc)
+}{
+	{"run context", func(*testing.T) (context.Context, context.CancelCauseFunc) { return executor.NewRunContext() }},
+	{"other context", func(t *testing.T) (context.Context, context.CancelCauseFunc) {
+		return context.WithCancelCause(t.Context())
+	}},
+}
+
 // hang runs the "hang" action (a replica that starts `sleep 1000` and never answers), ends ctx
 // with cause once both processes are up, and checks that both are gone after the outcome.
-func hang(t *testing.T, cause error) executor.Outcome {
+func hang(t *testing.T, ctx context.Context, cancel context.CancelCauseFunc, cause error) executor.Outcome {
 	m := newManager(t, executor.Config{})
 	pidfile := filepath.Join(t.TempDir(), "pids")
-	ctx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
 	rec := &recorder{onEvent: func(data map[string]any) {
 		if data["hanging"] == true {
@@ -637,17 +648,46 @@ func hang(t *testing.T, cause error) executor.Outcome {
 
 func TestTimeoutKillsProcessGroup(t *testing.T) {
 	t.Parallel()
-	out := hang(t, executor.ErrTimedOut)
-	require.Equal(t, executor.OutcomeTimedOut, out.Kind)
-	require.Equal(t, "run timed out", out.Error)
-	require.Equal(t, "t", out.Step)
+	for _, rc := range runContexts {
+		t.Run(rc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := rc.new(t)
+			out := hang(t, ctx, cancel, executor.ErrTimedOut)
+			require.Equal(t, executor.OutcomeTimedOut, out.Kind)
+			require.Equal(t, "run timed out", out.Error)
+			require.Equal(t, "t", out.Step)
+		})
+	}
 }
 
 func TestCancelKillsProcessGroup(t *testing.T) {
 	t.Parallel()
-	out := hang(t, executor.ErrCancelled)
-	require.Equal(t, executor.OutcomeCancelled, out.Kind)
-	require.Equal(t, "run cancelled", out.Error)
+	for _, rc := range runContexts {
+		t.Run(rc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := rc.new(t)
+			out := hang(t, ctx, cancel, executor.ErrCancelled)
+			require.Equal(t, executor.OutcomeCancelled, out.Kind)
+			require.Equal(t, "run cancelled", out.Error)
+		})
+	}
+}
+
+// Ending a run's context after its run leaves the replica that served it warm for the next
+// run: only an end that may interrupt a read makes a replica unusable.
+func TestReplicaReusedAfterItsRunContextEnds(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, executor.Config{})
+	f := oneStep(t, "")
+	ctx, cancel := executor.NewRunContext()
+	first, _ := runCtx(ctx, t, m, f, nil, &recorder{}, func(s *executor.RunSpec) { s.RunName = "runs/one" })
+	require.Equal(t, executor.OutcomeSucceeded, first.Kind, first.Error)
+	cancel(nil) // as the worker does once the run is over
+	ctx, cancel = executor.NewRunContext()
+	defer cancel(nil)
+	second, _ := runCtx(ctx, t, m, f, nil, &recorder{}, func(s *executor.RunSpec) { s.RunName = "runs/two" })
+	require.Equal(t, executor.OutcomeSucceeded, second.Kind, second.Error)
+	require.Equal(t, pidOf(t, first), pidOf(t, second), "the warm replica serves the second run")
 }
 
 func TestDeadlineIsTimeout(t *testing.T) {

@@ -52,8 +52,8 @@ type replica struct {
 	// past when the request's context ends, and to ExitGrace ahead when the process exits
 	// or a write of the request fails.
 	out *bufio.Reader
-	// interrupt ends a read of stdout at once (its deadline in the past): call registers
-	// it with each request's context.
+	// interrupt ends a read of stdout at once (its deadline in the past): call arranges
+	// for the request's context to call it when it ends (interruptOnEnd).
 	interrupt func()
 	// exited is closed once the process has been reaped (and its process group killed).
 	exited     chan struct{}
@@ -596,9 +596,9 @@ func (r *replica) call(ctx context.Context, req *request, onEvent func(map[strin
 	}
 	// The context's end interrupts the read. Should it end as the call returns, after the
 	// answer, the deadline may land once the replica is back in the pool: never reuse it then.
-	interrupted := context.AfterFunc(ctx, r.interrupt)
+	interruption := interruptOnEnd(ctx, r)
 	defer func() {
-		if !interrupted() {
+		if !interruption.stop() {
 			r.markBroken()
 		}
 	}()
