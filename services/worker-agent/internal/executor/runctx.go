@@ -15,6 +15,7 @@ import (
 func NewRunContext() (context.Context, context.CancelCauseFunc) {
 	c := &runContext{}
 	c.Context, c.cancel = context.WithCancelCause(context.Background())
+	c.waiting = c.one[:0]
 	return c, c.end
 }
 
@@ -24,8 +25,10 @@ type runContext struct {
 
 	mu    sync.Mutex
 	ended bool
-	// waiting are the replicas reading an answer for this run (more than one in a map step).
+	// waiting are the replicas reading an answer for this run (more than one in a map step),
+	// in one until there are more.
 	waiting []*replica
+	one     [1]*replica
 }
 
 // end ends the context, then interrupts the reads waiting on it, each on its own goroutine
