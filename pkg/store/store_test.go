@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -733,6 +734,50 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 // step_started event that was its result's only event: they come in order with the events
 // written as rows (the result's events before SUCCEEDED, for each run of a batch), and
 // paging past them or stopping at them works like for any other event.
+// A batch of successes ends every run with its own output and its own kept step, whatever
+// order the results come in: the one-statement finish finds each run's values by position.
+func TestFinishRunsGivesEachRunItsOwnResult(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	const n = 40
+	news := make([]store.NewRun, n)
+	for i := range news {
+		news[i] = store.NewRun{AssistantID: "a"}
+	}
+	enqueue(t, st, news...)
+	claims := claim(t, st, "w", "cpu", n)
+	require.Len(t, claims, n)
+	// Results in an order of their own (not the ids', not the claims').
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(claims), func(i, j int) { claims[i], claims[j] = claims[j], claims[i] })
+	ps := make([]store.FinishParams, n)
+	for i, c := range claims {
+		ps[i] = store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded,
+			State:  map[string]any{"run": c.Run.ID.String()},
+			Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "s-" + c.Run.ID.String()[:8]}}}}
+	}
+	res, errs, err := st.FinishRuns(t.Context(), ps)
+	require.NoError(t, err)
+	for i := range ps {
+		require.NoError(t, errs[i])
+		require.Equal(t, store.StateSucceeded, res[i].State)
+	}
+	for _, c := range claims {
+		got, err := st.GetRun(t.Context(), tenant, c.Run.ID)
+		require.NoError(t, err)
+		require.Equal(t, map[string]any{"run": c.Run.ID.String()}, got.Output, "output of %s", c.Run.ID)
+		evs, err := st.ListRunEvents(t.Context(), tenant, c.Run.ID, 0, 100)
+		require.NoError(t, err)
+		var steps []any
+		for _, e := range evs {
+			if e.Type == "step_started" {
+				steps = append(steps, e.Data["step"])
+			}
+		}
+		require.Equal(t, []any{"s-" + c.Run.ID.String()[:8]}, steps, "step_started of %s", c.Run.ID)
+	}
+}
+
 func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
