@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -11,8 +10,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-
-	"github.com/agentserver/agentserver/pkg/pgtest"
 )
 
 // The one-statement finish reaches its runs by probing runs_pkey with its ids, with the
@@ -23,65 +20,59 @@ import (
 func TestFinishProbesRunsByKey(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	url := pgtest.NewDatabase(t)
-	require.NoError(t, Migrate(ctx, url))
-	conn, err := pgx.Connect(ctx, url)
+	conn := migratedConn(t)
+	_, err := conn.Exec(ctx, `INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority,
+			slot_type, input, max_attempts, timeout_ms, create_time, epoch)
+		SELECT gen_random_uuid(), 'default', 'a' || (g % 4), 1, g, 2, 0, 'cpu', '{}', 1, 1000, now(), 1
+		FROM generate_series(1, 20000) g`)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	_, err = conn.Exec(ctx, `ANALYZE runs`)
+	require.NoError(t, err)
 
 	byKey := regexp.MustCompile(`Index Scan (using runs_pkey on runs r|on runs_pkey) \(actual rows=(\d+) loops=1\)\n\s+Index Cond: \(id = ANY `)
 	hot := strings.ReplaceAll(hotSettings, "SET ", "SET LOCAL ")
-	for _, size := range []int{20000} {
-		_, err = conn.Exec(ctx, `INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority,
-				slot_type, input, max_attempts, timeout_ms, create_time, epoch)
-			SELECT gen_random_uuid(), 'default', 'a' || (g % 4), 1, g, 2, 0, 'cpu', '{}', 1, 1000, now(), 1
-			FROM generate_series(1, $1::int - (SELECT count(*) FROM runs)::int) g`, size)
+	modes := map[string]string{"hot pool": hot, "defaults": `SET LOCAL plan_cache_mode = auto`}
+	for _, n := range []int{4, 128} {
+		rows, err := conn.Query(ctx, `SELECT id FROM runs ORDER BY id LIMIT $1`, n)
 		require.NoError(t, err)
-		_, err = conn.Exec(ctx, `ANALYZE runs`)
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 		require.NoError(t, err)
-		modes := map[string]string{"hot pool": hot, "defaults": `SET LOCAL plan_cache_mode = auto`}
-		for _, n := range []int{4, 128} {
-			rows, err := conn.Query(ctx, `SELECT id FROM runs ORDER BY id LIMIT $1`, n)
+		// The statement's arguments as array literals: EXECUTE takes no bind parameters.
+		idText := make([]string, n)
+		for i, id := range ids {
+			idText[i] = id.String()
+		}
+		idList := "{" + strings.Join(idText, ",") + "}"
+		epochList := "{" + strings.Repeat("1,", n-1) + "1}"
+		outputList := "{" + strings.Repeat(`"{}",`, n-1) + `"{}"}`
+		stepList := "{" + strings.Repeat("noop,", n-1) + "noop}"
+		for mode, settings := range modes {
+			name := fmt.Sprintf("%d of 20,000 runs (%s)", n, mode)
+			tx, err := conn.Begin(ctx)
 			require.NoError(t, err)
-			ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+			_, err = tx.Exec(ctx, settings)
 			require.NoError(t, err)
-			// The statement's arguments as array literals: EXECUTE takes no bind parameters.
-			idText := make([]string, n)
-			for i, id := range ids {
-				idText[i] = id.String()
-			}
-			idList := "{" + strings.Join(idText, ",") + "}"
-			epochList := "{" + strings.Repeat("1,", n-1) + "1}"
-			outputList := "{" + strings.Repeat(`"{}",`, n-1) + `"{}"}`
-			stepList := "{" + strings.Repeat("noop,", n-1) + "noop}"
-			for mode, settings := range modes {
-				name := fmt.Sprintf("%d of %d runs (%s)", n, size, mode)
-				tx, err := conn.Begin(ctx)
-				require.NoError(t, err)
-				_, err = tx.Exec(ctx, settings)
-				require.NoError(t, err)
-				// A prepared statement, as pgx runs it: with force_generic_plan its plan is
-				// the generic one (EXPLAIN of the bare statement would plan it for the
-				// given values).
-				_, err = tx.Exec(ctx, `PREPARE finish_plan AS `+finishSuccessPlain)
-				require.NoError(t, err)
-				rows, err := tx.Query(ctx, fmt.Sprintf(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+			// A prepared statement, as pgx runs it: with force_generic_plan its plan is
+			// the generic one (EXPLAIN of the bare statement would plan it for the
+			// given values).
+			_, err = tx.Exec(ctx, `PREPARE finish_plan AS `+finishSuccessPlain)
+			require.NoError(t, err)
+			rows, err := tx.Query(ctx, fmt.Sprintf(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
 					EXECUTE finish_plan('%s', '%s', '%s', '{}', '{}', '{}', '%s')`, idList, epochList, outputList, stepList))
-				require.NoError(t, err)
-				lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-				require.NoError(t, err)
-				require.NoError(t, tx.Rollback(ctx))
-				_, err = conn.Exec(ctx, `DEALLOCATE finish_plan`)
-				require.NoError(t, err)
-				plan := strings.Join(lines, "\n")
+			require.NoError(t, err)
+			lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			require.NoError(t, err)
+			require.NoError(t, tx.Rollback(ctx))
+			_, err = conn.Exec(ctx, `DEALLOCATE finish_plan`)
+			require.NoError(t, err)
+			plan := strings.Join(lines, "\n")
 
-				m := byKey.FindStringSubmatch(plan)
-				require.NotNilf(t, m, "%s: runs are not reached by probing runs_pkey with the ids:\n%s", name, plan)
-				require.Equalf(t, strconv.Itoa(n), m[2], "%s: runs found:\n%s", name, plan)
-				require.NotContainsf(t, plan, "Seq Scan on runs", "%s:\n%s", name, plan)
-				require.NotContainsf(t, plan, "Function Scan on p", "%s: the input arrays are joined:\n%s", name, plan)
-				require.Containsf(t, plan, fmt.Sprintf("Update on runs r (actual rows=%d loops=1)", n), "%s: every run finished:\n%s", name, plan)
-			}
+			m := byKey.FindStringSubmatch(plan)
+			require.NotNilf(t, m, "%s: runs are not reached by probing runs_pkey with the ids:\n%s", name, plan)
+			require.Equalf(t, strconv.Itoa(n), m[2], "%s: runs found:\n%s", name, plan)
+			require.NotContainsf(t, plan, "Seq Scan on runs", "%s:\n%s", name, plan)
+			require.NotContainsf(t, plan, "Function Scan on p", "%s: the input arrays are joined:\n%s", name, plan)
+			require.Containsf(t, plan, fmt.Sprintf("Update on runs r (actual rows=%d loops=1)", n), "%s: every run finished:\n%s", name, plan)
 		}
 	}
 }

@@ -13,18 +13,26 @@ import (
 	"github.com/agentserver/agentserver/pkg/pgtest"
 )
 
+// migratedConn connects to a new, migrated database of its own, for tests that look at
+// plans.
+func migratedConn(t *testing.T) *pgx.Conn {
+	t.Helper()
+	url := pgtest.NewDatabase(t)
+	require.NoError(t, Migrate(t.Context(), url))
+	conn, err := pgx.Connect(t.Context(), url)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
 // Listings read runs and threads newest first by scanning runs_list, runs_list_assistant
 // or threads_list backwards (ascending since migrations 19 and 20): never a sort of the
 // tenant's rows, with the plan PostgreSQL makes for the given values and with a generic one.
 func TestListingsScanTheListIndexesBackwards(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	url := pgtest.NewDatabase(t)
-	require.NoError(t, Migrate(ctx, url))
-	conn, err := pgx.Connect(ctx, url)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	_, err = conn.Exec(ctx, `INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority,
+	conn := migratedConn(t)
+	_, err := conn.Exec(ctx, `INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority,
 			slot_type, input, max_attempts, timeout_ms, create_time)
 		SELECT gen_random_uuid(), 'default', 'a' || (g % 4), 1, g, 3, 0, 'cpu', '{}', 1, 1000,
 			now() - (20000 - g) * interval '1 second'

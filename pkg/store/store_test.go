@@ -729,11 +729,6 @@ func TestThreadWaitingRunCancelledWhileActiveEnds(t *testing.T) {
 	}
 }
 
-// A run's log starts with its QUEUED event and its claim's RUNNING event and ends with its
-// SUCCEEDED event, which the run row holds (migrations 11, 12 and 21), and so does the
-// step_started event that was its result's only event: they come in order with the events
-// written as rows (the result's events before SUCCEEDED, for each run of a batch), and
-// paging past them or stopping at them works like for any other event.
 // A batch of successes ends every run with its own output and its own kept step, whatever
 // order the results come in: the one-statement finish finds each run's values by position.
 func TestFinishRunsGivesEachRunItsOwnResult(t *testing.T) {
@@ -741,11 +736,7 @@ func TestFinishRunsGivesEachRunItsOwnResult(t *testing.T) {
 	st := newStore(t)
 	newAssistant(t, st, "a", nil)
 	const n = 40
-	news := make([]store.NewRun, n)
-	for i := range news {
-		news[i] = store.NewRun{AssistantID: "a"}
-	}
-	enqueue(t, st, news...)
+	enqueue(t, st, runsOf("a", n)...)
 	claims := claim(t, st, "w", "cpu", n)
 	require.Len(t, claims, n)
 	// Results in an order of their own (not the ids', not the claims').
@@ -778,6 +769,11 @@ func TestFinishRunsGivesEachRunItsOwnResult(t *testing.T) {
 	}
 }
 
+// A run's log starts with its QUEUED event and its claim's RUNNING event and ends with its
+// SUCCEEDED event, which the run row holds (migrations 11, 12 and 21), and so does the
+// step_started event that was its result's only event: they come in order with the events
+// written as rows (the result's events before SUCCEEDED, for each run of a batch), and
+// paging past them or stopping at them works like for any other event.
 func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)

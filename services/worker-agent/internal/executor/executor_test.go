@@ -646,30 +646,27 @@ func hang(t *testing.T, ctx context.Context, cancel context.CancelCauseFunc, cau
 	return out
 }
 
-func TestTimeoutKillsProcessGroup(t *testing.T) {
+// A run's context ending while its executor hangs ends the run by the context's cause and
+// kills the replica's process group, whatever kind of context the run has.
+func TestEndedContextKillsProcessGroup(t *testing.T) {
 	t.Parallel()
-	for _, rc := range runContexts {
-		t.Run(rc.name, func(t *testing.T) {
-			t.Parallel()
-			ctx, cancel := rc.new(t)
-			out := hang(t, ctx, cancel, executor.ErrTimedOut)
-			require.Equal(t, executor.OutcomeTimedOut, out.Kind)
-			require.Equal(t, "run timed out", out.Error)
-			require.Equal(t, "t", out.Step)
-		})
-	}
-}
-
-func TestCancelKillsProcessGroup(t *testing.T) {
-	t.Parallel()
-	for _, rc := range runContexts {
-		t.Run(rc.name, func(t *testing.T) {
-			t.Parallel()
-			ctx, cancel := rc.new(t)
-			out := hang(t, ctx, cancel, executor.ErrCancelled)
-			require.Equal(t, executor.OutcomeCancelled, out.Kind)
-			require.Equal(t, "run cancelled", out.Error)
-		})
+	for _, tc := range []struct {
+		cause error
+		kind  executor.OutcomeKind
+	}{
+		{executor.ErrTimedOut, executor.OutcomeTimedOut},
+		{executor.ErrCancelled, executor.OutcomeCancelled},
+	} {
+		for _, rc := range runContexts {
+			t.Run(tc.cause.Error()+", "+rc.name, func(t *testing.T) {
+				t.Parallel()
+				ctx, cancel := rc.new(t)
+				out := hang(t, ctx, cancel, tc.cause)
+				require.Equal(t, tc.kind, out.Kind)
+				require.Equal(t, tc.cause.Error(), out.Error)
+				require.Equal(t, "t", out.Step)
+			})
+		}
 	}
 }
 
