@@ -734,18 +734,18 @@ func finishSuccessStatement(limited bool) string {
 				step_seq = ((SELECT seqs FROM st))[width_bucket(r.id, $1::uuid[])],
 				started_step = nullif(($7::text[])[width_bucket(r.id, $1::uuid[])], ''),
 				end_seq = nextval('run_events_seq_seq')
-			-- r.id = ANY($1): an index probe per run whatever the statistics say, and
-			-- whatever the size of runs when the plan was made. Each run's epoch, output
+			-- r.id = ANY($1): an index probe per run whatever the statistics say (but a
+			-- plan made while runs is tiny: docs/architecture.md). Each run's epoch, output
 			-- and kept step are found by its position in $1, which holds unique ids in
 			-- ascending order: width_bucket finds it by binary search (array_position,
 			-- until the twelfth pass, scanned $1 for each value, n² comparisons per
-			-- statement: 25 µs per run in batches of 512, now 14). Not by joining
+			-- statement: 24-28 µs per run in batches of 512, now 12-13). Not by joining
 			-- unnest($1, $2, $3, $7): with r.id = ANY($1) the planner ran that join as a
 			-- nested loop that rescanned the arrays for every run (0.9 ms for 32 runs, 97
-			-- ms for 512), and without it a generic plan made while runs was small reads
-			-- all of runs at every call (TestFinishProbesRunsByKey). The InitPlans on ev
-			-- and st make the events take their seqs before the first run takes its
-			-- end_seq.
+			-- ms for 512), and without it the generic plan made while runs was small read
+			-- all of runs_pkey at every call (TestFinishProbesRunsByKey checks the plan).
+			-- The InitPlans on ev and st make the events take their seqs before the first
+			-- run takes its end_seq.
 			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[width_bucket(r.id, $1::uuid[])]
 				AND r.state = 2 AND r.thread_id IS NULL ` + which + `
 				AND (SELECT count(*) FROM ev) >= 0 AND cardinality((SELECT seqs FROM st)) >= 0
