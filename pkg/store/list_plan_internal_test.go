@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,47 @@ func migratedConn(t *testing.T) *pgx.Conn {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close(context.Background()) })
 	return conn
+}
+
+// explainGeneric returns the plan of sql as a prepared statement with settings in force
+// (a generic plan with plan_cache_mode = force_generic_plan), explained by explain
+// ("EXPLAIN", "EXPLAIN (ANALYZE, …)") for the values args, in a transaction rolled back.
+// EXPLAIN of the bare statement with bind values would plan it for those values, and
+// EXPLAIN EXECUTE takes no bind values: args are written as literals.
+func explainGeneric(t *testing.T, conn *pgx.Conn, settings, explain, sql string, args ...any) []string {
+	t.Helper()
+	ctx := t.Context()
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, settings)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `PREPARE explained AS `+sql)
+	require.NoError(t, err)
+	defer func() { _, _ = conn.Exec(context.Background(), `DEALLOCATE explained`) }()
+	lits := make([]string, len(args))
+	for i, a := range args {
+		var text string
+		switch v := a.(type) {
+		case nil:
+			lits[i] = "NULL"
+			continue
+		case time.Time:
+			text = v.Format(time.RFC3339Nano)
+		default:
+			text = fmt.Sprint(v)
+		}
+		lits[i] = "'" + strings.ReplaceAll(text, "'", "''") + "'"
+	}
+	execute := `EXECUTE explained`
+	if len(lits) > 0 {
+		execute += "(" + strings.Join(lits, ", ") + ")"
+	}
+	rows, err := tx.Query(ctx, explain+" "+execute)
+	require.NoError(t, err)
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return lines
 }
 
 // Listings read runs and threads newest first by scanning runs_list, runs_list_assistant
@@ -64,14 +106,21 @@ func TestListingsScanTheListIndexesBackwards(t *testing.T) {
 		}, "threads_list on threads"},
 	} {
 		sql, args := tc.query()
-		for _, mode := range []string{"auto", "force_generic_plan"} {
-			_, err := conn.Exec(ctx, `SET plan_cache_mode = `+mode)
-			require.NoError(t, err)
-			rows, err := conn.Query(ctx, `EXPLAIN `+sql, args...)
-			require.NoError(t, err)
-			lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			require.NoError(t, err)
+		for _, mode := range []string{"custom", "generic"} {
+			var lines []string
+			if mode == "custom" {
+				// EXPLAIN of the statement with its values plans it for those values.
+				rows, err := conn.Query(ctx, `EXPLAIN `+sql, args...)
+				require.NoError(t, err)
+				lines, err = pgx.CollectRows(rows, pgx.RowTo[string])
+				require.NoError(t, err)
+			} else {
+				lines = explainGeneric(t, conn, `SET LOCAL plan_cache_mode = force_generic_plan`, `EXPLAIN`, sql, args...)
+			}
 			plan := strings.Join(lines, "\n")
+			if mode == "generic" {
+				require.Containsf(t, plan, "$1", "%s: not a generic plan:\n%s", tc.name, plan)
+			}
 			require.Containsf(t, plan, "Index Scan Backward using "+tc.index, "%s (%s):\n%s", tc.name, mode, plan)
 			require.NotContainsf(t, plan, "Sort", "%s (%s):\n%s", tc.name, mode, plan)
 		}
