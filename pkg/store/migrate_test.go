@@ -372,3 +372,29 @@ func TestMigrations19And20ListIndexesAscend(t *testing.T) {
 		"threads_list":        "CREATE INDEX threads_list ON public.threads USING btree (tenant_id, create_time DESC, id DESC)",
 	}, defs())
 }
+
+// Migration 22 makes the list indexes of runs partial on a condition only listings state,
+// and going down makes them whole again.
+func TestMigration22ListIndexesServeListingsOnly(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	defs := func() map[string]string {
+		return queryMap[string, string](t, db, `SELECT indexname, indexdef FROM pg_indexes
+			WHERE indexname IN ('runs_list', 'runs_list_assistant')`)
+	}
+
+	_, err := p.UpTo(ctx, 22)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{
+		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id) WHERE (tenant_id IS NOT NULL)",
+		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id) WHERE (tenant_id IS NOT NULL)",
+	}, defs())
+
+	_, err = p.DownTo(ctx, 21)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{
+		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id)",
+		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id)",
+	}, defs())
+}

@@ -734,8 +734,8 @@ func finishSuccessStatement(limited bool) string {
 				step_seq = ((SELECT seqs FROM st))[width_bucket(r.id, $1::uuid[])],
 				started_step = nullif(($7::text[])[width_bucket(r.id, $1::uuid[])], ''),
 				end_seq = nextval('run_events_seq_seq')
-			-- r.id = ANY($1): an index probe per run whatever the statistics say (but a
-			-- plan made while runs is tiny: docs/architecture.md). Each run's epoch, output
+			-- r.id = ANY($1): an index probe of runs_pkey per run whatever the statistics
+			-- say (the list indexes serve listings only: migration 22). Each run's epoch, output
 			-- and kept step are found by its position in $1, which holds unique ids in
 			-- ascending order: width_bucket finds it by binary search (array_position,
 			-- until the twelfth pass, scanned $1 for each value, n² comparisons per
