@@ -363,7 +363,8 @@ func (s *Store) ListRuns(ctx context.Context, tenant string, f RunFilter, limit 
 // combination its own prepared statement: PostgreSQL turns to a generic plan once it looks
 // no costlier than the custom ones, and the generic plan of an optional filter (an empty $3
 // or assistant_id = $3) cannot use runs_list_assistant. Newest first is a backward scan of runs_list or
-// runs_list_assistant (ascending since migration 19).
+// runs_list_assistant (ascending since migration 19; partial on tenant_id IS NOT NULL since
+// migration 22, which the tenant_id = $1 of every listing implies).
 func listRunsQuery(tenant string, f RunFilter, limit int, after *RunCursor) (string, []any) {
 	sql := `SELECT ` + runColumns + ` FROM runs WHERE tenant_id = $1`
 	args := []any{tenant, limit}
