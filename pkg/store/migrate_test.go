@@ -346,55 +346,52 @@ func TestStatisticsSamplesStaySmall(t *testing.T) {
 }
 
 // Migrations 19 and 20 rebuild the list indexes of runs and threads in ascending order,
-// and going down rebuilds them descending.
-func TestMigrations19And20ListIndexesAscend(t *testing.T) {
+// migration 22 makes those of runs partial on a condition only listings state, and going
+// down undoes each in turn.
+func TestMigrationsOfTheListIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	db, p := migrationProvider(t)
-	defs := func() map[string]string {
-		return queryMap[string, string](t, db, `SELECT indexname, indexdef FROM pg_indexes
-			WHERE indexname IN ('runs_list', 'runs_list_assistant', 'threads_list')`)
+	const (
+		runs          = "CREATE INDEX runs_list ON public.runs USING btree "
+		runsAssistant = "CREATE INDEX runs_list_assistant ON public.runs USING btree "
+		threads       = "CREATE INDEX threads_list ON public.threads USING btree "
+		partial       = " WHERE (tenant_id IS NOT NULL)"
+	)
+	for _, step := range []struct {
+		up      bool
+		version int64
+		want    map[string]string
+	}{
+		{true, 20, map[string]string{
+			"runs_list":           runs + "(tenant_id, create_time, id)",
+			"runs_list_assistant": runsAssistant + "(tenant_id, assistant_id, create_time, id)",
+			"threads_list":        threads + "(tenant_id, create_time, id)",
+		}},
+		{true, 22, map[string]string{
+			"runs_list":           runs + "(tenant_id, create_time, id)" + partial,
+			"runs_list_assistant": runsAssistant + "(tenant_id, assistant_id, create_time, id)" + partial,
+			"threads_list":        threads + "(tenant_id, create_time, id)",
+		}},
+		{false, 21, map[string]string{
+			"runs_list":           runs + "(tenant_id, create_time, id)",
+			"runs_list_assistant": runsAssistant + "(tenant_id, assistant_id, create_time, id)",
+			"threads_list":        threads + "(tenant_id, create_time, id)",
+		}},
+		{false, 18, map[string]string{
+			"runs_list":           runs + "(tenant_id, create_time DESC, id DESC)",
+			"runs_list_assistant": runsAssistant + "(tenant_id, assistant_id, create_time DESC, id DESC)",
+			"threads_list":        threads + "(tenant_id, create_time DESC, id DESC)",
+		}},
+	} {
+		var err error
+		if step.up {
+			_, err = p.UpTo(ctx, step.version)
+		} else {
+			_, err = p.DownTo(ctx, step.version)
+		}
+		require.NoError(t, err)
+		require.Equal(t, step.want, queryMap[string, string](t, db, `SELECT indexname, indexdef FROM pg_indexes
+			WHERE indexname IN ('runs_list', 'runs_list_assistant', 'threads_list')`), "at version %d", step.version)
 	}
-
-	_, err := p.UpTo(ctx, 20)
-	require.NoError(t, err)
-	require.Equal(t, map[string]string{
-		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id)",
-		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id)",
-		"threads_list":        "CREATE INDEX threads_list ON public.threads USING btree (tenant_id, create_time, id)",
-	}, defs())
-
-	_, err = p.DownTo(ctx, 18)
-	require.NoError(t, err)
-	require.Equal(t, map[string]string{
-		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time DESC, id DESC)",
-		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time DESC, id DESC)",
-		"threads_list":        "CREATE INDEX threads_list ON public.threads USING btree (tenant_id, create_time DESC, id DESC)",
-	}, defs())
-}
-
-// Migration 22 makes the list indexes of runs partial on a condition only listings state,
-// and going down makes them whole again.
-func TestMigration22ListIndexesServeListingsOnly(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
-	db, p := migrationProvider(t)
-	defs := func() map[string]string {
-		return queryMap[string, string](t, db, `SELECT indexname, indexdef FROM pg_indexes
-			WHERE indexname IN ('runs_list', 'runs_list_assistant')`)
-	}
-
-	_, err := p.UpTo(ctx, 22)
-	require.NoError(t, err)
-	require.Equal(t, map[string]string{
-		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id) WHERE (tenant_id IS NOT NULL)",
-		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id) WHERE (tenant_id IS NOT NULL)",
-	}, defs())
-
-	_, err = p.DownTo(ctx, 21)
-	require.NoError(t, err)
-	require.Equal(t, map[string]string{
-		"runs_list":           "CREATE INDEX runs_list ON public.runs USING btree (tenant_id, create_time, id)",
-		"runs_list_assistant": "CREATE INDEX runs_list_assistant ON public.runs USING btree (tenant_id, assistant_id, create_time, id)",
-	}, defs())
 }
