@@ -235,6 +235,7 @@ func (r *run) finish(ctx context.Context, from time.Time, cpuBefore measure.CPUS
 	}
 	r.mu.Unlock()
 	res.CPU = measure.CPUSince(cpuBefore, cpuAfter, wall, res.Completed)
+	res.Machine = measure.MachineSince(cpuBefore, cpuAfter, wall, res.Completed)
 	return res, errors.Join(stopErr)
 }
 

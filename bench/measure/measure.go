@@ -62,6 +62,18 @@ type Result struct {
 	Errors              int            `json:"errors"`
 	ErrorKinds          map[string]int `json:"error_kinds,omitempty"`
 	CPU                 []ProcessCPU   `json:"cpu"`
+	// Machine is the whole machine's CPU over the same window as CPU (agentctl bench's
+	// "machine" object).
+	Machine *MachineCPU `json:"machine,omitempty"`
+}
+
+// MachineCPU is the whole machine's CPU over a workload (/proc/stat): every process's and
+// the kernel's, whoever they served.
+type MachineCPU struct {
+	CPUs      int     `json:"cpus"`
+	BusyS     float64 `json:"busy_s"`
+	BusyCores float64 `json:"busy_cores"`
+	PerRunUS  float64 `json:"per_run_us"`
 }
 
 // Times are the server timestamps of one job or run.
@@ -160,8 +172,42 @@ func readProcs() map[int]procStat {
 	return out
 }
 
-// CPUSample is the CPU time, in nanoseconds, of named process trees at one instant.
-type CPUSample map[string]uint64
+// CPUSample is the CPU time, in nanoseconds, of named process trees at one instant, and the
+// whole machine's.
+type CPUSample struct {
+	procs map[string]uint64
+	// busyTicks is the machine's non-idle time over all CPUs (user, nice, system, irq,
+	// softirq, steal) in USER_HZ ticks; cpus its number of CPUs; ok whether /proc/stat
+	// was read.
+	busyTicks uint64
+	cpus      int
+	ok        bool
+}
+
+// readMachine reads the machine's busy ticks and CPUs from /proc/stat.
+func readMachine() (busy uint64, cpus int, ok bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 9 && f[0] == "cpu":
+			for _, i := range []int{1, 2, 3, 6, 7, 8} {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					return 0, 0, false
+				}
+				busy += v
+			}
+			ok = true
+		case len(f) > 0 && strings.HasPrefix(f[0], "cpu") && f[0] != "cpu":
+			cpus++
+		}
+	}
+	return busy, cpus, ok
+}
 
 // SampleCPU reads the CPU time of each named root process and of its descendants with the
 // same command name (PostgreSQL's backends), reaped children included.
@@ -171,7 +217,8 @@ func SampleCPU(roots map[string]int) CPUSample {
 	for _, p := range procs {
 		children[p.ppid] = append(children[p.ppid], p.pid)
 	}
-	out := make(CPUSample)
+	out := CPUSample{procs: make(map[string]uint64)}
+	out.busyTicks, out.cpus, out.ok = readMachine()
 	for name, root := range roots {
 		rp, ok := procs[root]
 		if !ok {
@@ -185,7 +232,7 @@ func SampleCPU(roots map[string]int) CPUSample {
 			if p.comm != rp.comm {
 				continue
 			}
-			out[name] += p.cpuNS
+			out.procs[name] += p.cpuNS
 			stack = append(stack, children[pid]...)
 		}
 	}
@@ -196,8 +243,8 @@ func SampleCPU(roots map[string]int) CPUSample {
 // job.
 func CPUSince(before, after CPUSample, wall time.Duration, completed int) []ProcessCPU {
 	var out []ProcessCPU
-	for _, name := range slices.Sorted(maps.Keys(after)) {
-		c := ProcessCPU{Name: name, CPUS: max(float64(int64(after[name])-int64(before[name]))/1e9, 0)}
+	for _, name := range slices.Sorted(maps.Keys(after.procs)) {
+		c := ProcessCPU{Name: name, CPUS: max(float64(int64(after.procs[name])-int64(before.procs[name]))/1e9, 0)}
 		if wall > 0 {
 			c.Cores = c.CPUS / wall.Seconds()
 		}
@@ -207,4 +254,20 @@ func CPUSince(before, after CPUSample, wall time.Duration, completed int) []Proc
 		out = append(out, c)
 	}
 	return out
+}
+
+// MachineSince returns the whole machine's CPU since before, over wall time, per completed
+// job; nil when /proc/stat could not be read.
+func MachineSince(before, after CPUSample, wall time.Duration, completed int) *MachineCPU {
+	if !before.ok || !after.ok {
+		return nil
+	}
+	m := &MachineCPU{CPUs: after.cpus, BusyS: max(float64(int64(after.busyTicks)-int64(before.busyTicks))/userHZ, 0)}
+	if wall > 0 {
+		m.BusyCores = m.BusyS / wall.Seconds()
+	}
+	if completed > 0 {
+		m.PerRunUS = m.BusyS / float64(completed) * 1e6
+	}
+	return m
 }

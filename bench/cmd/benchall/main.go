@@ -588,7 +588,8 @@ func statOf(vals []float64) stat {
 type row struct {
 	Workload string `json:"workload"`
 	Metric   string `json:"metric"`
-	// Better is "higher" or "lower".
+	// Better is "higher" or "lower", or empty for a figure that is neither (how busy the
+	// machine was).
 	Better string `json:"better"`
 	Ours   stat   `json:"ours"`
 	River  stat   `json:"river"`
@@ -608,8 +609,10 @@ func summarize(all results, cfg config) []row {
 		{wSustained, "create rate (jobs/s)", "higher", func(r measure.Result) float64 { return r.CreateRatePerS }},
 		{wSustained, "enqueue→complete p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToCompleteMS.P99 }},
 		{wSustained, "CPU per job, all processes (µs)", "lower", cpuPerJob},
+		{wSustained, "whole machine busy (cores)", "", machineBusy},
 		{wBurndown, "throughput (jobs/s)", "higher", func(r measure.Result) float64 { return r.ThroughputPerS }},
 		{wBurndown, "CPU per job, all processes (µs)", "lower", cpuPerJob},
+		{wBurndown, "whole machine busy (cores)", "", machineBusy},
 		{wLatency, "enqueue→start p50 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToStartMS.P50 }},
 		{wLatency, "enqueue→start p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToStartMS.P99 }},
 		{wLatency, "enqueue→complete p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToCompleteMS.P99 }},
@@ -659,6 +662,16 @@ func cpuPerJob(r measure.Result) float64 {
 	return us
 }
 
+// machineBusy is how many of the machine's CPUs were busy on average over the window,
+// whoever used them (/proc/stat): against the processes' own CPU it shows how busy the
+// workload kept the machine, and what the measured processes do not account for.
+func machineBusy(r measure.Result) float64 {
+	if r.Machine == nil {
+		return 0
+	}
+	return r.Machine.BusyCores
+}
+
 func workloadTitle(w string, cfg config) string {
 	switch w {
 	case wSustained:
@@ -685,7 +698,10 @@ func printTable(w io.Writer, m machineInfo, cfg config, rows []row) {
 		}
 		ratio := "-"
 		if r.Ratio != 0 {
-			ratio = fmt.Sprintf("%.2f× (%s is better)", r.Ratio, r.Better)
+			ratio = fmt.Sprintf("%.2f×", r.Ratio)
+			if r.Better != "" {
+				ratio += fmt.Sprintf(" (%s is better)", r.Better)
+			}
 		}
 		perRound := "-"
 		if r.RoundRatios.N > 1 {

@@ -268,6 +268,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 	defer stopProgress()
 
 	before, cpuErr := b.sampler.sample()
+	machineBefore, machineErr := b.sampler.machine()
 	creating := time.Now()
 	trackCtx, stopTracking := context.WithCancel(ctx)
 	defer stopTracking()
@@ -286,6 +287,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		if err == nil && b.held {
 			if release, err = b.release(ctx); err == nil {
 				before, cpuErr = b.sampler.sample()
+				machineBefore, machineErr = b.sampler.machine()
 				creating = time.Now()
 			}
 		}
@@ -306,6 +308,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 	}
 	wall := time.Since(creating)
 	after, cpuErr2 := b.sampler.sample()
+	machineAfter, machineErr2 := b.sampler.machine()
 	stopProgress()
 
 	runs, err := b.collect(ctx, time.Now().Add(b.opts.drainTimeout))
@@ -315,6 +318,9 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 	report := b.report(runs, release)
 	if cpuErr == nil && cpuErr2 == nil {
 		report.CPU = cpuUsage(before, after, wall.Seconds(), report.Completed)
+		if machineErr == nil && machineErr2 == nil {
+			report.Machine = machineUsage(machineBefore, machineAfter, wall.Seconds(), report.Completed)
+		}
 	} else if !b.opts.json {
 		fmt.Fprintf(b.a.env.Stderr, "note: %v\n", errNoProc)
 	}

@@ -247,5 +247,71 @@ func cpuUsage(before, after map[string]cpuTimes, wallS float64, completed int) [
 	return out
 }
 
+// machineTimes is the whole machine's CPU time at one instant, in clock ticks summed over
+// its CPUs, from the first line of /proc/stat: busy is user, nice, system, irq, softirq and
+// steal (guest time is already in user), idle is idle and iowait.
+type machineTimes struct {
+	busy, idle uint64
+	cpus       int
+}
+
+// parseMachineStat parses the contents of /proc/stat.
+func parseMachineStat(b []byte) (machineTimes, error) {
+	var m machineTimes
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if f[0] != "cpu" {
+			if strings.HasPrefix(f[0], "cpu") {
+				m.cpus++
+			}
+			continue
+		}
+		// cpu user nice system idle iowait irq softirq steal [guest guest_nice]
+		if len(f) < 9 {
+			return m, fmt.Errorf("short cpu line in /proc/stat: %q", line)
+		}
+		var v [8]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(f[i+1], 10, 64)
+			if err != nil {
+				return m, fmt.Errorf("cpu line in /proc/stat: field %d: %w", i+1, err)
+			}
+			v[i] = n
+		}
+		m.busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+		m.idle = v[3] + v[4]
+	}
+	if m.busy+m.idle == 0 {
+		return m, errors.New("no cpu line in /proc/stat")
+	}
+	return m, nil
+}
+
+// machine reads the whole machine's CPU time now.
+func (s *cpuSampler) machine() (machineTimes, error) {
+	b, err := os.ReadFile(filepath.Join(s.procRoot, "stat"))
+	if err != nil {
+		return machineTimes{}, err
+	}
+	return parseMachineStat(b)
+}
+
+// machineUsage turns two readings of the machine into its CPU figures over a window of
+// wallS seconds in which completed runs finished.
+func machineUsage(before, after machineTimes, wallS float64, completed int) *MachineCPU {
+	m := &MachineCPU{CPUs: after.cpus, BusyS: float64(int64(after.busy)-int64(before.busy)) / userHZ}
+	m.BusyS = max(m.BusyS, 0)
+	if wallS > 0 {
+		m.BusyCores = m.BusyS / wallS
+	}
+	if completed > 0 {
+		m.PerRunUS = m.BusyS / float64(completed) * 1e6
+	}
+	return m
+}
+
 // errNoProc means /proc cannot be read (not Linux): CPU times are not reported.
 var errNoProc = errors.New("no /proc on this system: CPU times are not reported")

@@ -83,6 +83,20 @@ type ProcessCPU struct {
 	PerRunUS float64 `json:"per_run_us"`
 }
 
+// MachineCPU is the whole machine's CPU during the window (/proc/stat): every process's
+// and the kernel's, whoever they served. Set beside the groups of CPU, it tells how busy
+// the machine was (BusyCores against CPUs) and how much of that the groups account for.
+type MachineCPU struct {
+	// CPUs is the number of CPUs the machine has.
+	CPUs int `json:"cpus"`
+	// BusyS is the CPU seconds the machine spent not idle, over all its CPUs.
+	BusyS float64 `json:"busy_s"`
+	// BusyCores is BusyS divided by the window's wall time: CPUs means never idle.
+	BusyCores float64 `json:"busy_cores"`
+	// PerRunUS is BusyS per completed run, in microseconds.
+	PerRunUS float64 `json:"per_run_us"`
+}
+
 // BenchReport is the outcome of one agentctl bench: what --json prints, as one object.
 type BenchReport struct {
 	// Mode is "rate", "concurrency" or "burndown".
@@ -121,6 +135,8 @@ type BenchReport struct {
 	ErrorKinds map[string]int `json:"error_kinds"`
 	// CPU is the CPU time of each process group during the window.
 	CPU []ProcessCPU `json:"cpu"`
+	// Machine is the whole machine's CPU during the same window (absent without /proc).
+	Machine *MachineCPU `json:"machine,omitempty"`
 }
 
 // printText writes r for people.
@@ -158,6 +174,9 @@ func (r *BenchReport) printText(w io.Writer) error {
 		fmt.Fprintln(tw, "cpu\tseconds\tcores\tper run\tpids")
 		for _, c := range r.CPU {
 			fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.0f µs\t%d\n", c.Name, c.CPUS, c.Cores, c.PerRunUS, len(c.PIDs))
+		}
+		if m := r.Machine; m != nil {
+			fmt.Fprintf(tw, "machine (%d CPUs)\t%.2f\t%.2f\t%.0f µs\tall, and the kernel\n", m.CPUs, m.BusyS, m.BusyCores, m.PerRunUS)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -97,7 +98,8 @@ func TestBenchReportJSONShape(t *testing.T) {
 		EnqueueToStartMS:    Percentiles{P50: 1, P95: 2, P99: 3, Max: 4, N: 10},
 		EnqueueToCompleteMS: Percentiles{P50: 5, P95: 6, P99: 7, Max: 8, N: 9},
 		Errors:              1, ErrorKinds: map[string]int{"run ended FAILED": 1},
-		CPU: []ProcessCPU{{Name: "postgres", PIDs: []int{1, 2}, UserS: 1, SysS: 0.5, CPUS: 1.5, Cores: 0.15, PerRunUS: 166666}},
+		CPU:     []ProcessCPU{{Name: "postgres", PIDs: []int{1, 2}, UserS: 1, SysS: 0.5, CPUS: 1.5, Cores: 0.15, PerRunUS: 166666}},
+		Machine: &MachineCPU{CPUs: 2, BusyS: 1.8, BusyCores: 0.18, PerRunUS: 200000},
 	}
 	b, err := json.Marshal(r)
 	require.NoError(t, err)
@@ -116,6 +118,7 @@ func TestBenchReportJSONShape(t *testing.T) {
 	cpu := m["cpu"].([]any)[0].(map[string]any)
 	require.Equal(t, "postgres", cpu["name"])
 	require.Equal(t, 1.5, cpu["cpu_s"])
+	require.Equal(t, map[string]any{"cpus": 2.0, "busy_s": 1.8, "busy_cores": 0.18, "per_run_us": 200000.0}, m["machine"])
 }
 
 func TestParseProcStat(t *testing.T) {
@@ -194,6 +197,38 @@ func TestCPUSamplerGroupsProcessTrees(t *testing.T) {
 	}, usage)
 }
 
+// The whole machine's CPU comes from /proc/stat's first line (busy: user, nice, system,
+// irq, softirq, steal; not idle or iowait, nor guest, which user includes), over the
+// window and per run; the CPUs are its cpuN lines.
+func TestMachineCPUFromProcStat(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	stat := func(user, nice, system, idle, iowait, irq, softirq, steal int) {
+		content := fmt.Sprintf("cpu  %d %d %d %d %d %d %d %d 400 0\n", user, nice, system, idle, iowait, irq, softirq, steal) +
+			"cpu0 1 0 1 1 0 0 0 0 0 0\ncpu1 1 0 1 1 0 0 0 0 0 0\nintr 12345 0 0\nctxt 999\n"
+		require.NoError(t, os.WriteFile(filepath.Join(root, "stat"), []byte(content), 0o644))
+	}
+	s := &cpuSampler{procRoot: root}
+	stat(1000, 10, 300, 5000, 40, 5, 25, 2)
+	before, err := s.machine()
+	require.NoError(t, err)
+	require.Equal(t, machineTimes{busy: 1342, idle: 5040, cpus: 2}, before)
+	// 3 s later: 480 more busy ticks of 600 (2 CPUs), 60 of them system, 20 softirq.
+	stat(1400, 10, 360, 5100, 60, 5, 45, 2)
+	after, err := s.machine()
+	require.NoError(t, err)
+	m := machineUsage(before, after, 3, 10_000)
+	require.Equal(t, 2, m.CPUs)
+	require.InDelta(t, 4.8, m.BusyS, 1e-9)
+	require.InDelta(t, 1.6, m.BusyCores, 1e-9)
+	require.InDelta(t, 480, m.PerRunUS, 1e-9)
+
+	for _, bad := range []string{"intr 1 2\n", "cpu  1 2 3\n", "cpu  1 2 x 4 5 6 7 8\n"} {
+		_, err := parseMachineStat([]byte(bad))
+		require.Error(t, err, "%q", bad)
+	}
+}
+
 func sortPIDs(m map[string]cpuTimes) map[string]cpuTimes {
 	for k, v := range m {
 		slices.Sort(v.pids)
@@ -251,7 +286,8 @@ func TestBenchReportText(t *testing.T) {
 		EnqueueToStartMS:    Percentiles{P50: 2.5, P95: 4, P99: 6.25, Max: 30, N: 10000},
 		EnqueueToCompleteMS: Percentiles{P50: 5, P95: 8, P99: 12, Max: 40, N: 9999},
 		Errors:              1, ErrorKinds: map[string]int{"run ended FAILED": 1},
-		CPU: []ProcessCPU{{Name: "postgres", PIDs: []int{1, 2}, CPUS: 3, Cores: 0.15, PerRunUS: 300}},
+		CPU:     []ProcessCPU{{Name: "postgres", PIDs: []int{1, 2}, CPUS: 3, Cores: 0.15, PerRunUS: 300}},
+		Machine: &MachineCPU{CPUs: 2, BusyS: 8, BusyCores: 0.4, PerRunUS: 800},
 	}
 	var out strings.Builder
 	require.NoError(t, r.printText(&out))
@@ -260,7 +296,8 @@ func TestBenchReportText(t *testing.T) {
 		"runs:        10000 created, 9999 completed, 1 errors\n",
 		"throughput:  499.9 runs/s over 20s (server clock)\n",
 		"enqueue→start     2.50  4.00  6.25   30.00  10000\n",
-		"postgres  3.00     0.15   300 µs   2\n",
+		"postgres          3.00     0.15   300 µs   2\n",
+		"machine (2 CPUs)  8.00     0.40   800 µs   all, and the kernel\n",
 		"       1  run ended FAILED\n",
 	} {
 		require.Contains(t, out.String(), want)
