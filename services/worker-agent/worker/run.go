@@ -2,11 +2,12 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
-	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -122,8 +123,7 @@ func (w *Worker) pushEvent(a *schedulerv1.Assignment, typ string, data *structpb
 // start, which also arms the execution timeout).
 func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []string) *schedulerv1.RunResult {
 	res := &schedulerv1.RunResult{Run: a.GetRun(), Epoch: a.GetEpoch()}
-	flowKey := a.GetAssistant() + "@" + strconv.FormatInt(a.GetAssistantVersion(), 10)
-	f, err := w.parseFlow(flowKey, a.GetFlow())
+	f, replicas, err := w.parseFlow(a.GetAssistant(), a.GetAssistantVersion(), a.GetFlow())
 	if err != nil {
 		res.Outcome = schedulerv1.RunResult_OUTCOME_FAILED
 		res.Error = "invalid flow: " + err.Error()
@@ -133,7 +133,7 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 		RunName:   a.GetRun(),
 		Attempt:   int(a.GetAttempt()),
 		Epoch:     a.GetEpoch(),
-		FlowKey:   flowKey,
+		FlowKey:   replicas,
 		Flow:      f,
 		State:     a.GetState().AsMap(),
 		Config:    a.GetConfig().AsMap(),
@@ -218,30 +218,46 @@ func (w *Worker) execute(ctx context.Context, a *schedulerv1.Assignment, env []s
 // maxCachedFlows bounds the parsed flows a worker keeps.
 const maxCachedFlows = 256
 
-// parseFlow parses a flow once per assistant version: a version's flow never changes.
-func (w *Worker) parseFlow(key, src string) (*flow.Flow, error) {
+// parseFlow parses a flow once per assistant version (a version's flow never changes) and
+// returns it with the key its executors' replicas are pooled under (RunSpec.FlowKey): the
+// assistant and its flow's content. The versions of an assistant that share a flow share
+// replicas, so an update that leaves the flow as it was (a concurrency limit, a priority,
+// the config or the timeout) keeps them warm, while any change to the flow starts new ones
+// (docs/architecture.md). Assistants never share replicas.
+func (w *Worker) parseFlow(assistant string, version int64, src string) (*flow.Flow, string, error) {
+	key := flowVersion{assistant, version}
 	w.flowMu.Lock()
 	if f, ok := w.flows[key]; ok && f.src == src {
 		w.flowMu.Unlock()
-		return f.flow, nil
+		return f.flow, f.replicas, nil
 	}
 	w.flowMu.Unlock()
 	f, err := flow.Parse([]byte(src))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	sum := sha256.Sum256([]byte(src))
+	replicas := assistant + "#" + hex.EncodeToString(sum[:12])
 	w.flowMu.Lock()
 	if w.flows == nil || len(w.flows) >= maxCachedFlows {
-		w.flows = make(map[string]cachedFlow)
+		w.flows = make(map[flowVersion]cachedFlow)
 	}
-	w.flows[key] = cachedFlow{src: src, flow: f}
+	w.flows[key] = cachedFlow{src: src, flow: f, replicas: replicas}
 	w.flowMu.Unlock()
-	return f, nil
+	return f, replicas, nil
+}
+
+// flowVersion names an assistant version, whose flow never changes.
+type flowVersion struct {
+	assistant string
+	version   int64
 }
 
 type cachedFlow struct {
 	src  string
 	flow *flow.Flow
+	// replicas is the key the flow's replicas are pooled under (see parseFlow).
+	replicas string
 }
 
 // pendingCheckpoint is a checkpoint sent and not yet acknowledged.

@@ -121,7 +121,7 @@ type Worker struct {
 	connected bool
 
 	flowMu sync.Mutex
-	flows  map[string]cachedFlow
+	flows  map[flowVersion]cachedFlow
 	// stepData holds the data of step_started events by step name (stepStarted).
 	stepData intern.Cache[*structpb.Struct]
 	// checkpoints holds each run's checkpoint waiting for its acknowledgement (under mu).

@@ -32,8 +32,10 @@ type RunSpec struct {
 	// Epoch is the fencing epoch of this claim of the run, sent in every request as
 	// "epoch" (an optional extension of protocol v1).
 	Epoch int64
-	// FlowKey identifies the flow's immutable version (e.g. "assistants/x@3"); replicas are
-	// pooled and reused per flow key and executor.
+	// FlowKey says which runs may share replicas: replicas are pooled and reused per flow
+	// key and executor definition. The worker uses the assistant and its flow's content
+	// (e.g. "assistants/x#<hash of the flow>"), so that the versions of an assistant with
+	// the same flow share them.
 	FlowKey string
 	// Flow is the parsed flow.
 	Flow *flow.Flow
