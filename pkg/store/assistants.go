@@ -144,6 +144,7 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 			return err
 		}
 		limited := a.ConcurrencyLimit > 0
+		oldLimit := a.ConcurrencyLimit
 		if err := update(a); err != nil {
 			return err
 		}
@@ -170,7 +171,18 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 		if err != nil {
 			return err
 		}
-		return afterAssistantWrite(ctx, tx, out, config)
+		if err := afterAssistantWrite(ctx, tx, out, config); err != nil {
+			return err
+		}
+		if limited && (out.ConcurrencyLimit == 0 || out.ConcurrencyLimit > oldLimit) {
+			// A lifted or raised limit makes queued runs claimable that no enqueue or
+			// result announces: wake the schedulers (with the commit), or they would find
+			// them only at their next poll (up to a second of idle slots).
+			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, QueueChannel, out.SlotType); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
