@@ -251,10 +251,17 @@ func run(ctx context.Context, cfg config) (err error) {
 		if err := os.WriteFile(flow, []byte(fmt.Sprintf("executors:\n  - name: noop\n    command: [%q]\n", bins.noop)), 0o644); err != nil {
 			return err
 		}
-		srv.flow = flow
-		logf("warming up (starts the executor processes)")
+		// Every workload of ours runs on bench-noop, whose executor processes the warm-up
+		// starts: one per slot (a burn-down claims every slot at once), so that no workload
+		// measures executor start-up (the worker pools replicas per assistant and flow, so
+		// the burn-down's hold and release keep them).
+		warm := max(2000, 4*totalSlots(cfg))
+		logf("warming up (starts the executor processes: %d runs, one process per slot)", warm)
 		if _, err := srv.bench(ctx, "--flow", flow, "--assistant-id", "bench-noop", "--concurrency", strconv.Itoa(cfg.concurrency),
 			"--duration", "2s", "--max-runs", "1000"); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		if _, err := srv.bench(ctx, "--assistant", "bench-noop", "--burndown", strconv.Itoa(warm), "--hold=false"); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
@@ -318,11 +325,26 @@ func runOurs(ctx context.Context, srv *server, cfg config, w string) (measure.Re
 		return srv.bench(ctx, "--assistant", "bench-noop", "--concurrency", strconv.Itoa(cfg.concurrency),
 			"--duration", cfg.sustainedDuration.String(), "--max-runs", strconv.Itoa(cfg.sustainedMax))
 	case wBurndown:
-		return srv.bench(ctx, "--flow", srv.flow, "--burndown", strconv.Itoa(cfg.burndown))
+		return srv.bench(ctx, "--assistant", "bench-noop", "--burndown", strconv.Itoa(cfg.burndown))
 	default:
 		return srv.bench(ctx, "--assistant", "bench-noop", "--rate", strconv.FormatFloat(cfg.rate, 'f', -1, 64),
 			"--duration", cfg.rateDuration.String())
 	}
+}
+
+// totalSlots is the slots of every worker of the server (--slots times --workers); 0 when
+// --slots does not parse (the server then refuses to start anyway).
+func totalSlots(cfg config) int {
+	n := 0
+	for item := range strings.SplitSeq(cfg.slots, ",") {
+		_, count, _ := strings.Cut(item, "=")
+		v, err := strconv.Atoi(strings.TrimSpace(count))
+		if err != nil {
+			return 0
+		}
+		n += v
+	}
+	return n * cfg.workers
 }
 
 // binaries are the programs benchall built.
@@ -382,7 +404,6 @@ type server struct {
 	addr string
 	bins binaries
 	pids string
-	flow string
 	done chan error
 	// exited is closed when the server process has exited.
 	exited chan struct{}

@@ -110,10 +110,13 @@ Workloads (exactly one):
                                  not earlier calls have answered
   --concurrency C --duration D   closed loop: C creators calling CreateRun back to back
   --burndown N                   create N runs with BatchCreateRuns (batches of --batch-size),
-                                 then measure until all have finished. With --flow the assistant
-                                 is created with a concurrency limit of 1 that is lifted once
-                                 every run is queued (--hold), so the burn-down starts from a full
-                                 queue; throughput is then counted from that moment.
+                                 then measure until all have finished. The assistant is held
+                                 at a concurrency limit of 1 (created with it, or, with
+                                 --assistant, given it) until every run is queued, then
+                                 released to its own limit (--hold), so the burn-down starts
+                                 from a full queue; throughput is then counted from that moment.
+                                 An existing assistant whose replicas are warm (--assistant)
+                                 measures no executor start-up.
 
 Latencies come from the runs' own create_time, start_time and end_time (the server's clock),
 collected with ListRuns after the runs have finished; while they run, one WaitRun at a time
@@ -161,7 +164,7 @@ backends and the server's executor processes), and of agentctl itself.`,
 	fs.DurationVar(&o.duration, "duration", o.duration, "how long --rate and --concurrency create runs")
 	fs.IntVar(&o.batchSize, "batch-size", o.batchSize, "runs per BatchCreateRuns call of --burndown (at most 1000)")
 	fs.IntVar(&o.batchConcurrency, "batch-concurrency", o.batchConcurrency, "concurrent BatchCreateRuns calls of --burndown")
-	fs.BoolVar(&o.hold, "hold", o.hold, "--burndown with --flow: hold the runs (concurrency limit 1) until all are queued")
+	fs.BoolVar(&o.hold, "hold", o.hold, "--burndown: hold the runs (concurrency limit 1) until all are queued, then give the assistant back its own limit")
 	fs.IntVar(&o.maxRuns, "max-runs", o.maxRuns, "stop creating after this many runs whatever --duration says")
 	fs.IntVar(&o.maxInflight, "max-inflight", o.maxInflight, "--rate: most CreateRun calls outstanding; a send due beyond it is counted as an error")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", o.drainTimeout, "how long to wait for the runs to finish once created")
@@ -188,6 +191,9 @@ type benchRun struct {
 	assistants agentserverv1.AssistantServiceClient
 	assistant  string
 	held       bool // the assistant's concurrency limit holds the runs until release
+	// ownLimit is the concurrency limit of an existing assistant (--assistant) before it
+	// was held, restored by release.
+	ownLimit int32
 
 	mu         sync.Mutex
 	created    []createdRun
@@ -264,6 +270,14 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 	if err := b.setupAssistant(ctx); err != nil {
 		return err
 	}
+	defer func() {
+		// A burn-down that failed before its release must not leave the assistant held.
+		if b.held {
+			if _, err := b.setLimit(context.WithoutCancel(ctx), b.ownLimit); err != nil {
+				fmt.Fprintf(b.a.env.Stderr, "warning: %s is still held at a concurrency limit of 1; set it back with agentctl assistants update: %v\n", b.assistant, err)
+			}
+		}
+	}()
 	stopProgress := b.showProgress()
 	defer stopProgress()
 
@@ -355,6 +369,12 @@ func (b *benchRun) setupAssistant(ctx context.Context) error {
 			return err
 		}
 		b.assistant = asst.GetName()
+		if b.mode == benchModeBurndown && b.opts.hold {
+			if _, err := b.setLimit(ctx, 1); err != nil {
+				return fmt.Errorf("holding the runs of %s (concurrency limit 1): %w", b.assistant, err)
+			}
+			b.held, b.ownLimit = true, asst.GetConcurrencyLimit()
+		}
 		return nil
 	}
 	flowText, err := b.a.readFileArg("--flow", b.opts.flow)
@@ -484,19 +504,26 @@ func (b *benchRun) runBurndown(ctx context.Context) error {
 	return g.Wait()
 }
 
-// release lifts the concurrency limit that held the burn-down's runs and returns the
-// server's time of the change, from which the burn-down is measured.
+// release gives the assistant back its own concurrency limit (none for one the bench
+// created), releasing the burn-down's held runs, and returns the server's time of the
+// change, from which the burn-down is measured.
 func (b *benchRun) release(ctx context.Context) (time.Time, error) {
+	asst, err := b.setLimit(ctx, b.ownLimit)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("releasing the queued runs (setting the concurrency limit of %s back to %d): %w", b.assistant, b.ownLimit, err)
+	}
+	b.held = false
+	return asst.GetUpdateTime().AsTime(), nil
+}
+
+// setLimit sets the assistant's concurrency limit.
+func (b *benchRun) setLimit(ctx context.Context, limit int32) (*agentserverv1.Assistant, error) {
 	cctx, cancel := b.a.callContext(ctx)
 	defer cancel()
-	asst, err := b.assistants.UpdateAssistant(cctx, &agentserverv1.UpdateAssistantRequest{
-		Assistant:  &agentserverv1.Assistant{Name: b.assistant, ConcurrencyLimit: 0},
+	return b.assistants.UpdateAssistant(cctx, &agentserverv1.UpdateAssistantRequest{
+		Assistant:  &agentserverv1.Assistant{Name: b.assistant, ConcurrencyLimit: limit},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"concurrency_limit"}},
 	})
-	if err != nil {
-		return time.Time{}, fmt.Errorf("releasing the queued runs (lifting the concurrency limit of %s): %w", b.assistant, err)
-	}
-	return asst.GetUpdateTime().AsTime(), nil
 }
 
 // waitChunk is how long one WaitRun call of the tracker may block on the server.

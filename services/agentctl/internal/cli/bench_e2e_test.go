@@ -139,6 +139,39 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 		require.LessOrEqual(t, r.Completed, 300)
 		require.Positive(t, r.Completed)
 	})
+	t.Run("burndown of an existing assistant", func(t *testing.T) {
+		// Created by a first bench, then given a limit of its own.
+		r, _ := runBench(t, addr, "--flow", flow, "--assistant-id", "warm", "--concurrency", "2", "--duration", "1s", "--max-runs", "20")
+		requireSane(t, r, 0)
+		cli := func(args ...string) string {
+			var stdout, stderr bytes.Buffer
+			code := Main(t.Context(), append([]string{"--addr", addr, "-o", "json"}, args...), Env{
+				Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" },
+			})
+			require.Equal(t, ExitOK, code, "stderr: %s", stderr.String())
+			return stdout.String()
+		}
+		get := func() map[string]any {
+			var asst map[string]any
+			require.NoError(t, json.Unmarshal([]byte(cli("assistants", "get", "warm")), &asst))
+			return asst
+		}
+		cli("assistants", "update", "warm", "--concurrency-limit", "50")
+		before := get()
+
+		r, _ = runBench(t, addr, "--assistant", "warm", "--burndown", "300", "--batch-size", "100")
+		requireSane(t, r, 300)
+		require.LessOrEqual(t, r.Completed, 300, "counted from the release")
+		require.Positive(t, r.Completed)
+		after := get()
+		require.EqualValues(t, 50, after["concurrencyLimit"], "the assistant got its own limit back: %v", after)
+		version := func(a map[string]any) int {
+			v, err := strconv.Atoi(fmt.Sprint(a["version"]))
+			require.NoError(t, err, "version %v", a["version"])
+			return v
+		}
+		require.Equal(t, version(before)+2, version(after), "two updates: held at a limit of 1, then released")
+	})
 }
 
 // BenchmarkEndToEnd drives the in-process all-in-one with agentctl bench so that
