@@ -85,10 +85,10 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.burndown, "burndown", 0, "jobs of the burn-down (default 100,000, --quick 5,000)")
 	fs.Float64Var(&c.rate, "rate", 500, "offered rate of the latency workload, jobs/s")
 	fs.DurationVar(&c.rateDuration, "rate-duration", 0, "length of the latency workload (default 20s, --quick 5s)")
-	// 256 slots: up to 256 runs in flight, as River's 500 workers allow up to 500 jobs.
-	// Until the seventh pass of docs/performance.md the default was 64, which capped our
-	// claim and result batches (~25 runs each in a burn-down) where River's are not.
-	fs.StringVar(&c.slots, "slots", "cpu=256", "WORKER_SLOTS of each worker of the all-in-one server")
+	// 500 slots: up to 500 runs in flight, as River's 500 workers allow up to 500 jobs
+	// (thirteenth pass of docs/performance.md; 256 before, 64 until the seventh, which
+	// capped our claim and result batches where River's are not).
+	fs.StringVar(&c.slots, "slots", "cpu=500", "WORKER_SLOTS of each worker of the all-in-one server")
 	fs.IntVar(&c.workers, "workers", 1, "worker-agents in the all-in-one server (AGENTSERVER_WORKERS), each with --slots")
 	fs.StringVar(&c.only, "only", "", "run only river or only ours")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (PostgreSQL data, logs)")
