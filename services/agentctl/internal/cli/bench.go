@@ -274,7 +274,8 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		// A burn-down that failed before its release must not leave the assistant held.
 		if b.held {
 			if _, err := b.setLimit(context.WithoutCancel(ctx), b.ownLimit); err != nil {
-				fmt.Fprintf(b.a.env.Stderr, "warning: %s is still held at a concurrency limit of 1; set it back with agentctl assistants update: %v\n", b.assistant, err)
+				fmt.Fprintf(b.a.env.Stderr, "warning: %s is still held at a concurrency limit of 1 (%v); set it back with: agentctl assistants update %s --concurrency-limit %d\n",
+					b.assistant, err, strings.TrimPrefix(b.assistant, "assistants/"), b.ownLimit)
 			}
 		}
 	}()
