@@ -143,8 +143,8 @@ func (s *Store) UpdateAssistant(ctx context.Context, tenant, id string, update f
 		if err != nil {
 			return err
 		}
-		limited := a.ConcurrencyLimit > 0
 		oldLimit := a.ConcurrencyLimit
+		limited := oldLimit > 0
 		if err := update(a); err != nil {
 			return err
 		}

@@ -12,19 +12,27 @@ import (
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 )
 
-// A run whose executor hands its state back unchanged ends with the assignment's own state
-// (no second conversion); a changed state is converted.
-func TestUnchangedStateIsTheAssignments(t *testing.T) {
-	t.Parallel()
+// echoWorker is a worker with one cpu slot and a one-step flow whose executor answers with
+// the state it was sent (testdata/echo_executor.py).
+func echoWorker(t *testing.T) (*Worker, string) {
+	t.Helper()
 	script, err := filepath.Abs(filepath.Join(testdata, "echo_executor.py"))
 	require.NoError(t, err)
 	w := newStandInWorker(t, &standInScheduler{}, "cpu=1")
 	t.Cleanup(func() { w.exec.Close() })
+	return w, fmt.Sprintf("executors:\n  - name: echo\n    command: [python3, %q]\n", script)
+}
+
+// A run whose executor hands its state back unchanged ends with the assignment's own state
+// (no second conversion); a changed state is converted.
+func TestUnchangedStateIsTheAssignments(t *testing.T) {
+	t.Parallel()
+	w, flowYAML := echoWorker(t)
 	assignment := func(run string, state map[string]any) *schedulerv1.Assignment {
 		s, err := structpb.NewStruct(state)
 		require.NoError(t, err)
 		return &schedulerv1.Assignment{Run: run, Epoch: 1, Assistant: "assistants/echo", AssistantVersion: 1,
-			Flow: fmt.Sprintf("executors:\n  - name: echo\n    command: [python3, %q]\n", script), State: s, Attempt: 1, SlotType: "cpu"}
+			Flow: flowYAML, State: s, Attempt: 1, SlotType: "cpu"}
 	}
 
 	same := assignment("runs/same", map[string]any{"n": 1, "s": "x", "list": []any{true, nil, "y"}, "obj": map[string]any{"k": "v"}})
@@ -46,11 +54,7 @@ func TestUnchangedStateIsTheAssignments(t *testing.T) {
 // flow, and another assistant with the same flow, start their own.
 func TestReplicasAreSharedByVersionsWithTheSameFlow(t *testing.T) {
 	t.Parallel()
-	script, err := filepath.Abs(filepath.Join(testdata, "echo_executor.py"))
-	require.NoError(t, err)
-	w := newStandInWorker(t, &standInScheduler{}, "cpu=1")
-	t.Cleanup(func() { w.exec.Close() })
-	flowYAML := fmt.Sprintf("executors:\n  - name: echo\n    command: [python3, %q]\n", script)
+	w, flowYAML := echoWorker(t)
 	pid := func(assistant string, version int64, flowYAML string) float64 {
 		t.Helper()
 		s, err := structpb.NewStruct(map[string]any{"pid": true})

@@ -282,8 +282,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 	stopProgress := b.showProgress()
 	defer stopProgress()
 
-	before, cpuErr := b.sampler.sample()
-	machineBefore, machineErr := b.sampler.machine()
+	before := b.sampler.read()
 	creating := time.Now()
 	trackCtx, stopTracking := context.WithCancel(ctx)
 	defer stopTracking()
@@ -301,8 +300,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		err = b.runBurndown(ctx)
 		if err == nil && b.held {
 			if release, err = b.release(ctx); err == nil {
-				before, cpuErr = b.sampler.sample()
-				machineBefore, machineErr = b.sampler.machine()
+				before = b.sampler.read()
 				creating = time.Now()
 			}
 		}
@@ -322,8 +320,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		return ctx.Err()
 	}
 	wall := time.Since(creating)
-	after, cpuErr2 := b.sampler.sample()
-	machineAfter, machineErr2 := b.sampler.machine()
+	after := b.sampler.read()
 	stopProgress()
 
 	runs, err := b.collect(ctx, time.Now().Add(b.opts.drainTimeout))
@@ -331,10 +328,10 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		return err
 	}
 	report := b.report(runs, release)
-	if cpuErr == nil && cpuErr2 == nil {
-		report.CPU = cpuUsage(before, after, wall.Seconds(), report.Completed)
-		if machineErr == nil && machineErr2 == nil {
-			report.Machine = machineUsage(machineBefore, machineAfter, wall.Seconds(), report.Completed)
+	if before.groupsErr == nil && after.groupsErr == nil {
+		report.CPU = cpuUsage(before.groups, after.groups, wall.Seconds(), report.Completed)
+		if before.machineErr == nil && after.machineErr == nil {
+			report.Machine = machineUsage(before.machine, after.machine, wall.Seconds(), report.Completed)
 		}
 	} else if !b.opts.json {
 		fmt.Fprintf(b.a.env.Stderr, "note: %v\n", errNoProc)

@@ -299,11 +299,27 @@ func (s *cpuSampler) machine() (machineTimes, error) {
 	return parseMachineStat(b)
 }
 
+// cpuReading is one reading of the process groups' CPU times and the whole machine's, taken
+// together at each end of the measured window.
+type cpuReading struct {
+	groups     map[string]cpuTimes
+	groupsErr  error
+	machine    machineTimes
+	machineErr error
+}
+
+// read takes a cpuReading now.
+func (s *cpuSampler) read() cpuReading {
+	var r cpuReading
+	r.groups, r.groupsErr = s.sample()
+	r.machine, r.machineErr = s.machine()
+	return r
+}
+
 // machineUsage turns two readings of the machine into its CPU figures over a window of
 // wallS seconds in which completed runs finished.
 func machineUsage(before, after machineTimes, wallS float64, completed int) *MachineCPU {
-	m := &MachineCPU{CPUs: after.cpus, BusyS: float64(int64(after.busy)-int64(before.busy)) / userHZ}
-	m.BusyS = max(m.BusyS, 0)
+	m := &MachineCPU{CPUs: after.cpus, BusyS: max(float64(int64(after.busy)-int64(before.busy))/userHZ, 0)}
 	if wallS > 0 {
 		m.BusyCores = m.BusyS / wallS
 	}
