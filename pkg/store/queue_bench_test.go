@@ -216,6 +216,27 @@ func BenchmarkFinishRuns(b *testing.B) {
 	}
 }
 
+// BenchmarkClaimRuns measures ClaimRuns of a batch (the dispatcher claims for every slot a
+// worker has free: a few runs under light load, hundreds in a burn-down): the cost per run
+// should fall with the batch.
+func BenchmarkClaimRuns(b *testing.B) {
+	for _, batch := range []int{4, 32, 256} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			st := benchStore(b)
+			ctx := b.Context()
+			fillQueue(b, st, b.N*batch)
+			b.ResetTimer()
+			for range b.N {
+				if n := len(claimOne(ctx, b, st, batch)); n != batch {
+					b.Fatalf("claimed %d of a batch of %d from a full queue", n, batch)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "µs/run")
+		})
+	}
+}
+
 // BenchmarkClaimLatency measures one ClaimRuns call (limit 1) with a deep queue: the
 // target is a flat line from 0 to 1,000,000 queued runs. queued=1M runs only when named
 // (-bench 'ClaimLatency/queued=1M'): building it takes about a minute and a half.
