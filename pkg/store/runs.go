@@ -255,7 +255,9 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 			WHERE (SELECT count(*) FROM guard) = 0
 			ORDER BY i.ord
 			ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
-			RETURNING *
+			-- Only the columns read below (enqueue's among them), not the whole row.
+			RETURNING id, seq, tenant_id, assistant_id, assistant_version, thread_id, priority,
+				slot_type, max_attempts, timeout_ms, create_time
 		), q AS (
 			`+enqueue("ins", "now()")+` WHERE thread_id IS NULL
 		), n AS (
