@@ -306,3 +306,57 @@ func benchNamed(s string) bool {
 	f := flag.Lookup("test.bench")
 	return f != nil && strings.Contains(f.Value.String(), s)
 }
+
+// BenchmarkVacuumQueue measures one VacuumQueue after 2,000 runs were claimed (the
+// scheduler's default interval) with the queue at each depth behind them.
+func BenchmarkVacuumQueue(b *testing.B) {
+	atDepths(b, "queued", func(b *testing.B, st *store.Store, queued int) {
+		ctx := b.Context()
+		_, err := st.Pool().Exec(ctx, `ALTER TABLE run_queue SET (autovacuum_enabled = off);
+			ALTER TABLE run_leases SET (autovacuum_enabled = off)`)
+		require.NoError(b, err)
+		fillQueue(b, st, queued+2000*b.N)
+		var elapsed time.Duration
+		for range b.N {
+			for claimed := 0; claimed < 2000; {
+				claimed += len(claimOne(ctx, b, st, 500))
+			}
+			start := time.Now()
+			require.NoError(b, st.VacuumQueue(ctx))
+			elapsed += time.Since(start)
+		}
+		b.ReportMetric(float64(elapsed.Microseconds())/float64(b.N)/1000, "ms/vacuum")
+	})
+}
+
+// BenchmarkClaimAndVacuum claims 20,000 runs in batches of 250 with the queue at each
+// depth behind them, vacuuming the queue tables every `every` claimed runs: the cost per
+// run of the claims and the vacuums together, for the scheduler's choice of interval.
+func BenchmarkClaimAndVacuum(b *testing.B) {
+	for _, every := range []int{2000, 50000} {
+		b.Run(fmt.Sprintf("every=%d", every), func(b *testing.B) {
+			atDepths(b, "queued", func(b *testing.B, st *store.Store, queued int) {
+				ctx := b.Context()
+				_, err := st.Pool().Exec(ctx, `ALTER TABLE run_queue SET (autovacuum_enabled = off);
+					ALTER TABLE run_leases SET (autovacuum_enabled = off)`)
+				require.NoError(b, err)
+				const perIteration = 20000
+				fillQueue(b, st, queued+perIteration*b.N)
+				b.ResetTimer()
+				sinceVacuum := 0
+				for range b.N {
+					for claimed := 0; claimed < perIteration; {
+						n := len(claimOne(ctx, b, st, 250))
+						claimed += n
+						if sinceVacuum += n; sinceVacuum >= every {
+							require.NoError(b, st.VacuumQueue(ctx))
+							sinceVacuum = 0
+						}
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*perIteration), "µs/run")
+			})
+		})
+	}
+}

@@ -15,7 +15,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.Duration(&cfg.RetryBaseDelay, "retry-base-delay", "SCHEDULER_RETRY_BASE_DELAY", cfg.RetryBaseDelay, "backoff before the second attempt (doubles per attempt)")
 	set.Duration(&cfg.RetryMaxDelay, "retry-max-delay", "SCHEDULER_RETRY_MAX_DELAY", cfg.RetryMaxDelay, "largest retry backoff")
 	set.Duration(&cfg.TimeoutGrace, "timeout-grace", "SCHEDULER_TIMEOUT_GRACE", cfg.TimeoutGrace, "how long past its timeout a run may run before the scheduler ends it")
-	set.Int(&cfg.QueueVacuumRuns, "queue-vacuum-runs", "SCHEDULER_QUEUE_VACUUM_RUNS", cfg.QueueVacuumRuns, "runs claimed between two vacuums of the queue tables by this scheduler (0: leave them to autovacuum)")
+	set.Int(&cfg.QueueVacuumRuns, "queue-vacuum-runs", "SCHEDULER_QUEUE_VACUUM_RUNS", cfg.QueueVacuumRuns, "least runs claimed between two vacuums of the queue tables by this scheduler, more when a deep queue makes vacuums costly (0: leave them to autovacuum)")
 	set.Duration(&cfg.EventHold, "event-hold", "SCHEDULER_EVENT_HOLD", cfg.EventHold, "how long a run's events wait for its result to be written with it (0: written as they come)")
 	set.Duration(&cfg.ResultLinger, "result-linger", "SCHEDULER_RESULT_LINGER", cfg.ResultLinger, "how long a worker's results wait for more under load before a small batch of them is written (0: written at once; at most 100ms; fewer statements, later completions)")
 	set.Duration(&cfg.ReconcileInterval, "reconcile-interval", "SCHEDULER_RECONCILE_INTERVAL", cfg.ReconcileInterval, "how often the running counts behind concurrency limits are recounted")

@@ -49,3 +49,36 @@ func TestSchedulerVacuumsTheQueueAfterQueueVacuumRunsClaims(t *testing.T) {
 	require.Eventually(t, func() bool { return vacuums() == 1 }, 10*time.Second, 20*time.Millisecond, "25 claims: one vacuum")
 	require.Never(t, func() bool { return vacuums() != 1 }, 300*time.Millisecond, 20*time.Millisecond)
 }
+
+// After a vacuum the scheduler waits for the interval that vacuum's cost calls for
+// (vacuumInterval), not for QueueVacuumRuns again: a vacuum of a queue of 2,000 runs
+// claimed 30 at a time costs more than 20 claimed runs' worth of dead entries.
+func TestSchedulerSpacesVacuumsByTheirCost(t *testing.T) {
+	st, addr := startScheduler(t, func(c *scheduler.Config) { c.QueueVacuumRuns = 20 })
+	ctx := t.Context()
+	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
+	require.NoError(t, err)
+	runs := make([]store.NewRun, 2000)
+	for i := range runs {
+		runs[i] = store.NewRun{AssistantID: "a"}
+	}
+	_, err = st.CreateRuns(ctx, store.DefaultTenant, runs, store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: time.Hour})
+	require.NoError(t, err)
+	vacuums := func() (n int64) {
+		qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := st.Pool().QueryRow(qctx, `SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_queue'`).Scan(&n); err != nil {
+			return -1
+		}
+		return n
+	}
+
+	w1 := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w1", Slots: slots("cpu", 30)})
+	require.Eventually(t, func() bool { return len(w1.assignments()) == 30 }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return vacuums() == 1 }, 10*time.Second, 20*time.Millisecond, "30 claims: one vacuum")
+
+	w2 := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w2", Slots: slots("cpu", 30)})
+	require.Eventually(t, func() bool { return len(w2.assignments()) == 30 }, 10*time.Second, 10*time.Millisecond)
+	require.Never(t, func() bool { return vacuums() != 1 }, 500*time.Millisecond, 20*time.Millisecond,
+		"30 more claims, fewer than the interval the first vacuum's cost set")
+}
