@@ -19,25 +19,8 @@ func TestSchedulerVacuumsTheQueueAfterQueueVacuumRunsClaims(t *testing.T) {
 	ctx := t.Context()
 	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
 	require.NoError(t, err)
-	create := func(n int) {
-		runs := make([]store.NewRun, n)
-		for i := range runs {
-			runs[i] = store.NewRun{AssistantID: "a"}
-		}
-		_, err := st.CreateRuns(ctx, store.DefaultTenant, runs, store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: time.Hour})
-		require.NoError(t, err)
-	}
-	// vacuum_count counts manual vacuums only, not autovacuum's. Eventually and Never call
-	// this from their own goroutine, which may still run once the test has ended: no
-	// test context and no t here (-1 on error).
-	vacuums := func() (n int64) {
-		qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := st.Pool().QueryRow(qctx, `SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_queue'`).Scan(&n); err != nil {
-			return -1
-		}
-		return n
-	}
+	create := func(n int) { queueRuns(t, st, "a", n) }
+	vacuums := manualVacuums(st)
 	w := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w", Slots: slots("cpu", 30)})
 
 	create(15)
@@ -58,20 +41,8 @@ func TestSchedulerSpacesVacuumsByTheirCost(t *testing.T) {
 	ctx := t.Context()
 	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
 	require.NoError(t, err)
-	runs := make([]store.NewRun, 2000)
-	for i := range runs {
-		runs[i] = store.NewRun{AssistantID: "a"}
-	}
-	_, err = st.CreateRuns(ctx, store.DefaultTenant, runs, store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: time.Hour})
-	require.NoError(t, err)
-	vacuums := func() (n int64) {
-		qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := st.Pool().QueryRow(qctx, `SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_queue'`).Scan(&n); err != nil {
-			return -1
-		}
-		return n
-	}
+	queueRuns(t, st, "a", 2000)
+	vacuums := manualVacuums(st)
 
 	w1 := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w1", Slots: slots("cpu", 30)})
 	require.Eventually(t, func() bool { return len(w1.assignments()) == 30 }, 10*time.Second, 10*time.Millisecond)
@@ -81,4 +52,29 @@ func TestSchedulerSpacesVacuumsByTheirCost(t *testing.T) {
 	require.Eventually(t, func() bool { return len(w2.assignments()) == 30 }, 10*time.Second, 10*time.Millisecond)
 	require.Never(t, func() bool { return vacuums() != 1 }, 500*time.Millisecond, 20*time.Millisecond,
 		"30 more claims, fewer than the interval the first vacuum's cost set")
+}
+
+// queueRuns creates n runs of assistant.
+func queueRuns(t *testing.T, st *store.Store, assistant string, n int) {
+	t.Helper()
+	runs := make([]store.NewRun, n)
+	for i := range runs {
+		runs[i] = store.NewRun{AssistantID: assistant}
+	}
+	_, err := st.CreateRuns(t.Context(), store.DefaultTenant, runs, store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: time.Hour})
+	require.NoError(t, err)
+}
+
+// manualVacuums returns a function that counts the vacuums of run_queue other than
+// autovacuum's. Eventually and Never call it from their own goroutine, which may still
+// run once the test has ended: no test context and no t there (-1 on error).
+func manualVacuums(st *store.Store) func() int64 {
+	return func() (n int64) {
+		qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := st.Pool().QueryRow(qctx, `SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_queue'`).Scan(&n); err != nil {
+			return -1
+		}
+		return n
+	}
 }

@@ -19,12 +19,7 @@ func TestLiftedLimitWakesTheScheduler(t *testing.T) {
 	ctx := t.Context()
 	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow, ConcurrencyLimit: 1})
 	require.NoError(t, err)
-	runs := make([]store.NewRun, 6)
-	for i := range runs {
-		runs[i] = store.NewRun{AssistantID: "a"}
-	}
-	_, err = st.CreateRuns(ctx, store.DefaultTenant, runs, store.RunDefaults{MaxAttempts: 1, Timeout: time.Hour, MaxTimeout: time.Hour})
-	require.NoError(t, err)
+	queueRuns(t, st, "a", 6)
 
 	w := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w", Slots: slots("cpu", 10)})
 	require.Eventually(t, func() bool { return len(w.assignments()) == 1 }, 10*time.Second, 10*time.Millisecond, "limit 1: one run")
