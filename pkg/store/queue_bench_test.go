@@ -312,9 +312,7 @@ func benchNamed(s string) bool {
 func BenchmarkVacuumQueue(b *testing.B) {
 	atDepths(b, "queued", func(b *testing.B, st *store.Store, queued int) {
 		ctx := b.Context()
-		_, err := st.Pool().Exec(ctx, `ALTER TABLE run_queue SET (autovacuum_enabled = off);
-			ALTER TABLE run_leases SET (autovacuum_enabled = off)`)
-		require.NoError(b, err)
+		noQueueAutovacuum(b, st)
 		fillQueue(b, st, queued+2000*b.N)
 		var elapsed time.Duration
 		for range b.N {
@@ -337,9 +335,7 @@ func BenchmarkClaimAndVacuum(b *testing.B) {
 		b.Run(fmt.Sprintf("every=%d", every), func(b *testing.B) {
 			atDepths(b, "queued", func(b *testing.B, st *store.Store, queued int) {
 				ctx := b.Context()
-				_, err := st.Pool().Exec(ctx, `ALTER TABLE run_queue SET (autovacuum_enabled = off);
-					ALTER TABLE run_leases SET (autovacuum_enabled = off)`)
-				require.NoError(b, err)
+				noQueueAutovacuum(b, st)
 				const perIteration = 20000
 				fillQueue(b, st, queued+perIteration*b.N)
 				b.ResetTimer()

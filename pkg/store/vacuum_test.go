@@ -16,12 +16,7 @@ import (
 func TestVacuumQueueClearsTheHeadOfTheClaimIndex(t *testing.T) {
 	st := benchStore(t)
 	ctx := t.Context()
-	// Autovacuum (every 5 s on the test server) would clear the dead entries on its own
-	// while the claims run, leaving nothing for the comparison to see; this test's own
-	// database turns it off for the two tables.
-	_, err := st.Pool().Exec(ctx, `ALTER TABLE run_queue SET (autovacuum_enabled = off);
-		ALTER TABLE run_leases SET (autovacuum_enabled = off)`)
-	require.NoError(t, err)
+	noQueueAutovacuum(t, st)
 	fillQueue(t, st, 30000)
 	for claimed := 0; claimed < 25000; {
 		claims, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 500, LeaseTTL: time.Minute})
@@ -101,4 +96,14 @@ func TestVacuumQueueDoesNotTruncateTheQueue(t *testing.T) {
 	var empty bool
 	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM run_queue)`).Scan(&empty))
 	require.True(t, empty, "every queued run was claimed")
+}
+
+// noQueueAutovacuum turns autovacuum off for run_queue and run_leases in st's own
+// database: autovacuum (every 5 s on the test server) would clear the dead entries that
+// claims leave while a test or benchmark measures them or the vacuums that remove them.
+func noQueueAutovacuum(tb testing.TB, st *store.Store) {
+	tb.Helper()
+	_, err := st.Pool().Exec(tb.Context(), `ALTER TABLE run_queue SET (autovacuum_enabled = off);
+		ALTER TABLE run_leases SET (autovacuum_enabled = off)`)
+	require.NoError(tb, err)
 }
