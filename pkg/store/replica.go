@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/agentserver/agentserver/pkg/rawio"
 )
 
 // DefaultReplicaProbeInterval is how often a read replica that failed is probed until it
@@ -87,6 +89,7 @@ func openReplica(ctx context.Context, url string, o openOptions) (*replica, erro
 		cfg.ConnConfig.ConnectTimeout = 2 * time.Second
 	}
 	cfg.AfterConnect = registerUUID
+	cfg.ConnConfig.DialFunc = rawio.Dial(cfg.ConnConfig.DialFunc)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("read replica: %w", err)

@@ -27,6 +27,7 @@ import (
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/config"
 	"github.com/agentserver/agentserver/pkg/grpcwin"
+	"github.com/agentserver/agentserver/pkg/rawio"
 	"github.com/agentserver/agentserver/pkg/store"
 	"github.com/agentserver/agentserver/services/gateway/internal/api"
 	"github.com/agentserver/agentserver/services/gateway/internal/latency"
@@ -134,6 +135,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		grpcLis.Close()
 		return nil, fmt.Errorf("listening for HTTP on %s (port taken? set GATEWAY_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
+	// The gRPC server's connections read and write with raw system calls (package rawio);
+	// 20 s is the TCP_USER_TIMEOUT gRPC sets from its default keepalive timeout.
+	grpcLis = rawio.Listener(grpcLis, 20*time.Second)
 	s := &Server{cfg: cfg, log: log, grpcLis: grpcLis, httpLis: httpLis, health: health.NewServer()}
 	window := latency.NewWindow(time.Minute, 1<<16)
 	s.grpc = grpc.NewServer(append(grpcwin.ServerOptions(),

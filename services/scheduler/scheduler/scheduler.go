@@ -30,6 +30,7 @@ import (
 	"github.com/agentserver/agentserver/pkg/admin"
 	"github.com/agentserver/agentserver/pkg/grpcwin"
 	"github.com/agentserver/agentserver/pkg/inproc"
+	"github.com/agentserver/agentserver/pkg/rawio"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -81,6 +82,10 @@ type Config struct {
 
 // maxResultLinger bounds Config.ResultLinger.
 const maxResultLinger = 100 * time.Millisecond
+
+// keepaliveTimeout is how long the gRPC server waits for a worker's answer to a keepalive
+// ping, and the TCP_USER_TIMEOUT of the workers' connections.
+const keepaliveTimeout = 10 * time.Second
 
 // Defaults returns the default configuration.
 func Defaults() Config {
@@ -165,12 +170,13 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		log:      log.With("scheduler", cfg.ID),
 		sessions: make(map[string]*session),
 		wake:     make(chan struct{}, 1),
-		lis:      lis,
-		health:   health.NewServer(),
+		// Raw reads and writes (package rawio); the user timeout is the keepalive's below.
+		lis:    rawio.Listener(lis, keepaliveTimeout),
+		health: health.NewServer(),
 	}
 	s.grpc = grpc.NewServer(append(grpcwin.ServerOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: keepaliveTimeout}),
 	)...)
 	schedulerv1.RegisterSchedulerServiceServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
