@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/agentserver/agentserver/pkg/rawio"
 )
 
 // Listen holds a direct connection LISTENing on channels and calls fn for each
@@ -35,7 +37,12 @@ func Listen(ctx context.Context, url string, channels []string, log *slog.Logger
 }
 
 func listenOnce(ctx context.Context, url string, channels []string, fn func(channel, payload string)) error {
-	conn, err := pgx.Connect(ctx, url)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("parsing database URL: %w", err)
+	}
+	cfg.DialFunc = rawio.Dial(cfg.DialFunc) // as the pools' (Open)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connecting: %w", err)
 	}
