@@ -10,7 +10,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.Duration(&cfg.LeaseTTL, "lease-ttl", "SCHEDULER_LEASE_TTL", cfg.LeaseTTL, "lease of a run without renewal")
 	set.Duration(&cfg.HeartbeatInterval, "heartbeat-interval", "SCHEDULER_HEARTBEAT_INTERVAL", cfg.HeartbeatInterval, "worker heartbeat interval")
 	set.Duration(&cfg.PollInterval, "poll-interval", "SCHEDULER_POLL_INTERVAL", cfg.PollInterval, "queue polling fallback")
-	set.Duration(&cfg.ClaimCooldown, "claim-cooldown", "SCHEDULER_CLAIM_COOLDOWN", cfg.ClaimCooldown, "least time between two claims that found runs (larger claims under load; 0: none)")
+	set.Duration(&cfg.ClaimCooldown, "claim-cooldown", "SCHEDULER_CLAIM_COOLDOWN", cfg.ClaimCooldown, "least time between two claims that found runs (larger claims under load; up to 4x while claims drain the queue at over 1,000 runs/s; 0: none)")
 	set.Duration(&cfg.RecoverInterval, "recover-interval", "SCHEDULER_RECOVER_INTERVAL", cfg.RecoverInterval, "how often lost runs are recovered")
 	set.Duration(&cfg.RetryBaseDelay, "retry-base-delay", "SCHEDULER_RETRY_BASE_DELAY", cfg.RetryBaseDelay, "backoff before the second attempt (doubles per attempt)")
 	set.Duration(&cfg.RetryMaxDelay, "retry-max-delay", "SCHEDULER_RETRY_MAX_DELAY", cfg.RetryMaxDelay, "largest retry backoff")

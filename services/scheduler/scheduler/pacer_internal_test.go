@@ -1,0 +1,68 @@
+package scheduler
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The rest after a claim that drained the queue grows with the rate runs are claimed at,
+// above cooldownRate a second, up to cooldownMax times the configured cooldown; below it,
+// after a claim limited by the free slots, and after an idle spell it is the configured one.
+func TestClaimRestGrowsWithTheRateOnlyWhenClaimsDrainTheQueue(t *testing.T) {
+	const base = time.Millisecond
+	t0 := time.Unix(1_800_000_000, 0)
+	// run claims n runs every `every` for a second and returns the rests after each.
+	run := func(p *claimPacer, start time.Time, every time.Duration, n int, drained bool) []time.Duration {
+		var rests []time.Duration
+		for at := time.Duration(0); at < time.Second; at += every {
+			rests = append(rests, p.rest(start.Add(at), n, drained))
+		}
+		return rests
+	}
+	settled := func(rests []time.Duration) []time.Duration {
+		return rests[len(rests)/2:] // after the first windows
+	}
+
+	t.Run("500 runs a second", func(t *testing.T) {
+		p := &claimPacer{base: base}
+		for _, r := range run(p, t0, 2*time.Millisecond, 1, true) {
+			require.Equal(t, base, r)
+		}
+	})
+	t.Run("3,000 runs a second, each claim draining the queue", func(t *testing.T) {
+		p := &claimPacer{base: base}
+		rests := run(p, t0, 2*time.Millisecond, 6, true)
+		require.Equal(t, base, rests[0], "no rate measured yet")
+		for _, r := range settled(rests) {
+			require.Equal(t, 3*base, r)
+		}
+	})
+	t.Run("10,000 runs a second: capped", func(t *testing.T) {
+		p := &claimPacer{base: base}
+		for _, r := range settled(run(p, t0, 2*time.Millisecond, 20, true)) {
+			require.Equal(t, cooldownMax*base, r)
+		}
+	})
+	t.Run("a backlog: claims limited by the free slots", func(t *testing.T) {
+		p := &claimPacer{base: base}
+		for _, r := range run(p, t0, 10*time.Millisecond, 240, false) {
+			require.Equal(t, base, r)
+		}
+	})
+	t.Run("after an idle spell", func(t *testing.T) {
+		p := &claimPacer{base: base}
+		run(p, t0, 2*time.Millisecond, 20, true)
+		require.Equal(t, base, p.rest(t0.Add(time.Second+300*time.Millisecond), 6, true))
+	})
+	t.Run("nothing claimed, or no cooldown configured", func(t *testing.T) {
+		p := &claimPacer{base: base}
+		run(p, t0, 2*time.Millisecond, 20, true)
+		require.Zero(t, p.rest(t0.Add(time.Second), 0, true))
+		off := &claimPacer{}
+		for _, r := range run(off, t0, 2*time.Millisecond, 20, true) {
+			require.Zero(t, r)
+		}
+	})
+}
