@@ -25,32 +25,28 @@ func TestClaimRestGrowsWithTheRateOnlyWhenClaimsDrainTheQueue(t *testing.T) {
 		return rests[len(rests)/2:] // after the first windows
 	}
 
-	t.Run("500 runs a second", func(t *testing.T) {
-		p := &claimPacer{base: base}
-		for _, r := range run(p, t0, 2*time.Millisecond, 1, true) {
-			require.Equal(t, base, r)
-		}
-	})
-	t.Run("3,000 runs a second, each claim draining the queue", func(t *testing.T) {
-		p := &claimPacer{base: base}
-		rests := run(p, t0, 2*time.Millisecond, 6, true)
-		require.Equal(t, base, rests[0], "no rate measured yet")
-		for _, r := range settled(rests) {
-			require.Equal(t, 3*base, r)
-		}
-	})
-	t.Run("10,000 runs a second: capped", func(t *testing.T) {
-		p := &claimPacer{base: base}
-		for _, r := range settled(run(p, t0, 2*time.Millisecond, 20, true)) {
-			require.Equal(t, cooldownMax*base, r)
-		}
-	})
-	t.Run("a backlog: claims limited by the free slots", func(t *testing.T) {
-		p := &claimPacer{base: base}
-		for _, r := range run(p, t0, 10*time.Millisecond, 240, false) {
-			require.Equal(t, base, r)
-		}
-	})
+	// Claim sequences of a second each, and the rest every claim gets once the rate of
+	// the windows before it is known (the first claims get the cooldown as configured).
+	for _, tc := range []struct {
+		name    string
+		every   time.Duration
+		n       int
+		drained bool
+		want    time.Duration
+	}{
+		{"500 runs a second", 2 * time.Millisecond, 1, true, base},
+		{"3,000 runs a second, each claim draining the queue", 2 * time.Millisecond, 6, true, 3 * base},
+		{"10,000 runs a second: capped", 2 * time.Millisecond, 20, true, cooldownMax * base},
+		{"a backlog: claims limited by the free slots", 10 * time.Millisecond, 240, false, base},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rests := run(&claimPacer{base: base}, t0, tc.every, tc.n, tc.drained)
+			require.Equal(t, base, rests[0], "no rate measured yet")
+			for _, r := range settled(rests) {
+				require.Equal(t, tc.want, r)
+			}
+		})
+	}
 	t.Run("after an idle spell", func(t *testing.T) {
 		p := &claimPacer{base: base}
 		run(p, t0, 2*time.Millisecond, 20, true)
