@@ -50,15 +50,19 @@ type listener struct {
 }
 
 func (l *listener) Accept() (net.Conn, error) {
-	conn, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	if l.userTimeout > 0 {
-		if err := setUserTimeout(conn, l.userTimeout); err != nil {
-			conn.Close()
+	for {
+		conn, err := l.Listener.Accept()
+		if err != nil {
 			return nil, err
 		}
+		if l.userTimeout > 0 {
+			if err := setUserTimeout(conn, l.userTimeout); err != nil {
+				// As gRPC does with a connection it cannot set up: drop this one, serve
+				// the next (an error from Accept would stop the server).
+				conn.Close()
+				continue
+			}
+		}
+		return Wrap(conn), nil
 	}
-	return Wrap(conn), nil
 }
