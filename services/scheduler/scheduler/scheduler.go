@@ -418,7 +418,7 @@ func (s *Server) dispatch(ctx context.Context) (claimed int, drained bool) {
 			}
 		}
 	}
-	return claimed, drained && claimed > 0
+	return claimed, drained
 }
 
 // The claim cooldown under load. When claims drain the queue, each is as large as the
