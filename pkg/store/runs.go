@@ -237,22 +237,19 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 		WITH input AS (
 			SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
 				WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
-		), guard AS (
-			SELECT agentserver_unknown_assistant(i.assistant_id) FROM input i
-			WHERE NOT EXISTS (SELECT 1 FROM assistants a WHERE a.tenant_id = $1 AND a.id = i.assistant_id)
 		), ins AS (
 			INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
 				slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes, queued_seq)
-			SELECT i.id, $1, a.id, a.version, nullif(i.thread_id, ''), nextval('run_seq'), 1,
+			-- An unknown assistant raises (its version is the function's, which raises),
+			-- failing the whole statement: nothing it inserted stays.
+			SELECT i.id, $1, i.assistant_id, coalesce(a.version, agentserver_unknown_assistant(i.assistant_id)),
+				nullif(i.thread_id, ''), nextval('run_seq'), 1,
 				coalesce(i.priority, a.priority), a.slot_type, i.input,
 				CASE WHEN a.max_attempts > 0 THEN a.max_attempts ELSE $9 END,
 				least(CASE WHEN i.timeout_ms > 0 THEN i.timeout_ms WHEN a.timeout_ms > 0 THEN a.timeout_ms ELSE $10 END, $11),
 				-- The run's QUEUED event: its seq in the log, kept on the run (migration 11).
 				nullif(i.request_id, ''), a.gpu_memory_bytes, nextval('run_events_seq_seq')
-			FROM input i JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
-			-- An InitPlan, run once before any row is inserted: it raises on an unknown
-			-- assistant, failing the whole statement.
-			WHERE (SELECT count(*) FROM guard) = 0
+			FROM input i LEFT JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
 			ORDER BY i.ord
 			ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
 			-- Only the columns read below (enqueue's among them), not the whole row.
@@ -260,14 +257,13 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 				slot_type, max_attempts, timeout_ms, create_time
 		), q AS (
 			`+enqueue("ins", "now()")+` WHERE thread_id IS NULL
-		), n AS (
-			SELECT pg_notify('`+QueueChannel+`', slot_type) FROM (SELECT DISTINCT slot_type FROM ins) x
 		)
-		-- n is a plain SELECT CTE: it runs (once, when runs were created) only because it
-		-- is referenced here. Only what the database chose comes back: the rest of a new
-		-- run is what this call sent or a column default (see createdRun).
+		-- One notification per slot type however many runs name it: PostgreSQL delivers
+		-- identical notifications of a transaction once. Only what the database chose comes
+		-- back: the rest of a new run is what this call sent or a column default (see
+		-- createdRun).
 		SELECT id, assistant_version, priority, slot_type, max_attempts, timeout_ms, create_time,
-			(SELECT count(*) FROM n)
+			pg_notify('`+QueueChannel+`', slot_type) IS NULL
 		FROM ins`,
 		tenant, in.ids, in.assistants, in.inputs, in.priorities, in.timeouts, in.requestIDs, in.threads,
 		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
@@ -281,7 +277,7 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 	out := make([]*Run, len(in.ids))
 	var (
 		c        createdRun
-		notified int64
+		notified bool // pg_notify's result is void: only its call counts
 	)
 	_, err = pgx.ForEachRow(rows, []any{&c.id, &c.assistantVersion, &c.priority, &c.slotType, &c.maxAttempts, &c.timeoutMS, &c.createTime, &notified}, func() error {
 		i, ok := index[c.id]
