@@ -54,22 +54,29 @@ func TestFinishProbesRunsByKey(t *testing.T) {
 			epochList := "{" + strings.Repeat("1,", n-1) + "1}"
 			outputList := "{" + strings.Repeat(`"{}",`, n-1) + `"{}"}`
 			stepList := "{" + strings.Repeat("noop,", n-1) + "noop}"
+			// The statements without events and with them (none here).
+			variants := map[string][]any{
+				"without events": {finishSuccess[0][0], idList, epochList, outputList, stepList},
+				"with events":    {finishSuccess[0][1], idList, epochList, outputList, "{}", "{}", "{}", stepList},
+			}
 			for mode, settings := range modes {
-				name := fmt.Sprintf("%d of %d runs (%s)", n, size, mode)
-				lines := explainGeneric(t, conn, settings, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)`,
-					finishSuccessPlain, idList, epochList, outputList, "{}", "{}", "{}", stepList)
-				plan := strings.Join(lines, "\n")
+				for variant, args := range variants {
+					name := fmt.Sprintf("%d of %d runs (%s, %s)", n, size, mode, variant)
+					lines := explainGeneric(t, conn, settings, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)`,
+						args[0].(string), args[1:]...)
+					plan := strings.Join(lines, "\n")
 
-				if mode == "hot pool" {
-					require.Containsf(t, plan, "(id = ANY ($1))", "%s: not a generic plan:\n%s", name, plan)
+					if mode == "hot pool" {
+						require.Containsf(t, plan, "(id = ANY ($1))", "%s: not a generic plan:\n%s", name, plan)
+					}
+					m := byKey.FindStringSubmatch(plan)
+					require.NotNilf(t, m, "%s: runs are not reached by probing runs_pkey with the ids:\n%s", name, plan)
+					require.Equalf(t, strconv.Itoa(n), m[2], "%s: runs found:\n%s", name, plan)
+					require.NotContainsf(t, plan, "Seq Scan on runs", "%s:\n%s", name, plan)
+					require.NotContainsf(t, plan, "runs_list", "%s: a list index read whole:\n%s", name, plan)
+					require.NotContainsf(t, plan, "Function Scan on p", "%s: the input arrays are joined:\n%s", name, plan)
+					require.Containsf(t, plan, fmt.Sprintf("Update on runs r (actual rows=%d loops=1)", n), "%s: every run finished:\n%s", name, plan)
 				}
-				m := byKey.FindStringSubmatch(plan)
-				require.NotNilf(t, m, "%s: runs are not reached by probing runs_pkey with the ids:\n%s", name, plan)
-				require.Equalf(t, strconv.Itoa(n), m[2], "%s: runs found:\n%s", name, plan)
-				require.NotContainsf(t, plan, "Seq Scan on runs", "%s:\n%s", name, plan)
-				require.NotContainsf(t, plan, "runs_list", "%s: a list index read whole:\n%s", name, plan)
-				require.NotContainsf(t, plan, "Function Scan on p", "%s: the input arrays are joined:\n%s", name, plan)
-				require.Containsf(t, plan, fmt.Sprintf("Update on runs r (actual rows=%d loops=1)", n), "%s: every run finished:\n%s", name, plan)
 			}
 		}
 	}

@@ -644,13 +644,13 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	if len(ids) == 0 {
 		return order, nil
 	}
-	stmt := finishSuccessPlain
-	if limited {
-		stmt = finishSuccessLimited
+	stmt, args := finishSuccess[b2i(limited)][0], []any{ids, epochs, outputs, steps}
+	if len(evRuns) > 0 {
+		stmt, args = finishSuccess[b2i(limited)][1], []any{ids, epochs, outputs, evRuns, evTypes, evData, steps}
 	}
 	var done []uuid.UUID
 	err := s.retryDeadlock(func() error {
-		rows, err := s.hot.Query(ctx, stmt, ids, epochs, outputs, evRuns, evTypes, evData, steps)
+		rows, err := s.hot.Query(ctx, stmt, args...)
 		if err != nil {
 			return err
 		}
@@ -682,6 +682,14 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	return rest, nil
 }
 
+// b2i is 1 for true, 0 for false.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // keptStep returns the step of a result's events when they are just that step's
 // step_started event, {"step": name}, as the worker sends it: the one-statement finish
 // keeps that event on the run (migration 21) instead of writing a row. Otherwise "".
@@ -694,16 +702,21 @@ func keptStep(events []Event) string {
 }
 
 // finishSuccessStatement ends the runs $1 (unique ids, ascending) under the epochs $2 with the
-// outputs $3, and appends the worker's events ($4 run, $5 type, $6 data), each run's
-// step_started event when that is its only one ($7, aligned with $1: the step, or the
-// empty string) and each run's SUCCEEDED event; the last two are kept on the run
-// (migration 21). limited selects the runs claimed under a concurrency limit, whose
+// outputs $3, and appends each run's step_started event when that is its only one ($7, or
+// $4 without events: aligned with $1, the step or the empty string), each run's SUCCEEDED
+// event — both kept on the run (migration 21) — and, with events, the worker's events ($4
+// run, $5 type, $6 data). limited selects the runs claimed under a concurrency limit, whose
 // updates fire the load trigger: that updates their assistants' assistant_load rows one
 // run at a time, in the order the runs are updated (by id), so the statement first locks
 // those rows in key order, as claims (admit) and the general path do, and two batches
 // never wait on each other's load rows in opposite orders (a deadlock with another writer
 // is still retried).
-func finishSuccessStatement(limited bool) string {
+//
+// Without events (the common case: a short run's only event is its step_started, kept on
+// the run) the statement has no event CTEs: every statement starts each node of its plan
+// again, the event insert's among them (its table and indexes opened and locked), whether
+// it writes a row or not.
+func finishSuccessStatement(limited, events bool) string {
 	lock, which := "", "AND NOT r.limited"
 	if limited {
 		lock = `lk AS (
@@ -716,8 +729,9 @@ func finishSuccessStatement(limited bool) string {
 		// An InitPlan: the load rows are locked before the first run is updated.
 		which = "AND r.limited AND (SELECT count(*) FROM lk) >= 0"
 	}
-	return `
-		WITH ` + lock + `ev AS (
+	ev, evSeqs, e, steps := "", "", "", "$4"
+	if events {
+		ev = `ev AS (
 			-- The worker's events in their order, each with its seq taken here, before
 			-- the runs take theirs: the log's seq follows that order. (A subquery with
 			-- ORDER BY is not flattened: nextval sees its rows in order.)
@@ -725,10 +739,20 @@ func finishSuccessStatement(limited bool) string {
 				SELECT * FROM unnest($4::uuid[], $5::text[], $6::jsonb[]) WITH ORDINALITY AS x(run_id, type, data, ord)
 				ORDER BY x.ord
 			) x
-		), st AS (
+		), `
+		evSeqs = "AND (SELECT count(*) FROM ev) >= 0 "
+		e = `, e AS (
+			-- The events of the runs ended here (a stale claim's are dropped with it).
+			INSERT INTO run_events (run_id, tenant_id, seq, type, data) OVERRIDING SYSTEM VALUE
+			SELECT ev.run_id, u.tenant_id, ev.seq, ev.type, ev.data FROM ev JOIN u ON u.id = ev.run_id
+		)`
+		steps = "$7"
+	}
+	return `
+		WITH ` + lock + ev + `st AS (
 			-- The seqs of the step_started events kept on the runs, aligned with $1.
 			SELECT array_agg(CASE WHEN k.step <> '' THEN nextval('run_events_seq_seq') END ORDER BY k.ord) AS seqs
-			FROM unnest($7::text[]) WITH ORDINALITY AS k(step, ord)
+			FROM unnest(` + steps + `::text[]) WITH ORDINALITY AS k(step, ord)
 		), u AS (
 			-- The step_started event that was a result's only event and the SUCCEEDED
 			-- event stay on the run (migration 21): step_seq, started_step, end_seq, and
@@ -736,7 +760,7 @@ func finishSuccessStatement(limited bool) string {
 			UPDATE runs r SET state = 3, output = ($3::jsonb[])[width_bucket(r.id, $1::uuid[])],
 				error = '', end_time = now(),
 				step_seq = ((SELECT seqs FROM st))[width_bucket(r.id, $1::uuid[])],
-				started_step = nullif(($7::text[])[width_bucket(r.id, $1::uuid[])], ''),
+				started_step = nullif((` + steps + `::text[])[width_bucket(r.id, $1::uuid[])], ''),
 				end_seq = nextval('run_events_seq_seq')
 			-- r.id = ANY($1): an index probe of runs_pkey per run whatever the statistics
 			-- say (the list indexes serve listings only: migration 22). Each run's epoch, output
@@ -752,22 +776,19 @@ func finishSuccessStatement(limited bool) string {
 			-- run takes its end_seq.
 			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[width_bucket(r.id, $1::uuid[])]
 				AND r.state = 2 AND r.thread_id IS NULL ` + which + `
-				AND (SELECT count(*) FROM ev) >= 0 AND cardinality((SELECT seqs FROM st)) >= 0
+				` + evSeqs + `AND cardinality((SELECT seqs FROM st)) >= 0
 			RETURNING r.id, r.tenant_id
 		), l AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM u))
-		), e AS (
-			-- The events of the runs ended here (a stale claim's are dropped with it).
-			INSERT INTO run_events (run_id, tenant_id, seq, type, data) OVERRIDING SYSTEM VALUE
-			SELECT ev.run_id, u.tenant_id, ev.seq, ev.type, ev.data FROM ev JOIN u ON u.id = ev.run_id
-		)
+		)` + e + `
 		SELECT id FROM u`
 }
 
-var (
-	finishSuccessPlain   = finishSuccessStatement(false)
-	finishSuccessLimited = finishSuccessStatement(true)
-)
+// finishSuccess holds finishSuccessStatement's four statements, by [limited][events].
+var finishSuccess = [2][2]string{
+	{finishSuccessStatement(false, false), finishSuccessStatement(false, true)},
+	{finishSuccessStatement(true, false), finishSuccessStatement(true, true)},
+}
 
 // queueFinish adds the statements that end one locked run to b and records the outcome.
 func queueFinish(b *pgx.Batch, p FinishParams, state []byte, r finishRow, res *FinishResult) error {
