@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -227,13 +228,17 @@ type dbtx interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// insertRuns inserts the runs in one statement and returns them in input order: an
-// unknown assistant raises AS404 and the statement writes nothing; runs without a thread
-// are queued and the queue NOTIFY is sent in the same statement (runs on a thread are
-// queued by joinThread). A run whose request id was used before comes back as that
-// earlier run.
-func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d RunDefaults) ([]*Run, error) {
-	rows, err := db.Query(ctx, `
+// createStatement is insertRuns's statement. Only a batch with request ids (idempotent)
+// inserts with ON CONFLICT: PostgreSQL inserts every row of such an INSERT speculatively
+// (a lock taken and released and a confirming WAL record per row) whether the row can
+// conflict or not, and a run without a request id never can (runs_request_id holds the
+// runs that have one).
+func createStatement(idempotent bool) string {
+	onConflict := ""
+	if idempotent {
+		onConflict = `ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING`
+	}
+	return `
 		WITH input AS (
 			SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
 				WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
@@ -251,20 +256,36 @@ func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d R
 				nullif(i.request_id, ''), a.gpu_memory_bytes, nextval('run_events_seq_seq')
 			FROM input i LEFT JOIN assistants a ON a.tenant_id = $1 AND a.id = i.assistant_id
 			ORDER BY i.ord
-			ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+			` + onConflict + `
 			-- Only the columns read below (enqueue's among them), not the whole row.
 			RETURNING id, seq, tenant_id, assistant_id, assistant_version, thread_id, priority,
 				slot_type, max_attempts, timeout_ms, create_time
 		), q AS (
-			`+enqueue("ins", "now()")+` WHERE thread_id IS NULL
+			` + enqueue("ins", "now()") + ` WHERE thread_id IS NULL
 		)
 		-- One notification per slot type however many runs name it: PostgreSQL delivers
 		-- identical notifications of a transaction once. Only what the database chose comes
 		-- back: the rest of a new run is what this call sent or a column default (see
 		-- createdRun).
 		SELECT id, assistant_version, priority, slot_type, max_attempts, timeout_ms, create_time,
-			pg_notify('`+QueueChannel+`', slot_type) IS NULL
-		FROM ins`,
+			pg_notify('` + QueueChannel + `', slot_type) IS NULL
+		FROM ins`
+}
+
+// createStatements are createStatement's, by idempotent.
+var createStatements = [2]string{createStatement(false), createStatement(true)}
+
+// insertRuns inserts the runs in one statement and returns them in input order: an
+// unknown assistant raises AS404 and the statement writes nothing; runs without a thread
+// are queued and the queue NOTIFY is sent in the same statement (runs on a thread are
+// queued by joinThread). A run whose request id was used before comes back as that
+// earlier run.
+func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d RunDefaults) ([]*Run, error) {
+	stmt := createStatements[0]
+	if slices.ContainsFunc(in.requestIDs, func(id string) bool { return id != "" }) {
+		stmt = createStatements[1]
+	}
+	rows, err := db.Query(ctx, stmt,
 		tenant, in.ids, in.assistants, in.inputs, in.priorities, in.timeouts, in.requestIDs, in.threads,
 		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
 	if err != nil {
