@@ -776,8 +776,18 @@ func TestFinishRunsGivesEachRunItsOwnResult(t *testing.T) {
 // paging past them or stopping at them works like for any other event.
 func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	t.Parallel()
+	// Runs claimed under a concurrency limit end through a statement of their own.
+	for _, limit := range []int32{0, 10} {
+		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
+			t.Parallel()
+			runEventLogMergesTheEventsKeptOnTheRun(t, limit)
+		})
+	}
+}
+
+func runEventLogMergesTheEventsKeptOnTheRun(t *testing.T, limit int32) {
 	st := newStore(t)
-	newAssistant(t, st, "a", nil)
+	newAssistant(t, st, "a", func(a *store.Assistant) { a.ConcurrencyLimit = limit })
 	runs := enqueue(t, st, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"},
 		store.NewRun{AssistantID: "a"}, store.NewRun{AssistantID: "a"})
 	claims := claim(t, st, "w", "cpu", 5)
@@ -854,6 +864,13 @@ func TestRunEventLogMergesTheEventsKeptOnTheRun(t *testing.T) {
 	foreign, err := st.ListRunEvents(t.Context(), "other-tenant", run.ID, 0, 100)
 	require.NoError(t, err)
 	require.Empty(t, foreign, "another tenant sees none of it")
+
+	if limit > 0 {
+		var running int
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT running FROM assistant_load
+			WHERE tenant_id = $1 AND assistant_id = 'a'`, tenant).Scan(&running))
+		require.Zero(t, running, "the ended runs left their assistant's load")
+	}
 }
 
 // Every way a claimed run goes back to the queue (a retried failure, a released result, an
