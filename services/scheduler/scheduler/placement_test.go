@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -71,6 +72,8 @@ type standInWorker struct {
 	ackMessages map[string]int
 	// end is why the session ended, once it has.
 	end error
+	// cancelled are the cancels received.
+	cancelled []*schedulerv1.Cancel
 }
 
 func connectStandIn(t *testing.T, addr string, reg *schedulerv1.Register) *standInWorker {
@@ -111,6 +114,8 @@ func connectStandInOver(t *testing.T, conn grpc.ClientConnInterface, reg *schedu
 			case *schedulerv1.ConnectResponse_ResultAcks:
 				w.acks = append(w.acks, msg.ResultAcks.GetAcks()...)
 				w.ackMessages["batched"]++
+			case *schedulerv1.ConnectResponse_Cancel:
+				w.cancelled = append(w.cancelled, msg.Cancel)
 			}
 			w.mu.Unlock()
 		}
@@ -134,6 +139,12 @@ func (w *standInWorker) ended() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.end
+}
+
+func (w *standInWorker) cancels() []*schedulerv1.Cancel {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.cancelled)
 }
 
 func (w *standInWorker) assignments() []*schedulerv1.Assignment {

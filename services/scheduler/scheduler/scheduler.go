@@ -141,6 +141,9 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	wake     chan struct{}
+	// listenPause closes the LISTEN connection while the dispatcher claims back to back
+	// (dispatchLoop); nil without LISTEN.
+	listenPause *store.Pause
 
 	lis net.Listener
 	// inproc serves SchedulerService to workers in this process (InProcess).
@@ -240,6 +243,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.admin != nil {
 		g.Go(func() error { return s.admin.Run(ctx) })
 	}
+	if s.cfg.DatabaseURL != "" {
+		s.listenPause = store.NewPause()
+	}
 	g.Go(func() error { s.dispatchLoop(ctx); return nil })
 	g.Go(func() error { s.leaseLoop(ctx); return nil })
 	g.Go(func() error { s.recoverLoop(ctx); return nil })
@@ -252,7 +258,7 @@ func (s *Server) Run(ctx context.Context) error {
 						return
 					}
 					s.kick()
-				})
+				}, s.listenPause)
 			return nil
 		})
 	}
@@ -278,14 +284,30 @@ func (s *Server) snapshot() []*session {
 	return out
 }
 
+// cancelPollInterval is how often the dispatcher looks for cancel requests while its
+// LISTEN connection is closed (dispatchLoop).
+const cancelPollInterval = 50 * time.Millisecond
+
 // dispatchLoop claims runs for free slots whenever woken, and at least every PollInterval;
 // after a claim that found runs it rests first (claimCooldown).
+//
+// While claims drain the queue faster than cooldownRate runs a second, it claims again
+// after each rest without waiting for a wake-up, and closes its LISTEN connection
+// meanwhile (store.Pause): PostgreSQL signals every listening backend at every commit
+// that notifies — every create statement — a signal, and a wake-up of the listening
+// backend and of this server, that nobody needs while claims come back to back. Cancel
+// requests are then looked for every cancelPollInterval. When a claim finds the queue
+// quiet again it listens again and claims once more before it waits: a run created
+// before the LISTEN took effect is found by that claim, one created after it notifies.
+// Other schedulers listen on their own.
 func (s *Server) dispatchLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
 	vacuum := newQueueVacuum(s.cfg.QueueVacuumRuns, s.store, s.log)
 	defer vacuum.wait()
 	pacer := claimPacer{base: s.cfg.ClaimCooldown}
+	paused := false
+	var cancelsPolled time.Time
 	for {
 		n, drained := s.dispatch(ctx)
 		vacuum.claimed(ctx, n)
@@ -294,6 +316,34 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-time.After(rest):
+			}
+		}
+		if s.listenPause != nil {
+			if n > 0 && drained && pacer.fast() {
+				if !paused {
+					_ = s.listenPause.SetPaused(ctx, true)
+					paused = true
+				}
+				// No cancel notifications meanwhile: look for cancel requests instead.
+				if time.Since(cancelsPolled) >= cancelPollInterval {
+					s.sendCancels(ctx)
+					cancelsPolled = time.Now()
+				}
+				continue
+			}
+			if paused {
+				lctx, cancel := context.WithTimeout(ctx, time.Second)
+				err := s.listenPause.SetPaused(lctx, false)
+				cancel()
+				if ctx.Err() != nil {
+					return
+				}
+				paused = false
+				if err == nil {
+					continue // the claim after the LISTEN
+				}
+				// Not listening yet: the poll below finds the runs meanwhile.
+				s.log.Warn("listening on the queue again; polling meanwhile", "err", err)
 			}
 		}
 		select {
@@ -450,14 +500,20 @@ func claimCooldown(base time.Duration, perSecond float64, drained bool) time.Dur
 
 // claimPacer decides the dispatcher's rest after each claim.
 type claimPacer struct {
-	base time.Duration // Config.ClaimCooldown
-	rate claimRate
+	base      time.Duration // Config.ClaimCooldown
+	rate      claimRate
+	perSecond float64 // the claim rate at the last rest
 }
+
+// fast reports whether claims came faster than cooldownRate runs a second at the last
+// rest.
+func (p *claimPacer) fast() bool { return p.perSecond > cooldownRate }
 
 // rest is the rest after a claim at now that found n runs (drained: all the queue had):
 // none after a claim that found nothing or without a cooldown, else claimCooldown.
 func (p *claimPacer) rest(now time.Time, n int, drained bool) time.Duration {
 	perSecond := p.rate.add(now, n)
+	p.perSecond = perSecond
 	if n == 0 || p.base <= 0 {
 		return 0
 	}

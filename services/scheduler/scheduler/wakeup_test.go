@@ -1,8 +1,11 @@
 package scheduler_test
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/stretchr/testify/require"
 
@@ -59,4 +62,48 @@ func TestCreatedRunsWakeTheScheduler(t *testing.T) {
 	require.Eventually(t, func() bool { return len(w.assignments()) == 3 }, 10*time.Second, 10*time.Millisecond, "a batch of three")
 	queueRuns(t, st, "a", 1)
 	require.Eventually(t, func() bool { return len(w.assignments()) == 4 }, 10*time.Second, 10*time.Millisecond, "one more")
+}
+
+// Claiming back to back, the scheduler closes its LISTEN connection; when the queue is
+// quiet again it listens again before it waits: with a poll of a minute, a run created
+// after a burst is assigned within seconds, and a cancel requested during the burst
+// reaches its worker.
+func TestRunsCreatedAfterABurstWakeTheScheduler(t *testing.T) {
+	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute; c.RecoverInterval = time.Minute })
+	ctx := t.Context()
+	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
+	require.NoError(t, err)
+	w := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w", Slots: slots("cpu", 5000)})
+	waitListening(t, st)
+
+	// 4,000 runs at ~10,000 a second for ~0.4 s: claims of all the queue holds, faster
+	// than the rate from which the scheduler claims back to back. Half-way, a cancel.
+	for i := range 40 {
+		queueRuns(t, st, "a", 100)
+		if i == 20 {
+			first := w.assignments()[0]
+			id, err := uuid.Parse(strings.TrimPrefix(first.GetRun(), "runs/"))
+			require.NoError(t, err)
+			_, err = st.CancelRun(ctx, store.DefaultTenant, id)
+			require.NoError(t, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.Eventually(t, func() bool { return len(w.assignments()) == 4000 }, 20*time.Second, 10*time.Millisecond, "the burst")
+	require.Eventually(t, func() bool { return len(w.cancels()) == 1 }, 10*time.Second, 10*time.Millisecond, "the cancel")
+	time.Sleep(100 * time.Millisecond) // the dispatcher waits again
+	queueRuns(t, st, "a", 1)
+	require.Eventually(t, func() bool { return len(w.assignments()) == 4001 }, 10*time.Second, 10*time.Millisecond, "the run after it")
+}
+
+// waitListening waits until the scheduler's LISTEN connection listens: its last statement
+// listens on the cancel channel, after the queue's.
+func waitListening(t *testing.T, st *store.Store) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var n int
+		err := st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query = $1`, `LISTEN "`+store.CancelChannel+`"`).Scan(&n)
+		return err == nil && n == 1
+	}, 10*time.Second, 10*time.Millisecond, "the scheduler listens")
 }
