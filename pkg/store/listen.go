@@ -112,7 +112,8 @@ type Pause struct {
 	done   uint64 // the last gen under which a connection listened
 	// changed is closed and replaced at every change of paused or done.
 	changed chan struct{}
-	// off ends when the pause of its gen is turned on (pausedCtx).
+	// offCtx ends when the pause is turned on; turning it off makes a new one
+	// (pausedCtx).
 	offCtx    context.Context
 	offCancel context.CancelFunc
 }

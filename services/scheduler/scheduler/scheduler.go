@@ -178,6 +178,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		lis:    rawio.Listener(lis, keepaliveTimeout),
 		health: health.NewServer(),
 	}
+	if cfg.DatabaseURL != "" {
+		s.listenPause = store.NewPause()
+	}
 	s.grpc = grpc.NewServer(append(grpcwin.ServerOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: keepaliveTimeout}),
@@ -242,9 +245,6 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	if s.admin != nil {
 		g.Go(func() error { return s.admin.Run(ctx) })
-	}
-	if s.cfg.DatabaseURL != "" {
-		s.listenPause = store.NewPause()
 	}
 	g.Go(func() error { s.dispatchLoop(ctx); return nil })
 	g.Go(func() error { s.leaseLoop(ctx); return nil })
