@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/agentserver/agentserver/pkg/pgtest"
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
@@ -18,11 +17,7 @@ import (
 // so that a notification sent afterwards is delivered.
 func TestPausedListenHoldsNoListener(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabase(t)
-	require.NoError(t, store.Migrate(t.Context(), url))
-	st, err := store.Open(t.Context(), url)
-	require.NoError(t, err)
-	t.Cleanup(st.Close)
+	st, url := newStoreAt(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	pause := store.NewPause()
 	got := make(chan string, 16)

@@ -26,12 +26,19 @@ const echoFlow = "executors:\n  - name: echo\n    command: [\"true\"]\n"
 
 func newStore(t *testing.T) *store.Store {
 	t.Helper()
+	st, _ := newStoreAt(t)
+	return st
+}
+
+// newStoreAt is newStore, with its database's URL.
+func newStoreAt(t *testing.T) (*store.Store, string) {
+	t.Helper()
 	url := pgtest.NewDatabase(t)
 	require.NoError(t, store.Migrate(t.Context(), url))
 	st, err := store.Open(t.Context(), url)
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
-	return st
+	return st, url
 }
 
 func newAssistant(t *testing.T, st *store.Store, id string, mod func(*store.Assistant)) *store.Assistant {
