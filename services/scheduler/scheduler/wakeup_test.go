@@ -81,6 +81,7 @@ func TestRunsCreatedAfterABurstWakeTheScheduler(t *testing.T) {
 	for i := range 40 {
 		queueRuns(t, st, "a", 100)
 		if i == 20 {
+			require.Eventually(t, func() bool { return len(w.assignments()) > 0 }, 10*time.Second, time.Millisecond)
 			first := w.assignments()[0]
 			id, err := uuid.Parse(strings.TrimPrefix(first.GetRun(), "runs/"))
 			require.NoError(t, err)
