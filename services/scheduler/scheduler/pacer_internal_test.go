@@ -17,7 +17,8 @@ func TestClaimRestGrowsWithTheRateOnlyWhenClaimsDrainTheQueue(t *testing.T) {
 	run := func(p *claimPacer, start time.Time, every time.Duration, n int, drained bool) []time.Duration {
 		var rests []time.Duration
 		for at := time.Duration(0); at < time.Second; at += every {
-			rests = append(rests, p.rest(start.Add(at), n, drained))
+			rest, _ := p.rest(start.Add(at), n, drained)
+			rests = append(rests, rest)
 		}
 		return rests
 	}
@@ -50,12 +51,14 @@ func TestClaimRestGrowsWithTheRateOnlyWhenClaimsDrainTheQueue(t *testing.T) {
 	t.Run("after an idle spell", func(t *testing.T) {
 		p := &claimPacer{base: base}
 		run(p, t0, 2*time.Millisecond, 20, true)
-		require.Equal(t, base, p.rest(t0.Add(time.Second+300*time.Millisecond), 6, true))
+		rest, _ := p.rest(t0.Add(time.Second+300*time.Millisecond), 6, true)
+		require.Equal(t, base, rest)
 	})
 	t.Run("nothing claimed, or no cooldown configured", func(t *testing.T) {
 		p := &claimPacer{base: base}
 		run(p, t0, 2*time.Millisecond, 20, true)
-		require.Zero(t, p.rest(t0.Add(time.Second), 0, true))
+		rest, _ := p.rest(t0.Add(time.Second), 0, true)
+		require.Zero(t, rest)
 		off := &claimPacer{}
 		for _, r := range run(off, t0, 2*time.Millisecond, 20, true) {
 			require.Zero(t, r)

@@ -311,7 +311,8 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 	for {
 		n, drained := s.dispatch(ctx)
 		vacuum.claimed(ctx, n)
-		if rest := pacer.rest(time.Now(), n, drained); rest > 0 {
+		rest, backToBack := pacer.rest(time.Now(), n, drained)
+		if rest > 0 {
 			select {
 			case <-ctx.Done():
 				return
@@ -319,7 +320,7 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 			}
 		}
 		if s.listenPause != nil {
-			if n > 0 && drained && pacer.fast() {
+			if backToBack {
 				if !paused {
 					_ = s.listenPause.SetPaused(ctx, true)
 					paused = true
@@ -492,32 +493,36 @@ const (
 // claimCooldown is the rest after a claim (drained: it took all the queue had) while
 // perSecond runs a second are being claimed, for a configured cooldown of base.
 func claimCooldown(base time.Duration, perSecond float64, drained bool) time.Duration {
-	if !drained || perSecond <= cooldownRate {
+	if !fastDrain(perSecond, drained) {
 		return base
 	}
 	return min(time.Duration(float64(base)*perSecond/cooldownRate), cooldownMax*base)
 }
 
-// claimPacer decides the dispatcher's rest after each claim.
-type claimPacer struct {
-	base      time.Duration // Config.ClaimCooldown
-	rate      claimRate
-	perSecond float64 // the claim rate at the last rest
+// fastDrain reports the regime in which the claims take all the queue has (drained) while
+// runs are claimed at perSecond, over cooldownRate a second: the rest grows
+// (claimCooldown), and the dispatcher claims back to back (dispatchLoop).
+func fastDrain(perSecond float64, drained bool) bool {
+	return drained && perSecond > cooldownRate
 }
 
-// fast reports whether claims came faster than cooldownRate runs a second at the last
-// rest.
-func (p *claimPacer) fast() bool { return p.perSecond > cooldownRate }
+// claimPacer decides the dispatcher's rest after each claim.
+type claimPacer struct {
+	base time.Duration // Config.ClaimCooldown
+	rate claimRate
+}
 
 // rest is the rest after a claim at now that found n runs (drained: all the queue had):
 // none after a claim that found nothing or without a cooldown, else claimCooldown.
-func (p *claimPacer) rest(now time.Time, n int, drained bool) time.Duration {
+// backToBack reports a claim that found runs in the fastDrain regime: the dispatcher
+// then claims again after the rest without waiting for a wake-up.
+func (p *claimPacer) rest(now time.Time, n int, drained bool) (rest time.Duration, backToBack bool) {
 	perSecond := p.rate.add(now, n)
-	p.perSecond = perSecond
+	backToBack = n > 0 && fastDrain(perSecond, drained)
 	if n == 0 || p.base <= 0 {
-		return 0
+		return 0, backToBack
 	}
-	return claimCooldown(p.base, perSecond, drained)
+	return claimCooldown(p.base, perSecond, drained), backToBack
 }
 
 // claimRate counts the runs claimed per rateWindow.

@@ -49,14 +49,7 @@ func TestCreatedRunsWakeTheScheduler(t *testing.T) {
 	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
 	require.NoError(t, err)
 	w := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w", Slots: slots("cpu", 10)})
-	// The scheduler listens before the runs are created: its LISTEN connection's last
-	// statement listens on the cancel channel, after the queue's.
-	require.Eventually(t, func() bool {
-		var n int
-		err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND query = $1`, `LISTEN "`+store.CancelChannel+`"`).Scan(&n)
-		return err == nil && n == 1
-	}, 10*time.Second, 10*time.Millisecond, "the scheduler listens")
+	waitListening(t, st) // before the runs are created
 
 	queueRuns(t, st, "a", 3)
 	require.Eventually(t, func() bool { return len(w.assignments()) == 3 }, 10*time.Second, 10*time.Millisecond, "a batch of three")
