@@ -60,11 +60,12 @@ func listenOnce(ctx context.Context, url string, channels []string, fn func(chan
 	defer cancel()
 	gen := uint64(0)
 	if pause != nil {
-		var paused bool
-		if paused, gen = pause.state(); paused {
+		paused, g, off := pause.current()
+		if paused {
 			return errPaused
 		}
-		stop := context.AfterFunc(pause.pausedCtx(gen), cancel)
+		gen = g
+		stop := context.AfterFunc(off, cancel)
 		defer stop()
 	}
 	conn, err := pgx.ConnectConfig(connCtx, cfg)
@@ -113,7 +114,7 @@ type Pause struct {
 	// changed is closed and replaced at every change of paused or done.
 	changed chan struct{}
 	// offCtx ends when the pause is turned on; turning it off makes a new one
-	// (pausedCtx).
+	// (current).
 	offCtx    context.Context
 	offCancel context.CancelFunc
 }
@@ -126,21 +127,16 @@ func NewPause() *Pause {
 }
 
 func (p *Pause) state() (bool, uint64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.paused, p.gen
+	paused, gen, _ := p.current()
+	return paused, gen
 }
 
-// pausedCtx is a context that ends when the pause is turned on after gen.
-func (p *Pause) pausedCtx(gen uint64) context.Context {
+// current returns whether the pause is on, its gen and, while it is off, a context that
+// ends when it is turned on.
+func (p *Pause) current() (paused bool, gen uint64, off context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.gen != gen {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		return ctx
-	}
-	return p.offCtx
+	return p.paused, p.gen, p.offCtx
 }
 
 func (p *Pause) listening(gen uint64) {
@@ -155,11 +151,16 @@ func (p *Pause) listening(gen uint64) {
 
 // waitResumed waits until the pause is off; false when ctx ended first.
 func (p *Pause) waitResumed(ctx context.Context) bool {
+	return p.waitFor(ctx, func() bool { return !p.paused })
+}
+
+// waitFor waits until ok, called with p.mu held, holds; false when ctx ended first.
+func (p *Pause) waitFor(ctx context.Context, ok func() bool) bool {
 	for {
 		p.mu.Lock()
-		paused, changed := p.paused, p.changed
+		done, changed := ok(), p.changed
 		p.mu.Unlock()
-		if !paused {
+		if done {
 			return true
 		}
 		select {
@@ -189,20 +190,8 @@ func (p *Pause) SetPaused(ctx context.Context, paused bool) error {
 	}
 	gen := p.gen
 	p.mu.Unlock()
-	if paused {
+	if paused || p.waitFor(ctx, func() bool { return p.done >= gen }) {
 		return nil
 	}
-	for {
-		p.mu.Lock()
-		done, changed := p.done, p.changed
-		p.mu.Unlock()
-		if done >= gen {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return errors.Join(errors.New("the LISTEN connection did not listen in time"), ctx.Err())
-		}
-	}
+	return errors.Join(errors.New("the LISTEN connection did not listen in time"), ctx.Err())
 }
