@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
@@ -215,4 +216,46 @@ func TestFinishRunsOfLimitedAssistantsConcurrently(t *testing.T) {
 		require.Equal(t, [2]int{0, 0}, [2]int{a, b}, "round %d: finished", round)
 	}
 	require.Zero(t, st.DeadlocksRetried(), "transactions rolled back by a deadlock and retried")
+}
+
+// The limited claim's candidate scan locks only the rows it returns, and passes over the
+// rows another claim holds: while one claim's transaction holds its candidates (3 runs of
+// the limited assistant at the head, then 7 of a free one), a second claim gets the 3 free
+// runs left, not the limited assistant's next 3. Migration 15's scan also locked the 3
+// free runs its merge cut, so the second claim got none of them (the cause of
+// TestConcurrencyLimitAcrossClaimers's flakes).
+func TestLimitedClaimLocksOnlyWhatItReturns(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	st := newStore(t)
+	newAssistant(t, st, "limited", func(a *store.Assistant) { a.ConcurrencyLimit = 3; a.Priority = 10 })
+	newAssistant(t, st, "free", nil)
+	enqueue(t, st, runsOf("limited", 40)...)
+	enqueue(t, st, runsOf("free", 10)...)
+
+	candidates := func(tx pgx.Tx) map[string]int {
+		rows, err := tx.Query(ctx, `SELECT assistant_id FROM agentserver_claim_candidates_limited('cpu', 10, NULL)`)
+		require.NoError(t, err)
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		n := map[string]int{}
+		for _, a := range got {
+			n[a]++
+		}
+		return n
+	}
+	first, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = first.Rollback(ctx) }()
+	require.Equal(t, map[string]int{"limited": 3, "free": 7}, candidates(first))
+	var locked int
+	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM run_queue WHERE run_id NOT IN
+		(SELECT run_id FROM run_queue FOR UPDATE SKIP LOCKED)`).Scan(&locked))
+	require.Equal(t, 10, locked, "the rows returned are locked, and no others")
+
+	second, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = second.Rollback(ctx) }()
+	require.Equal(t, map[string]int{"free": 3}, candidates(second),
+		"the free runs the first claim did not take; the limited assistant's allowance is the first claim's")
 }
