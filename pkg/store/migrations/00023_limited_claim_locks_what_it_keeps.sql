@@ -7,8 +7,9 @@
 -- (TestConcurrencyLimitAcrossClaimers: 7 of 10 runs of a free assistant claimed by 6
 -- concurrent claimers, ~1 time in 30).
 --
--- Now the scan reads its candidates in claim order without locking, then locks those of
--- them no other claim holds (SKIP LOCKED), all of which it returns. Candidates another
+-- Now the scan reads its candidates in claim order without locking, then, in the same
+-- statement, locks those of them no other claim holds (SKIP LOCKED), all of which it
+-- returns. Candidates another
 -- claim holds are passed over: the next pass reads the candidates after the last one
 -- read, for what is still wanted, until p_limit rows are locked or the queue has no more.
 -- Concurrent claims thus do not collide on the head of the queue either: a claim that
@@ -82,14 +83,16 @@ BEGIN
             ORDER BY priority DESC, seq
             LIMIT wanted
         ), k AS (
-            -- By the rows' addresses: a row moved since (its mark changed) is left to the
-            -- next claim, like one taken by another claim meanwhile.
-            SELECT q.run_id FROM run_queue q WHERE q.ctid = ANY(ARRAY(SELECT c.ctid FROM c))
+            -- By the rows' addresses (no index probe per row). A row updated since the
+            -- snapshot (its mark changed) is skipped while that update is in progress and
+            -- locked in its latest version once it committed: its mark then says whether
+            -- its assistant has a limit now, and a newly marked one goes to admit.
+            SELECT q.run_id, q.limited FROM run_queue q WHERE q.ctid = ANY(ARRAY(SELECT c.ctid FROM c))
             FOR UPDATE OF q SKIP LOCKED
         ), last AS (
             SELECT c.priority, c.seq FROM c ORDER BY c.priority, c.seq DESC LIMIT 1
         )
-        SELECT coalesce(array_agg(ROW(c.run_id, c.tenant_id, c.assistant_id, c.limited, c.priority, c.seq)::agentserver_claim_candidate
+        SELECT coalesce(array_agg(ROW(c.run_id, c.tenant_id, c.assistant_id, c.limited OR k.limited, c.priority, c.seq)::agentserver_claim_candidate
                 ORDER BY c.priority DESC, c.seq) FILTER (WHERE k.run_id IS NOT NULL), '{}'),
             count(*), (SELECT last.priority FROM last), (SELECT last.seq FROM last)
         INTO locked, read, after_priority, after_seq
