@@ -3,12 +3,17 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/agentserver/agentserver/pkg/grpcwin"
+	"github.com/agentserver/agentserver/pkg/rawio"
 )
 
 // retryServiceConfig retries calls that are safe to repeat when the gateway is briefly
@@ -52,6 +57,9 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 		grpc.WithDefaultServiceConfig(retryServiceConfig),
 		grpc.WithUserAgent("agentctl"),
 	)
+	if dial := rawDialer(a.cfg.Addr, http.ProxyFromEnvironment); dial != nil {
+		opts = append(opts, grpc.WithContextDialer(dial))
+	}
 	if a.cfg.APIKey != "" {
 		opts = append(opts,
 			grpc.WithUnaryInterceptor(bearerInterceptor(a.cfg.APIKey)),
@@ -63,6 +71,30 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 	}
 	a.conn = conn
 	return conn, nil
+}
+
+// rawDialer returns a dialer whose connections read and write with raw system calls
+// (pkg/rawio), as the gateway's own connections do: a Go program that makes many calls
+// (`agentctl bench` above all) otherwise spends a large share of its CPU in the runtime's
+// system-call hand-offs and monitor wake-ups (the load client's CPU per run −13 to −22 %
+// under sustained load; docs/performance.md, seventeenth pass). It returns nil, leaving
+// gRPC's own dialer, for a target other than host:port (a scheme, a Unix socket) and when
+// an HTTPS proxy applies to the target, since gRPC goes through the proxy only with its own
+// dialer. proxy is http.ProxyFromEnvironment, which gRPC consults too.
+func rawDialer(target string, proxy func(*http.Request) (*url.URL, error)) func(context.Context, string) (net.Conn, error) {
+	if strings.Contains(target, ":/") || strings.HasPrefix(target, "unix:") {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(target); err != nil {
+		return nil
+	}
+	if p, err := proxy(&http.Request{URL: &url.URL{Scheme: "https", Host: target}}); err != nil || p != nil {
+		return nil
+	}
+	dial := rawio.Dial((&net.Dialer{}).DialContext)
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		return dial(ctx, "tcp", addr)
+	}
 }
 
 // bearerInterceptor adds "authorization: Bearer <key>" to every call. It is an interceptor
