@@ -4,9 +4,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
+	"github.com/agentserver/agentserver/pkg/store"
 )
 
 func resultMsg() *schedulerv1.ConnectRequest {
@@ -20,6 +22,9 @@ func eventMsg() *schedulerv1.ConnectRequest {
 func checkpointMsg() *schedulerv1.ConnectRequest {
 	return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Checkpoint{Checkpoint: &schedulerv1.Checkpoint{}}}
 }
+
+// noRelease stands for session.release where a test does not look at it.
+func noRelease([]*schedulerv1.ConnectRequest) {}
 
 func queued(ms ...*schedulerv1.ConnectRequest) chan *schedulerv1.ConnectRequest {
 	in := make(chan *schedulerv1.ConnectRequest, 2*maxMessageBatch)
@@ -42,7 +47,7 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 		previous int
 	}{{long, 0}, {long, 1}, {long, lingerAfter - 1}, {0, lingerAfter}} {
 		in := queued(resultMsg())
-		require.Len(t, nextBatch(in, resultMsg(), tc.linger, tc.previous), 2, "linger %s previous %d", tc.linger, tc.previous)
+		require.Len(t, nextBatch(in, resultMsg(), tc.linger, tc.previous, noRelease), 2, "linger %s previous %d", tc.linger, tc.previous)
 	}
 
 	// Under load: waits for the linger, taking the results that come meanwhile.
@@ -52,7 +57,7 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 		in <- resultMsg()
 	}()
 	began := time.Now()
-	batch := nextBatch(in, resultMsg(), time.Second, lingerAfter)
+	batch := nextBatch(in, resultMsg(), time.Second, lingerAfter, noRelease)
 	require.GreaterOrEqual(t, time.Since(began), time.Second)
 	require.Len(t, batch, 3)
 
@@ -63,28 +68,95 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 			in <- resultMsg()
 		}
 	}()
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), lingerBatch)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), lingerBatch)
 
 	// A full batch does not wait.
 	in = queued()
 	for range lingerBatch {
 		in <- resultMsg()
 	}
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), lingerBatch+1)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), lingerBatch+1)
 
 	// A checkpoint, queued or arriving, ends the wait (its step waits for the answer); so
 	// does the end of the stream.
-	require.Len(t, nextBatch(queued(checkpointMsg()), resultMsg(), long, lingerAfter), 2)
-	require.Len(t, nextBatch(queued(), checkpointMsg(), long, lingerAfter), 1)
+	require.Len(t, nextBatch(queued(checkpointMsg()), resultMsg(), long, lingerAfter, noRelease), 2)
+	require.Len(t, nextBatch(queued(), checkpointMsg(), long, lingerAfter, noRelease), 1)
 	in = queued()
 	go func() {
 		time.Sleep(20 * time.Millisecond)
 		in <- checkpointMsg()
 	}()
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), 2)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), 2)
 	in = queued(resultMsg())
 	close(in)
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter), 2)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), 2)
+}
+
+// A batch that lingers frees its results' slots first, and those of the results that
+// arrive during the wait as they arrive; a batch that does not linger leaves that to
+// handleResults.
+func TestLingeringBatchReleasesSlotsFirst(t *testing.T) {
+	t.Parallel()
+	var released [][]*schedulerv1.ConnectRequest
+	record := func(ms []*schedulerv1.ConnectRequest) { released = append(released, ms) }
+
+	require.Len(t, nextBatch(queued(resultMsg()), resultMsg(), time.Hour, 1, record), 2)
+	require.Empty(t, released, "no linger at low load, nothing released early")
+
+	first, queuedResult, late := resultMsg(), resultMsg(), resultMsg()
+	in := queued(queuedResult)
+	arrived := make(chan struct{})
+	go func() {
+		<-arrived
+		in <- late
+	}()
+	batch := nextBatch(in, first, 200*time.Millisecond, lingerAfter, func(ms []*schedulerv1.ConnectRequest) {
+		record(ms)
+		if len(released) == 1 {
+			close(arrived) // the late result comes only once the first two are released
+		}
+	})
+	require.Equal(t, []*schedulerv1.ConnectRequest{first, queuedResult, late}, batch)
+	require.Len(t, released, 2)
+	require.Equal(t, []*schedulerv1.ConnectRequest{first, queuedResult}, released[0], "released before the wait")
+	require.Equal(t, []*schedulerv1.ConnectRequest{late}, released[1], "released on arrival")
+}
+
+// release frees the slot and GPU of a claim whose result arrived, once, and only for the
+// claim's own epoch; handleResults still finds the entry (its attempt sets the retry
+// delay).
+func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
+	t.Parallel()
+	a, b, g := uuid.New(), uuid.New(), uuid.New()
+	sess := &session{
+		srv:   &Server{wake: make(chan struct{}, 1)},
+		slots: map[string]int32{"cpu": 2, "gpu": 1},
+		gpus:  []store.GPU{{UUID: "GPU-0"}},
+		runs: map[uuid.UUID]*inflight{
+			a: {epoch: 3, slotType: "cpu", attempt: 2},
+			b: {epoch: 1, slotType: "cpu"},
+			g: {epoch: 1, slotType: "gpu", gpu: "GPU-0"},
+		},
+	}
+	result := func(id uuid.UUID, epoch int64) *schedulerv1.ConnectRequest {
+		return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(id), Epoch: epoch}}}
+	}
+	require.Empty(t, sess.freeSlots())
+
+	sess.release([]*schedulerv1.ConnectRequest{result(a, 2), eventMsg(), {Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: "bad"}}}})
+	require.Empty(t, sess.freeSlots(), "another claim's result frees nothing")
+	require.Empty(t, sess.srv.wake, "nothing freed, the dispatcher is not woken")
+
+	sess.release([]*schedulerv1.ConnectRequest{result(a, 3), result(g, 1)})
+	require.Equal(t, map[string]int{"cpu": 1, "gpu": 1}, sess.freeSlots())
+	require.Len(t, sess.freeGPUs(), 1)
+	require.Len(t, sess.srv.wake, 1, "the dispatcher is woken to fill them")
+	require.Equal(t, int32(2), sess.runs[a].attempt, "the entry stays for handleResults")
+
+	<-sess.srv.wake
+	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
+	require.Equal(t, map[string]int{"cpu": 1, "gpu": 1}, sess.freeSlots(), "released once")
+	require.Empty(t, sess.srv.wake)
 }
 
 func TestResultLingerIsValidated(t *testing.T) {

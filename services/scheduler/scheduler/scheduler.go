@@ -76,8 +76,7 @@ type Config struct {
 	// result, so that both are written by one statement; 0 writes them as they come.
 	EventHold time.Duration
 	// ResultLinger is how long a session under load waits for more results before it
-	// writes a small batch of them (see nextBatch); 0, the default, writes every batch at
-	// once.
+	// writes a small batch of them (see nextBatch); 0 writes every batch at once.
 	ResultLinger time.Duration
 }
 
@@ -103,7 +102,7 @@ func Defaults() Config {
 		ReconcileInterval: 30 * time.Second,
 		QueueVacuumRuns:   2000,
 		EventHold:         20 * time.Millisecond,
-		ResultLinger:      0,
+		ResultLinger:      2 * time.Millisecond,
 	}
 }
 

@@ -33,6 +33,10 @@ type inflight struct {
 	gpu string
 	// cancelSent records that a Cancel went out, so it is sent once.
 	cancelSent bool
+	// released records that its result arrived: its slot (and GPU) is free in the
+	// scheduler's count while the result waits to be written (nextBatch's linger), and
+	// the entry stays until handleResults has read it.
+	released bool
 }
 
 // session is one worker's Connect stream.
@@ -89,7 +93,9 @@ func (s *session) freeSlots() map[string]int {
 	}
 	used := make(map[string]int32)
 	for _, r := range s.runs {
-		used[r.slotType]++
+		if !r.released {
+			used[r.slotType]++
+		}
 	}
 	free := make(map[string]int)
 	for t, total := range s.slots {
@@ -111,6 +117,32 @@ func (s *session) leasesSince(t time.Time) []store.Lease {
 		}
 	}
 	return out
+}
+
+// release frees, in the scheduler's count, the slots of the claims whose results are among
+// ms (the worker freed them before it sent the results) and wakes the dispatcher to fill
+// them, without waiting for the results to be written: nextBatch calls it before a batch
+// lingers. handleResults then drops the entries.
+func (s *session) release(ms []*schedulerv1.ConnectRequest) {
+	freed := false
+	s.mu.Lock()
+	for _, m := range ms {
+		r := m.GetResult()
+		if r == nil {
+			continue
+		}
+		id, err := parseRunName(r.GetRun())
+		if err != nil {
+			continue // refused by handleResults
+		}
+		if in, ok := s.runs[id]; ok && in.epoch == r.GetEpoch() && !in.released {
+			in.released, freed = true, true
+		}
+	}
+	s.mu.Unlock()
+	if freed {
+		s.srv.kick()
+	}
 }
 
 func (s *session) holds(id uuid.UUID) bool {
@@ -135,7 +167,7 @@ func (s *session) freeGPUs() []store.GPU {
 	defer s.mu.Unlock()
 	held := make(map[string]bool)
 	for _, r := range s.runs {
-		if r.gpu != "" {
+		if r.gpu != "" && !r.released {
 			held[r.gpu] = true
 		}
 	}
@@ -460,7 +492,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 			if !ok {
 				return
 			}
-			batch := nextBatch(in, m, s.cfg.ResultLinger, lastBatch)
+			batch := nextBatch(in, m, s.cfg.ResultLinger, lastBatch, sess.release)
 			lastBatch = len(batch)
 			if err := s.handleBatch(ctx, sess, batch, held); err != nil {
 				recvErr <- err
@@ -490,17 +522,17 @@ const (
 )
 
 // nextBatch returns first and the messages queued behind it on in. With a linger
-// (SCHEDULER_RESULT_LINGER, off by default), when the previous batch held lingerAfter
+// (SCHEDULER_RESULT_LINGER, 2 ms by default), when the previous batch held lingerAfter
 // messages or more (results are coming faster than they are written) and this one holds
 // fewer than lingerBatch, all results and events, it waits up to linger for more: a
 // result statement then writes ~2× the runs (its fixed cost is most of what a small batch
-// costs: 2 ms cut PostgreSQL's CPU per run by ~11 % in the sustained benchmark), at the
-// price of up to linger on the completion of those runs and on the freeing of their
-// slots. It is off by default because the sustained benchmark's completion tails grew
-// with it far beyond the linger (docs/performance.md, tenth pass). A lone result at low
-// load never waits, and anything else (a checkpoint, whose step waits for its
-// acknowledgement, a heartbeat) ends the wait at once.
-func nextBatch(in <-chan *schedulerv1.ConnectRequest, first *schedulerv1.ConnectRequest, linger time.Duration, previous int) []*schedulerv1.ConnectRequest {
+// costs: 2 ms cut the sustained benchmark's CPU per run by 3–4 %, PostgreSQL's by 5–12 %),
+// at the price of up to linger on the completion of those runs. Their slots do not wait:
+// release frees them in the scheduler's count before the wait, and those of the results
+// that arrive during it as they arrive. A lone result at low load never waits, and
+// anything else (a checkpoint, whose step waits for its acknowledgement, a heartbeat)
+// ends the wait at once.
+func nextBatch(in <-chan *schedulerv1.ConnectRequest, first *schedulerv1.ConnectRequest, linger time.Duration, previous int, release func([]*schedulerv1.ConnectRequest)) []*schedulerv1.ConnectRequest {
 	batch := []*schedulerv1.ConnectRequest{first}
 	lingers := linger > 0 && previous >= lingerAfter && resultOrEvent(first)
 fill:
@@ -519,6 +551,7 @@ fill:
 	if !lingers || len(batch) >= lingerBatch {
 		return batch
 	}
+	release(batch)
 	t := time.NewTimer(linger)
 	defer t.Stop()
 	for len(batch) < lingerBatch {
@@ -531,6 +564,7 @@ fill:
 			if !resultOrEvent(m) {
 				return batch
 			}
+			release(batch[len(batch)-1:])
 		case <-t.C:
 			return batch
 		}
