@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
@@ -163,24 +165,13 @@ func (a *app) newAssistantsGetCommand() *cobra.Command {
 		Short: "Show an assistant (its newest version) and its flow",
 		Args:  exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("assistants", "an assistant id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.assistantClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			asst, err := c.GetAssistant(ctx, &agentserverv1.GetAssistantRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(asst)
-			}
-			return a.describeAssistant(asst)
+			return callNamed(cmd.Context(), a, a.assistantClient, "assistants", "an assistant id", args[0],
+				func(ctx context.Context, c agentserverv1.AssistantServiceClient, name string) (*agentserverv1.Assistant, error) {
+					return c.GetAssistant(ctx, &agentserverv1.GetAssistantRequest{Name: name})
+				},
+				func(_ string, asst *agentserverv1.Assistant) error {
+					return a.describeAssistant(asst)
+				})
 		},
 	}
 }
@@ -225,43 +216,27 @@ func (a *app) newAssistantsListCommand() *cobra.Command {
 		Short: "List assistants in name order",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := p.validate(); err != nil {
-				return err
-			}
 			c, err := a.assistantClient()
 			if err != nil {
 				return err
 			}
-			items, next, err := listPages(cmd.Context(), p, func(ctx context.Context, size int32, token string) ([]*agentserverv1.Assistant, string, error) {
-				ctx, cancel := a.callContext(ctx)
-				defer cancel()
-				resp, err := c.ListAssistants(ctx, &agentserverv1.ListAssistantsRequest{PageSize: size, PageToken: token})
-				return resp.GetAssistants(), resp.GetNextPageToken(), err
+			return printList(cmd.Context(), a, p, listing[*agentserverv1.Assistant]{
+				page: func(ctx context.Context, size int32, token string) ([]*agentserverv1.Assistant, string, error) {
+					resp, err := c.ListAssistants(ctx, &agentserverv1.ListAssistantsRequest{PageSize: size, PageToken: token})
+					return resp.GetAssistants(), resp.GetNextPageToken(), err
+				},
+				response: func(items []*agentserverv1.Assistant, next string) proto.Message {
+					return &agentserverv1.ListAssistantsResponse{Assistants: items, NextPageToken: next}
+				},
+				noun:   "assistants",
+				header: "ID\tDISPLAY NAME\tVERSION\tSLOT\tPRIORITY\tCONCURRENCY\tTIMEOUT\tUPDATED",
+				row: func(now time.Time, x *agentserverv1.Assistant) string {
+					return fmt.Sprintf("%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s",
+						shortName(x.GetName()), orDash(x.GetDisplayName()), x.GetVersion(), orDash(x.GetSlotType()),
+						x.GetPriority(), limit(x.GetConcurrencyLimit(), "unlimited"), duration(x.GetTimeout(), "default"),
+						ago(now, x.GetUpdateTime()))
+				},
 			})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(&agentserverv1.ListAssistantsResponse{Assistants: items, NextPageToken: next})
-			}
-			if len(items) == 0 {
-				fmt.Fprintln(a.env.Stderr, "No assistants.")
-				return nil
-			}
-			now := a.env.Now()
-			tw := newTable(a.env.Stdout)
-			fmt.Fprintln(tw, "ID\tDISPLAY NAME\tVERSION\tSLOT\tPRIORITY\tCONCURRENCY\tTIMEOUT\tUPDATED")
-			for _, x := range items {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n",
-					shortName(x.GetName()), orDash(x.GetDisplayName()), x.GetVersion(), orDash(x.GetSlotType()),
-					x.GetPriority(), limit(x.GetConcurrencyLimit(), "unlimited"), duration(x.GetTimeout(), "default"),
-					ago(now, x.GetUpdateTime()))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			a.morePages(next)
-			return nil
 		},
 	}
 	p.register(cmd.Flags())
@@ -327,25 +302,14 @@ func (a *app) newAssistantsDeleteCommand() *cobra.Command {
 		Short: "Delete an assistant; its existing runs are kept",
 		Args:  exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("assistants", "an assistant id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.assistantClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			empty, err := c.DeleteAssistant(ctx, &agentserverv1.DeleteAssistantRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(empty)
-			}
-			_, err = fmt.Fprintf(a.env.Stdout, "deleted %s\n", name)
-			return err
+			return callNamed(cmd.Context(), a, a.assistantClient, "assistants", "an assistant id", args[0],
+				func(ctx context.Context, c agentserverv1.AssistantServiceClient, name string) (*emptypb.Empty, error) {
+					return c.DeleteAssistant(ctx, &agentserverv1.DeleteAssistantRequest{Name: name})
+				},
+				func(name string, empty *emptypb.Empty) error {
+					_, err := fmt.Fprintf(a.env.Stdout, "deleted %s\n", name)
+					return err
+				})
 		},
 	}
 }

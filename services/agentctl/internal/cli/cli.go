@@ -12,12 +12,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 )
@@ -294,6 +296,9 @@ func (p *pageFlags) validate() error {
 // listPages calls fetch for the first page and, with --all, for every next page; it returns
 // the items and the token of the page after the last one fetched.
 func listPages[T any](ctx context.Context, p pageFlags, fetch func(ctx context.Context, size int32, token string) ([]T, string, error)) ([]T, string, error) {
+	if err := p.validate(); err != nil {
+		return nil, "", err
+	}
 	var items []T
 	token := p.token
 	seen := map[string]bool{}
@@ -314,6 +319,85 @@ func listPages[T any](ctx context.Context, p pageFlags, fetch func(ctx context.C
 	}
 }
 
+// listing is one list command: how to fetch a page of its items and how to print them.
+type listing[T any] struct {
+	// page fetches one page; printList bounds its context by --timeout.
+	page func(ctx context.Context, size int32, token string) ([]T, string, error)
+	// response is the -o json output: the List…Response holding every item fetched.
+	response func(items []T, next string) proto.Message
+	// noun names the items in the text output's "No runs." line.
+	noun string
+	// header, the tab-separated column names, makes the text output a table of rows;
+	// without one each row is a line as it is.
+	header string
+	row    func(now time.Time, item T) string
+}
+
+// printList fetches l's pages (every one with --all) and prints them as one JSON response,
+// a table or lines, then tells a person reading text how to see the rest.
+func printList[T any](ctx context.Context, a *app, p pageFlags, l listing[T]) error {
+	items, next, err := listPages(ctx, p, func(ctx context.Context, size int32, token string) ([]T, string, error) {
+		ctx, cancel := a.callContext(ctx)
+		defer cancel()
+		return l.page(ctx, size, token)
+	})
+	if err != nil {
+		return err
+	}
+	if a.jsonOutput() {
+		return a.printJSON(l.response(items, next))
+	}
+	if len(items) == 0 {
+		fmt.Fprintf(a.env.Stderr, "No %s.\n", l.noun)
+		return nil
+	}
+	now := a.env.Now()
+	w := a.env.Stdout
+	var tw *tabwriter.Writer
+	if l.header != "" {
+		tw = newTable(w)
+		w = tw
+		fmt.Fprintln(tw, l.header)
+	}
+	for _, item := range items {
+		if _, err := fmt.Fprintln(w, l.row(now, item)); err != nil {
+			return err
+		}
+	}
+	if tw != nil {
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	a.morePages(next)
+	return nil
+}
+
+// callNamed is a command about one resource: it reads the resource's name from arg (an id
+// or collection/id), makes one call of the gateway with it (bounded by --timeout) and prints
+// the answer, as protojson with -o json and by text otherwise.
+func callNamed[C any, R proto.Message](ctx context.Context, a *app, open func() (C, error), collection, what, arg string,
+	call func(ctx context.Context, c C, name string) (R, error), text func(name string, answer R) error) error {
+	name, err := resourceName(collection, what, arg)
+	if err != nil {
+		return err
+	}
+	c, err := open()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.callContext(ctx)
+	defer cancel()
+	answer, err := call(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	if a.jsonOutput() {
+		return a.printJSON(answer)
+	}
+	return text(name, answer)
+}
+
 // morePages tells a person reading a table how to see the rest.
 func (a *app) morePages(next string) {
 	if next != "" && a.cfg.Output == OutputText {
@@ -326,28 +410,31 @@ func (a *app) callContext(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, a.cfg.Timeout)
 }
 
-func (a *app) assistantClient() (agentserverv1.AssistantServiceClient, error) {
+// client returns a client of one of the gateway's services (agentserverv1.New…Client) on
+// the one connection agentctl dials.
+func client[C any](a *app, newClient func(grpc.ClientConnInterface) C) (C, error) {
 	conn, err := a.dial()
 	if err != nil {
-		return nil, err
+		var none C
+		return none, err
 	}
-	return agentserverv1.NewAssistantServiceClient(conn), nil
+	return newClient(conn), nil
+}
+
+func (a *app) assistantClient() (agentserverv1.AssistantServiceClient, error) {
+	return client(a, agentserverv1.NewAssistantServiceClient)
 }
 
 func (a *app) runClient() (agentserverv1.RunServiceClient, error) {
-	conn, err := a.dial()
-	if err != nil {
-		return nil, err
-	}
-	return agentserverv1.NewRunServiceClient(conn), nil
+	return client(a, agentserverv1.NewRunServiceClient)
 }
 
 func (a *app) clusterClient() (agentserverv1.ClusterServiceClient, error) {
-	conn, err := a.dial()
-	if err != nil {
-		return nil, err
-	}
-	return agentserverv1.NewClusterServiceClient(conn), nil
+	return client(a, agentserverv1.NewClusterServiceClient)
+}
+
+func (a *app) threadClient() (agentserverv1.ThreadServiceClient, error) {
+	return client(a, agentserverv1.NewThreadServiceClient)
 }
 
 func (a *app) close() {

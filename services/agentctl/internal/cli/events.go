@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
@@ -49,36 +51,21 @@ With -o json it prints one ListRunEventsResponse; with --all, one holding every 
 			if err != nil {
 				return err
 			}
-			if err := p.validate(); err != nil {
-				return err
-			}
 			c, err := a.runClient()
 			if err != nil {
 				return err
 			}
-			items, next, err := listPages(cmd.Context(), p, func(ctx context.Context, size int32, token string) ([]*agentserverv1.RunEvent, string, error) {
-				ctx, cancel := a.callContext(ctx)
-				defer cancel()
-				resp, err := c.ListRunEvents(ctx, &agentserverv1.ListRunEventsRequest{Name: name, PageSize: size, PageToken: token})
-				return resp.GetEvents(), resp.GetNextPageToken(), err
+			return printList(cmd.Context(), a, p, listing[*agentserverv1.RunEvent]{
+				page: func(ctx context.Context, size int32, token string) ([]*agentserverv1.RunEvent, string, error) {
+					resp, err := c.ListRunEvents(ctx, &agentserverv1.ListRunEventsRequest{Name: name, PageSize: size, PageToken: token})
+					return resp.GetEvents(), resp.GetNextPageToken(), err
+				},
+				response: func(items []*agentserverv1.RunEvent, next string) proto.Message {
+					return &agentserverv1.ListRunEventsResponse{Events: items, NextPageToken: next}
+				},
+				noun: "events",
+				row:  func(_ time.Time, ev *agentserverv1.RunEvent) string { return eventLine(ev) },
 			})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(&agentserverv1.ListRunEventsResponse{Events: items, NextPageToken: next})
-			}
-			if len(items) == 0 {
-				fmt.Fprintln(a.env.Stderr, "No events.")
-				return nil
-			}
-			for _, ev := range items {
-				if _, err := fmt.Fprintln(a.env.Stdout, eventLine(ev)); err != nil {
-					return err
-				}
-			}
-			a.morePages(next)
-			return nil
 		},
 	}
 	p.register(cmd.Flags())

@@ -141,30 +141,19 @@ func (a *app) newRunsGetCommand() *cobra.Command {
 		Short: "Show a run",
 		Args:  exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("runs", "a run id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.runClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			run, err := c.GetRun(ctx, &agentserverv1.GetRunRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(run)
-			}
-			if err := a.describeRun(run); err != nil {
-				return err
-			}
-			if run.GetState() == agentserverv1.Run_INTERRUPTED {
-				fmt.Fprintf(a.env.Stderr, "It waits for input. %s\n", resumeHint(run.GetName()))
-			}
-			return nil
+			return callNamed(cmd.Context(), a, a.runClient, "runs", "a run id", args[0],
+				func(ctx context.Context, c agentserverv1.RunServiceClient, name string) (*agentserverv1.Run, error) {
+					return c.GetRun(ctx, &agentserverv1.GetRunRequest{Name: name})
+				},
+				func(_ string, run *agentserverv1.Run) error {
+					if err := a.describeRun(run); err != nil {
+						return err
+					}
+					if run.GetState() == agentserverv1.Run_INTERRUPTED {
+						fmt.Fprintf(a.env.Stderr, "It waits for input. %s\n", resumeHint(run.GetName()))
+					}
+					return nil
+				})
 		},
 	}
 }
@@ -258,9 +247,6 @@ func (a *app) newRunsListCommand() *cobra.Command {
 		Short: "List runs, newest first",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := p.validate(); err != nil {
-				return err
-			}
 			req := &agentserverv1.ListRunsRequest{}
 			if changed(cmd, "state") {
 				s, err := parseState(state)
@@ -280,37 +266,23 @@ func (a *app) newRunsListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			items, next, err := listPages(cmd.Context(), p, func(ctx context.Context, size int32, token string) ([]*agentserverv1.Run, string, error) {
-				ctx, cancel := a.callContext(ctx)
-				defer cancel()
-				page := proto.CloneOf(req)
-				page.PageSize, page.PageToken = size, token
-				resp, err := c.ListRuns(ctx, page)
-				return resp.GetRuns(), resp.GetNextPageToken(), err
+			return printList(cmd.Context(), a, p, listing[*agentserverv1.Run]{
+				page: func(ctx context.Context, size int32, token string) ([]*agentserverv1.Run, string, error) {
+					page := proto.CloneOf(req)
+					page.PageSize, page.PageToken = size, token
+					resp, err := c.ListRuns(ctx, page)
+					return resp.GetRuns(), resp.GetNextPageToken(), err
+				},
+				response: func(items []*agentserverv1.Run, next string) proto.Message {
+					return &agentserverv1.ListRunsResponse{Runs: items, NextPageToken: next}
+				},
+				noun:   "runs",
+				header: "ID\tASSISTANT\tSTATE\tPRIORITY\tATTEMPT\tWORKER\tCREATED",
+				row: func(now time.Time, r *agentserverv1.Run) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", shortName(r.GetName()), shortName(r.GetAssistant()),
+						r.GetState(), runPriority(r), attempt(r), orDash(shortName(r.GetWorker())), ago(now, r.GetCreateTime()))
+				},
 			})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(&agentserverv1.ListRunsResponse{Runs: items, NextPageToken: next})
-			}
-			if len(items) == 0 {
-				fmt.Fprintln(a.env.Stderr, "No runs.")
-				return nil
-			}
-			now := a.env.Now()
-			tw := newTable(a.env.Stdout)
-			fmt.Fprintln(tw, "ID\tASSISTANT\tSTATE\tPRIORITY\tATTEMPT\tWORKER\tCREATED")
-			for _, r := range items {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-					shortName(r.GetName()), shortName(r.GetAssistant()), r.GetState(), runPriority(r),
-					attempt(r), orDash(shortName(r.GetWorker())), ago(now, r.GetCreateTime()))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			a.morePages(next)
-			return nil
 		},
 	}
 	fs := cmd.Flags()
@@ -326,25 +298,14 @@ func (a *app) newRunsCancelCommand() *cobra.Command {
 		Short: "Cancel a run (idempotent)",
 		Args:  exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("runs", "a run id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.runClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			run, err := c.CancelRun(ctx, &agentserverv1.CancelRunRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(run)
-			}
-			_, err = fmt.Fprintf(a.env.Stdout, "cancelled %s (now %s)\n", run.GetName(), run.GetState())
-			return err
+			return callNamed(cmd.Context(), a, a.runClient, "runs", "a run id", args[0],
+				func(ctx context.Context, c agentserverv1.RunServiceClient, name string) (*agentserverv1.Run, error) {
+					return c.CancelRun(ctx, &agentserverv1.CancelRunRequest{Name: name})
+				},
+				func(_ string, run *agentserverv1.Run) error {
+					_, err := fmt.Fprintf(a.env.Stdout, "cancelled %s (now %s)\n", run.GetName(), run.GetState())
+					return err
+				})
 		},
 	}
 }

@@ -3,19 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 )
-
-func (a *app) threadClient() (agentserverv1.ThreadServiceClient, error) {
-	conn, err := a.dial()
-	if err != nil {
-		return nil, err
-	}
-	return agentserverv1.NewThreadServiceClient(conn), nil
-}
 
 func (a *app) newThreadsCommand() *cobra.Command {
 	cmd := newGroup("threads", "Create, list, inspect and delete threads (sessions that keep state across runs)", "thread")
@@ -94,31 +89,20 @@ func (a *app) newThreadsGetCommand() *cobra.Command {
 		Short: "Show a thread",
 		Args:  exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("threads", "a thread id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.threadClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			thread, err := c.GetThread(ctx, &agentserverv1.GetThreadRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(thread)
-			}
-			now := a.env.Now()
-			f := newFields(a.env.Stdout)
-			f.add("Name", "%s", thread.GetName())
-			f.add("Active run", "%s", orDash(thread.GetActiveRun()))
-			f.add("Created", "%s", timestamp(now, thread.GetCreateTime()))
-			f.add("Updated", "%s", timestamp(now, thread.GetUpdateTime()))
-			f.add("Metadata", "%s", compactJSON(thread.GetMetadata()))
-			return f.flush()
+			return callNamed(cmd.Context(), a, a.threadClient, "threads", "a thread id", args[0],
+				func(ctx context.Context, c agentserverv1.ThreadServiceClient, name string) (*agentserverv1.Thread, error) {
+					return c.GetThread(ctx, &agentserverv1.GetThreadRequest{Name: name})
+				},
+				func(_ string, thread *agentserverv1.Thread) error {
+					now := a.env.Now()
+					f := newFields(a.env.Stdout)
+					f.add("Name", "%s", thread.GetName())
+					f.add("Active run", "%s", orDash(thread.GetActiveRun()))
+					f.add("Created", "%s", timestamp(now, thread.GetCreateTime()))
+					f.add("Updated", "%s", timestamp(now, thread.GetUpdateTime()))
+					f.add("Metadata", "%s", compactJSON(thread.GetMetadata()))
+					return f.flush()
+				})
 		},
 	}
 }
@@ -130,41 +114,25 @@ func (a *app) newThreadsListCommand() *cobra.Command {
 		Short: "List threads, newest first",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := p.validate(); err != nil {
-				return err
-			}
 			c, err := a.threadClient()
 			if err != nil {
 				return err
 			}
-			items, next, err := listPages(cmd.Context(), p, func(ctx context.Context, size int32, token string) ([]*agentserverv1.Thread, string, error) {
-				ctx, cancel := a.callContext(ctx)
-				defer cancel()
-				resp, err := c.ListThreads(ctx, &agentserverv1.ListThreadsRequest{PageSize: size, PageToken: token})
-				return resp.GetThreads(), resp.GetNextPageToken(), err
+			return printList(cmd.Context(), a, p, listing[*agentserverv1.Thread]{
+				page: func(ctx context.Context, size int32, token string) ([]*agentserverv1.Thread, string, error) {
+					resp, err := c.ListThreads(ctx, &agentserverv1.ListThreadsRequest{PageSize: size, PageToken: token})
+					return resp.GetThreads(), resp.GetNextPageToken(), err
+				},
+				response: func(items []*agentserverv1.Thread, next string) proto.Message {
+					return &agentserverv1.ListThreadsResponse{Threads: items, NextPageToken: next}
+				},
+				noun:   "threads",
+				header: "ID\tACTIVE RUN\tCREATED\tUPDATED",
+				row: func(now time.Time, t *agentserverv1.Thread) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s", shortName(t.GetName()), orDash(shortName(t.GetActiveRun())),
+						ago(now, t.GetCreateTime()), ago(now, t.GetUpdateTime()))
+				},
 			})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(&agentserverv1.ListThreadsResponse{Threads: items, NextPageToken: next})
-			}
-			if len(items) == 0 {
-				fmt.Fprintln(a.env.Stderr, "No threads.")
-				return nil
-			}
-			now := a.env.Now()
-			tw := newTable(a.env.Stdout)
-			fmt.Fprintln(tw, "ID\tACTIVE RUN\tCREATED\tUPDATED")
-			for _, t := range items {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortName(t.GetName()), orDash(shortName(t.GetActiveRun())),
-					ago(now, t.GetCreateTime()), ago(now, t.GetUpdateTime()))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			a.morePages(next)
-			return nil
 		},
 	}
 	p.register(cmd.Flags())
@@ -177,25 +145,14 @@ func (a *app) newThreadsDeleteCommand() *cobra.Command {
 		Short: "Delete a thread that has no active run",
 		Args:  exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("threads", "a thread id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.threadClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			empty, err := c.DeleteThread(ctx, &agentserverv1.DeleteThreadRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(empty)
-			}
-			_, err = fmt.Fprintf(a.env.Stdout, "deleted %s\n", name)
-			return err
+			return callNamed(cmd.Context(), a, a.threadClient, "threads", "a thread id", args[0],
+				func(ctx context.Context, c agentserverv1.ThreadServiceClient, name string) (*emptypb.Empty, error) {
+					return c.DeleteThread(ctx, &agentserverv1.DeleteThreadRequest{Name: name})
+				},
+				func(name string, empty *emptypb.Empty) error {
+					_, err := fmt.Fprintf(a.env.Stdout, "deleted %s\n", name)
+					return err
+				})
 		},
 	}
 }
@@ -209,34 +166,23 @@ the last run that succeeded on it. With -o json it prints the ThreadState (the v
 that wrote them and when).`,
 		Args: exactArgs("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName("threads", "a thread id", args[0])
-			if err != nil {
-				return err
-			}
-			c, err := a.threadClient()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.callContext(cmd.Context())
-			defer cancel()
-			st, err := c.GetThreadState(ctx, &agentserverv1.GetThreadStateRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(st)
-			}
-			b, err := indentedJSON(st.GetValues())
-			if err != nil {
-				return fmt.Errorf("encoding the state of %s: %w", name, err)
-			}
-			if _, err := a.env.Stdout.Write(b); err != nil {
-				return err
-			}
-			if st.GetRun() != "" {
-				fmt.Fprintf(a.env.Stderr, "written by %s %s\n", st.GetRun(), ago(a.env.Now(), st.GetUpdateTime()))
-			}
-			return nil
+			return callNamed(cmd.Context(), a, a.threadClient, "threads", "a thread id", args[0],
+				func(ctx context.Context, c agentserverv1.ThreadServiceClient, name string) (*agentserverv1.ThreadState, error) {
+					return c.GetThreadState(ctx, &agentserverv1.GetThreadStateRequest{Name: name})
+				},
+				func(name string, st *agentserverv1.ThreadState) error {
+					b, err := indentedJSON(st.GetValues())
+					if err != nil {
+						return fmt.Errorf("encoding the state of %s: %w", name, err)
+					}
+					if _, err := a.env.Stdout.Write(b); err != nil {
+						return err
+					}
+					if st.GetRun() != "" {
+						fmt.Fprintf(a.env.Stderr, "written by %s %s\n", st.GetRun(), ago(a.env.Now(), st.GetUpdateTime()))
+					}
+					return nil
+				})
 		},
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 )
@@ -26,42 +28,25 @@ func (a *app) newWorkersListCommand() *cobra.Command {
 		Short: "List workers with their slots, GPUs and last heartbeat",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := p.validate(); err != nil {
-				return err
-			}
 			c, err := a.clusterClient()
 			if err != nil {
 				return err
 			}
-			items, next, err := listPages(cmd.Context(), p, func(ctx context.Context, size int32, token string) ([]*agentserverv1.Worker, string, error) {
-				ctx, cancel := a.callContext(ctx)
-				defer cancel()
-				resp, err := c.ListWorkers(ctx, &agentserverv1.ListWorkersRequest{PageSize: size, PageToken: token, ShowLost: showLost})
-				return resp.GetWorkers(), resp.GetNextPageToken(), err
+			return printList(cmd.Context(), a, p, listing[*agentserverv1.Worker]{
+				page: func(ctx context.Context, size int32, token string) ([]*agentserverv1.Worker, string, error) {
+					resp, err := c.ListWorkers(ctx, &agentserverv1.ListWorkersRequest{PageSize: size, PageToken: token, ShowLost: showLost})
+					return resp.GetWorkers(), resp.GetNextPageToken(), err
+				},
+				response: func(items []*agentserverv1.Worker, next string) proto.Message {
+					return &agentserverv1.ListWorkersResponse{Workers: items, NextPageToken: next}
+				},
+				noun:   "workers",
+				header: "NAME\tPOOL\tSTATE\tSLOTS\tGPUS\tHEARTBEAT",
+				row: func(now time.Time, w *agentserverv1.Worker) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", shortName(w.GetName()), orDash(w.GetPool()), w.GetState(),
+						slots(w.GetSlots()), gpus(w.GetGpus()), ago(now, w.GetHeartbeatTime()))
+				},
 			})
-			if err != nil {
-				return err
-			}
-			if a.jsonOutput() {
-				return a.printJSON(&agentserverv1.ListWorkersResponse{Workers: items, NextPageToken: next})
-			}
-			if len(items) == 0 {
-				fmt.Fprintln(a.env.Stderr, "No workers.")
-				return nil
-			}
-			now := a.env.Now()
-			tw := newTable(a.env.Stdout)
-			fmt.Fprintln(tw, "NAME\tPOOL\tSTATE\tSLOTS\tGPUS\tHEARTBEAT")
-			for _, w := range items {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n",
-					shortName(w.GetName()), orDash(w.GetPool()), w.GetState(), slots(w.GetSlots()),
-					gpus(w.GetGpus()), ago(now, w.GetHeartbeatTime()))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			a.morePages(next)
-			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&showLost, "show-lost", false, "include workers whose session ended (LOST)")
