@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentserver/agentserver/pkg/config"
@@ -180,6 +181,7 @@ func CheckTargets(d discovery.Discovery, setting string, targets ...string) erro
 type Registration struct {
 	handle *discovery.Handle
 	log    *slog.Logger
+	once   sync.Once
 }
 
 // Register announces r through d with the process's check settings: r.Address defaults
@@ -217,6 +219,30 @@ func Register(ctx context.Context, d discovery.Discovery, cfg Config, r discover
 	return &Registration{handle: h, log: log}, nil
 }
 
+// Serve registers r as Register does and runs serve until it returns. When stop ends (the
+// process was signalled) it deregisters first and then cancels serve's context, so that
+// peers and load balancers stop routing to the instance before its listeners close; it
+// deregisters when serve returns in any case. With a nil d (static mode) it only runs
+// serve, whose context ends with stop.
+func Serve(stop context.Context, d discovery.Discovery, cfg Config, r discovery.Registration, log *slog.Logger, serve func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg, err := Register(ctx, d, cfg, r, log)
+	if err != nil {
+		return err
+	}
+	defer reg.Deregister()
+	go func() {
+		select {
+		case <-stop.Done():
+			reg.Deregister()
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return serve(ctx)
+}
+
 // ID returns the registered instance id ("" for a nil Registration).
 func (r *Registration) ID() string {
 	if r == nil {
@@ -227,18 +253,21 @@ func (r *Registration) ID() string {
 
 // Deregister removes the instance from discovery at once, so peers stop routing to it
 // before the process stops serving. It waits at most 5 s and logs a failure (Consul's
-// check removes the instance anyway). Safe to call more than once and on nil.
+// check removes the instance anyway). Safe to call more than once (a later call waits for
+// the first and does nothing more) and on nil.
 func (r *Registration) Deregister() {
 	if r == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.handle.Deregister(ctx); err != nil {
-		r.log.Warn("deregistering from discovery failed; the health check will remove this instance", "err", err)
-		return
-	}
-	r.log.Info("deregistered from discovery", "service", r.handle.Service(), "id", r.handle.ID())
+	r.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := r.handle.Deregister(ctx); err != nil {
+			r.log.Warn("deregistering from discovery failed; the health check will remove this instance", "err", err)
+			return
+		}
+		r.log.Info("deregistered from discovery", "service", r.handle.Service(), "id", r.handle.ID())
+	})
 }
 
 // Port returns the TCP port of a listener's address (0 when it has none).

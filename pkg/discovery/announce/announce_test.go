@@ -1,6 +1,8 @@
 package announce_test
 
 import (
+	"context"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -84,4 +86,48 @@ func TestDefaultHostAndPort(t *testing.T) {
 	t.Parallel()
 	require.NotNil(t, net.ParseIP(announce.DefaultHost()))
 	require.Equal(t, 9090, announce.Port(&net.TCPAddr{IP: net.IPv4zero, Port: 9090}))
+}
+
+func TestServeDeregistersBeforeItStopsServing(t *testing.T) {
+	t.Setenv("CONSUL_HTTP_ADDR", "")
+	s, err := discovery.NewStatic(nil)
+	require.NoError(t, err)
+	cfg := announce.Defaults()
+	cfg.AdvertiseHost = "127.0.0.2"
+	reg := discovery.Registration{Service: announce.Gateway, ID: "g-1", Port: 8080, Check: discovery.CheckGRPC}
+	resolve := func() []discovery.Instance {
+		is, err := s.Resolve(context.Background(), announce.Gateway)
+		require.NoError(t, err)
+		return is
+	}
+
+	// Signalled: deregistered first, then serve's context ends.
+	stop, signal := context.WithCancel(t.Context())
+	var whileServing, atStop []discovery.Instance
+	err = announce.Serve(stop, s, cfg, reg, nil, func(ctx context.Context) error {
+		whileServing = resolve()
+		signal()
+		<-ctx.Done()
+		atStop = resolve()
+		return errors.New("stopped")
+	})
+	require.EqualError(t, err, "stopped", "Serve returns what serve returned")
+	require.Len(t, whileServing, 1, "registered while serving")
+	require.Equal(t, "127.0.0.2:8080", whileServing[0].Addr())
+	require.Empty(t, atStop, "deregistered before serve's context ended")
+
+	// Serving ends on its own: deregistered all the same.
+	require.NoError(t, announce.Serve(t.Context(), s, cfg, reg, nil, func(context.Context) error {
+		require.Len(t, resolve(), 1)
+		return nil
+	}))
+	require.Empty(t, resolve())
+
+	// Static mode: nothing registered, serve's context ends with stop.
+	stop, signal = context.WithCancel(t.Context())
+	require.NoError(t, announce.Serve(stop, nil, cfg, reg, nil, func(ctx context.Context) error {
+		signal()
+		<-ctx.Done()
+		return nil
+	}))
 }

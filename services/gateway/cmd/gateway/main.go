@@ -68,23 +68,11 @@ func run() error {
 
 	// The server runs until the signal has been handled: deregistering first makes
 	// peers and load balancers stop routing here before the listeners close.
-	runCtx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg, err := announce.Register(runCtx, d, disc, discovery.Registration{
+	return announce.Serve(sigCtx, d, disc, discovery.Registration{
 		Service: announce.Gateway,
 		ID:      srv.ID(),
 		Port:    announce.Port(srv.GRPCAddr()),
 		Check:   discovery.CheckGRPC,
 		Meta:    map[string]string{"http_port": strconv.Itoa(announce.Port(srv.HTTPAddr()))},
-	}, log)
-	if err != nil {
-		return err
-	}
-	defer reg.Deregister()
-	go func() {
-		<-sigCtx.Done()
-		reg.Deregister()
-		cancel()
-	}()
-	return srv.Run(runCtx)
+	}, log, srv.Run)
 }

@@ -67,22 +67,10 @@ func run() error {
 
 	// Deregister before the sessions close, so reconnecting workers resolve the other
 	// schedulers only.
-	runCtx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg, err := announce.Register(runCtx, d, disc, discovery.Registration{
+	return announce.Serve(sigCtx, d, disc, discovery.Registration{
 		Service: announce.Scheduler,
 		ID:      srv.ID(),
 		Port:    announce.Port(srv.Addr()),
 		Check:   discovery.CheckGRPC,
-	}, log)
-	if err != nil {
-		return err
-	}
-	defer reg.Deregister()
-	go func() {
-		<-sigCtx.Done()
-		reg.Deregister()
-		cancel()
-	}()
-	return srv.Run(runCtx)
+	}, log, srv.Run)
 }
