@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -62,18 +61,7 @@ and exiting like 'runs wait'.`,
 			if err != nil {
 				return err
 			}
-			if wait {
-				if !a.jsonOutput() {
-					fmt.Fprintf(a.env.Stderr, "resumed %s\n", resumed.GetName())
-				}
-				return a.waitAndReport(cmd.Context(), c, resumed.GetName(), 0)
-			}
-			if a.jsonOutput() {
-				return a.printJSON(resumed)
-			}
-			fmt.Fprintf(a.env.Stdout, "resumed %s (%s)\n", resumed.GetName(), resumed.GetState())
-			fmt.Fprintf(a.env.Stderr, "wait for it with: agentctl runs wait %s\n", shortName(resumed.GetName()))
-			return nil
+			return a.reportStarted(cmd.Context(), c, "resumed", resumed, wait)
 		},
 	}
 	fs := cmd.Flags()

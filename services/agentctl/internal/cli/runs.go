@@ -108,18 +108,7 @@ cancelled).`,
 			if err != nil {
 				return err
 			}
-			if wait {
-				if !a.jsonOutput() {
-					fmt.Fprintf(a.env.Stderr, "created %s\n", created.GetName())
-				}
-				return a.waitAndReport(cmd.Context(), c, created.GetName(), 0)
-			}
-			if a.jsonOutput() {
-				return a.printJSON(created)
-			}
-			fmt.Fprintf(a.env.Stdout, "created %s (%s)\n", created.GetName(), created.GetState())
-			fmt.Fprintf(a.env.Stderr, "wait for it with: agentctl runs wait %s\n", shortName(created.GetName()))
-			return nil
+			return a.reportStarted(cmd.Context(), c, "created", created, wait)
 		},
 	}
 	fs := cmd.Flags()
@@ -133,6 +122,24 @@ cancelled).`,
 	fs.StringVar(&requestID, "request-id", "", "idempotency key: creating again with the same key returns the first run")
 	fs.BoolVar(&wait, "wait", false, "wait until the run ends and print its output")
 	return cmd
+}
+
+// reportStarted reports a run that a call just created or resumed (verb says which): with
+// wait, it waits for the run to end and reports that (waitAndReport); otherwise it prints
+// the run (-o json) or one line and how to wait for it.
+func (a *app) reportStarted(ctx context.Context, c agentserverv1.RunServiceClient, verb string, run *agentserverv1.Run, wait bool) error {
+	if wait {
+		if !a.jsonOutput() {
+			fmt.Fprintf(a.env.Stderr, "%s %s\n", verb, run.GetName())
+		}
+		return a.waitAndReport(ctx, c, run.GetName(), 0)
+	}
+	if a.jsonOutput() {
+		return a.printJSON(run)
+	}
+	fmt.Fprintf(a.env.Stdout, "%s %s (%s)\n", verb, run.GetName(), run.GetState())
+	fmt.Fprintf(a.env.Stderr, "wait for it with: agentctl runs wait %s\n", shortName(run.GetName()))
+	return nil
 }
 
 func (a *app) newRunsGetCommand() *cobra.Command {
