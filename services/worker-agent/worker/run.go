@@ -68,8 +68,8 @@ func (w *Worker) start(a *schedulerv1.Assignment) {
 		w.used[r.slotType]--
 		w.releaseGPU(r)
 		w.mu.Unlock()
-		close(r.done)
 		w.finish(res)
+		close(r.done)
 		select {
 		case w.idle <- struct{}{}:
 		default:

@@ -137,7 +137,8 @@ type activeRun struct {
 	epoch    int64
 	slotType string
 	cancel   context.CancelCauseFunc
-	done     chan struct{}
+	// done is closed once the run has ended, freed its slot and GPU and queued its result.
+	done chan struct{}
 
 	// gpu is the UUID of the GPU a gpu run holds (gpu.go); empty for other runs.
 	gpu string
