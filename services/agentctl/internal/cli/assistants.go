@@ -306,7 +306,7 @@ func (a *app) newAssistantsDeleteCommand() *cobra.Command {
 				func(ctx context.Context, c agentserverv1.AssistantServiceClient, name string) (*emptypb.Empty, error) {
 					return c.DeleteAssistant(ctx, &agentserverv1.DeleteAssistantRequest{Name: name})
 				},
-				func(name string, empty *emptypb.Empty) error {
+				func(name string, _ *emptypb.Empty) error {
 					_, err := fmt.Fprintf(a.env.Stdout, "deleted %s\n", name)
 					return err
 				})

@@ -149,7 +149,7 @@ func (a *app) newThreadsDeleteCommand() *cobra.Command {
 				func(ctx context.Context, c agentserverv1.ThreadServiceClient, name string) (*emptypb.Empty, error) {
 					return c.DeleteThread(ctx, &agentserverv1.DeleteThreadRequest{Name: name})
 				},
-				func(name string, empty *emptypb.Empty) error {
+				func(name string, _ *emptypb.Empty) error {
 					_, err := fmt.Fprintf(a.env.Stdout, "deleted %s\n", name)
 					return err
 				})
