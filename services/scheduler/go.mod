@@ -7,6 +7,7 @@ require github.com/agentserver/agentserver/gen v0.0.0
 require github.com/agentserver/agentserver/pkg v0.0.0
 
 require (
+	github.com/prometheus/client_golang v1.25.0 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sync v0.25.0 // indirect

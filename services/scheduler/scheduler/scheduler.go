@@ -140,6 +140,8 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	wake     chan struct{}
+	// woken is what the wake-ups since the dispatcher last took it asked for.
+	woken wakeSet
 	// listenPause closes the LISTEN connection while the dispatcher claims back to back
 	// (dispatchLoop); nil without LISTEN.
 	listenPause *store.Pause
@@ -251,12 +253,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.DatabaseURL != "" {
 		g.Go(func() error {
 			store.Listen(ctx, s.cfg.DatabaseURL, []string{store.QueueChannel, store.CancelChannel}, s.log,
-				func(channel, _ string) {
+				func(channel, payload string) {
 					if channel == store.CancelChannel {
 						s.sendCancels(ctx)
 						return
 					}
-					s.kick()
+					// The payload is the slot type of the runs made runnable ('' for any).
+					s.kickSlotType(payload)
 				}, s.listenPause)
 			return nil
 		})
@@ -265,12 +268,53 @@ func (s *Server) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// kick wakes the dispatcher.
-func (s *Server) kick() {
+// kick wakes the dispatcher to claim for every slot type.
+func (s *Server) kick() { s.kickSlotType("") }
+
+// kickSlotType wakes the dispatcher to claim for the free slots of slotType ("" for every
+// slot type): a queue notification names the slot type of the runs it announces, and
+// runs of one type cannot fill slots of another.
+func (s *Server) kickSlotType(slotType string) {
+	s.woken.add(slotType)
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// wakeSet gathers what the wake-ups between two dispatches asked for.
+type wakeSet struct {
+	mu    sync.Mutex
+	all   bool
+	types map[string]bool
+}
+
+func (w *wakeSet) add(slotType string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if slotType == "" {
+		w.all = true
+		return
+	}
+	if w.types == nil {
+		w.types = make(map[string]bool)
+	}
+	w.types[slotType] = true
+}
+
+// take empties the set and returns the slot types it held, nil for every slot type.
+func (w *wakeSet) take() map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	types, all := w.types, w.all
+	w.types, w.all = nil, false
+	if all {
+		return nil
+	}
+	if types == nil {
+		return map[string]bool{} // a wake-up whose set an earlier take emptied: none
+	}
+	return types
 }
 
 func (s *Server) snapshot() []*session {
@@ -307,8 +351,10 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 	pacer := claimPacer{base: s.cfg.ClaimCooldown}
 	paused := false
 	var cancelsPolled time.Time
+	var only map[string]bool // the slot types to claim for; nil: every one
 	for {
-		n, drained := s.dispatch(ctx)
+		n, drained := s.dispatch(ctx, only)
+		only = nil
 		vacuum.claimed(ctx, n)
 		rest, backToBack := pacer.rest(time.Now(), n, drained)
 		if rest > 0 {
@@ -350,6 +396,7 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+			only = s.woken.take()
 		case <-t.C:
 		}
 	}
@@ -425,15 +472,24 @@ func vacuumInterval(base int, took time.Duration, perClaim float64) int {
 
 func (v *queueVacuum) wait() { v.wg.Wait() }
 
-// dispatch fills every free slot of every live session it can and returns the number of
-// runs claimed. Sessions are visited in random order so no worker is always served first.
+// dispatch fills the free slots of every live session it can, of the slot types in only
+// (nil: of every type), and returns the number of runs claimed. Sessions are visited in
+// random order so no worker is always served first.
+//
+// A claim that finds fewer runs than it asked for has taken all the queue had for its
+// slot type: the other sessions' slots of that type are not claimed for again in this
+// dispatch (with many workers, a run announced would otherwise cost one claim per worker
+// with free slots, all but one of them empty). Runs queued meanwhile notify, and the next
+// dispatch claims them.
 //
 // drained says that the runs claimed were all the queue had for the slots asked: every
 // claim that found runs found fewer than it asked for.
-func (s *Server) dispatch(ctx context.Context) (claimed int, drained bool) {
+func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed int, drained bool) {
 	drained = true
 	sessions := s.snapshot()
 	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
+	exhausted := make(map[string]bool) // slot types whose queue a claim emptied
+	gpusEmpty := int64(-1)             // the most free GPU memory a claim found no run for
 	for _, sess := range sessions {
 		if !sess.live() {
 			// Its claims could not be renewed: they would only expire and be requeued.
@@ -443,9 +499,12 @@ func (s *Server) dispatch(ctx context.Context) (claimed int, drained bool) {
 			if ctx.Err() != nil {
 				return
 			}
+			if (only != nil && !only[slotType]) || exhausted[slotType] {
+				continue
+			}
 			if slotType == gpuSlotType && sess.hasGPUs() {
 				// One run per GPU, each its own claim: never counted as drained.
-				if n := s.dispatchGPUs(ctx, sess, free); n > 0 {
+				if n := s.dispatchGPUs(ctx, sess, free, &gpusEmpty); n > 0 {
 					claimed, drained = claimed+n, false
 				}
 				continue
@@ -459,12 +518,15 @@ func (s *Server) dispatch(ctx context.Context) (claimed int, drained bool) {
 				}
 				continue
 			}
+			countClaim(slotType, len(claims))
 			for _, c := range claims {
 				sess.assign(c, "")
 			}
 			claimed += len(claims)
 			if len(claims) == free {
 				drained = false
+			} else {
+				exhausted[slotType] = true
 			}
 		}
 	}
@@ -548,11 +610,17 @@ func (r *claimRate) add(now time.Time, n int) float64 {
 const gpuSlotType = "gpu"
 
 // dispatchGPUs fills free GPUs one run each, choosing for every GPU a run that needs no
-// more GPU memory than the GPU has free (largest free memory first).
-func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int) (claimed int) {
+// more GPU memory than the GPU has free (largest free memory first). A claim that finds
+// no run for a GPU with m bytes free finds none for a GPU with m or less either: it stops
+// there, and records m in *empty so that the dispatch's other sessions skip such GPUs
+// too (without it, every wake-up cost one empty claim per free GPU of the fleet).
+func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int, empty *int64) (claimed int) {
 	gpus := sess.freeGPUs()
 	for _, g := range gpus[:min(free, len(gpus))] {
 		mem := max(g.MemoryTotalBytes-g.MemoryUsedBytes, 0)
+		if mem <= *empty {
+			return claimed
+		}
 		claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
 			WorkerID: sess.workerID, SlotType: gpuSlotType, Limit: 1, LeaseTTL: s.cfg.LeaseTTL, MaxGPUMemory: &mem,
 		})
@@ -561,6 +629,11 @@ func (s *Server) dispatchGPUs(ctx context.Context, sess *session, free int) (cla
 				s.log.Error("claiming gpu runs", "worker", sess.workerID, "gpu", g.UUID, "err", err)
 			}
 			return
+		}
+		countClaim(gpuSlotType, len(claims))
+		if len(claims) == 0 {
+			*empty = mem
+			return claimed
 		}
 		for _, c := range claims {
 			sess.assign(c, g.UUID)
