@@ -1,6 +1,9 @@
 package scheduler_test
 
 import (
+	"fmt"
+	"io"
+	"net/http"
 	"testing"
 	"time"
 
@@ -88,7 +91,8 @@ func TestNotificationsClaimOnlyTheirSlotType(t *testing.T) {
 // a claim that takes fewer runs than it asked for emptied the queue of its slot type, and
 // the dispatch claims no more for that type.
 func TestOneClaimPerAnnouncedRunAcrossWorkers(t *testing.T) {
-	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute })
+	st, srv, _ := runScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute; c.AdminAddr = "127.0.0.1:0" })
+	addr := srv.Addr().String()
 	createAssistants(t, st, map[string]string{"a": "cpu-fleet"})
 	var workers []*standInWorker
 	for _, id := range []string{"w1", "w2", "w3", "w4", "w5"} {
@@ -114,6 +118,15 @@ func TestOneClaimPerAnnouncedRunAcrossWorkers(t *testing.T) {
 	found, empty := claimsCounted(t, "cpu-fleet")
 	require.Equal(t, 10, found-found0, "each run one claim")
 	require.LessOrEqual(t, empty-empty0, 2, "no empty claim for the four other workers' free slots (a stray poll may)")
+
+	// The counts are on the admin endpoint's /metrics.
+	resp, err := http.Get("http://" + srv.AdminAddr().String() + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), fmt.Sprintf(`agentserver_scheduler_claims_total{found="true",slot_type="cpu-fleet"} %d`, found))
 }
 
 // Every GPU is its own claim, largest free memory first; a claim that finds no run for a

@@ -206,6 +206,15 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 // Addr is the address workers connect to.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 
+// AdminAddr is the address of /healthz, /readyz and /metrics; nil when Config.AdminAddr
+// is empty.
+func (s *Server) AdminAddr() net.Addr {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.Addr()
+}
+
 // InProcess is a connection to this scheduler for workers in the same process (the
 // all-in-one server): calls are Go function calls handing the messages over, with no
 // encoding, HTTP/2 framing or socket in between. Streams over it behave as over the
