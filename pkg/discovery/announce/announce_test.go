@@ -60,12 +60,20 @@ func TestStaticModeRegistersNothing(t *testing.T) {
 	require.ErrorContains(t, announce.CheckTargets(d, "SCHEDULER_ADDR", "consul:///agentserver-scheduler"), "CONSUL_HTTP_ADDR")
 }
 
-func TestRegisterFillsTheProcessSettings(t *testing.T) {
+// staticAnnounce is static discovery (no Consul in the environment) and announce's
+// defaults advertising 127.0.0.2.
+func staticAnnounce(t *testing.T) (*discovery.Static, announce.Config) {
+	t.Helper()
 	t.Setenv("CONSUL_HTTP_ADDR", "")
 	s, err := discovery.NewStatic(nil)
 	require.NoError(t, err)
 	cfg := announce.Defaults()
 	cfg.AdvertiseHost = "127.0.0.2"
+	return s, cfg
+}
+
+func TestRegisterFillsTheProcessSettings(t *testing.T) {
+	s, cfg := staticAnnounce(t)
 	reg, err := announce.Register(t.Context(), s, cfg, discovery.Registration{
 		Service: announce.Scheduler, ID: "s-1", Port: 9091, Check: discovery.CheckGRPC,
 	}, nil)
@@ -89,11 +97,7 @@ func TestDefaultHostAndPort(t *testing.T) {
 }
 
 func TestServeDeregistersBeforeItStopsServing(t *testing.T) {
-	t.Setenv("CONSUL_HTTP_ADDR", "")
-	s, err := discovery.NewStatic(nil)
-	require.NoError(t, err)
-	cfg := announce.Defaults()
-	cfg.AdvertiseHost = "127.0.0.2"
+	s, cfg := staticAnnounce(t)
 	reg := discovery.Registration{Service: announce.Gateway, ID: "g-1", Port: 8080, Check: discovery.CheckGRPC}
 	resolve := func() []discovery.Instance {
 		is, err := s.Resolve(context.Background(), announce.Gateway)
@@ -104,7 +108,7 @@ func TestServeDeregistersBeforeItStopsServing(t *testing.T) {
 	// Signalled: deregistered first, then serve's context ends.
 	stop, signal := context.WithCancel(t.Context())
 	var whileServing, atStop []discovery.Instance
-	err = announce.Serve(stop, s, cfg, reg, nil, func(ctx context.Context) error {
+	err := announce.Serve(stop, s, cfg, reg, nil, func(ctx context.Context) error {
 		whileServing = resolve()
 		signal()
 		<-ctx.Done()
