@@ -58,6 +58,7 @@ type config struct {
 	out               string
 	durable           bool
 	concurrency       int
+	wideConcurrency   int
 	sustainedDuration time.Duration
 	sustainedMax      int
 	burndown          int
@@ -80,6 +81,9 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.out, "out", filepath.Join(os.TempDir(), "agentserver-bench.json"), "JSON file of every result")
 	fs.BoolVar(&c.durable, "durable", false, "run PostgreSQL with fsync and synchronous_commit on (default: off, as the tests' PostgreSQL)")
 	fs.IntVar(&c.concurrency, "concurrency", 8, "concurrent creators of the sustained workload")
+	// 16: River's best of 8, 16 and 32 inserters on the 2-core machine of docs/performance.md
+	// (its twenty-first pass); with 8 our closed loop bounds every batch to ~3 runs.
+	fs.IntVar(&c.wideConcurrency, "wide-concurrency", 16, "concurrent creators of the second sustained workload, run by both systems the same way (0 skips it)")
 	fs.DurationVar(&c.sustainedDuration, "sustained-duration", 0, "length of the sustained workload (default 20s, --quick 5s)")
 	fs.IntVar(&c.sustainedMax, "sustained-max", 0, "most jobs the sustained workload creates (default 200,000, --quick 3,000)")
 	fs.IntVar(&c.burndown, "burndown", 0, "jobs of the burn-down (default 100,000, --quick 5,000)")
@@ -121,6 +125,9 @@ func parseFlags(args []string) (config, error) {
 	if c.only != "" && c.only != "river" && c.only != "ours" {
 		return c, fmt.Errorf("--only must be river or ours, got %q", c.only)
 	}
+	if c.wideConcurrency < 0 || c.concurrency < 1 {
+		return c, fmt.Errorf("--concurrency must be at least 1 and --wide-concurrency at least 0, got %d and %d", c.concurrency, c.wideConcurrency)
+	}
 	if c.executor != "c" && c.executor != "go" {
 		return c, fmt.Errorf("--executor must be c or go, got %q", c.executor)
 	}
@@ -130,9 +137,27 @@ func parseFlags(args []string) (config, error) {
 // Workload names, in the order they run and print.
 const (
 	wSustained = "sustained"
-	wBurndown  = "burndown"
-	wLatency   = "latency"
+	// wSustainedWide is the sustained workload with --wide-concurrency creators.
+	wSustainedWide = "sustained_wide"
+	wBurndown      = "burndown"
+	wLatency       = "latency"
 )
+
+// workloads are the workloads the configuration runs, in order.
+func (c config) workloads() []string {
+	if c.wideConcurrency == 0 {
+		return []string{wSustained, wBurndown, wLatency}
+	}
+	return []string{wSustained, wSustainedWide, wBurndown, wLatency}
+}
+
+// creators is the sustained workload w's concurrent creators.
+func (c config) creators(w string) int {
+	if w == wSustainedWide {
+		return c.wideConcurrency
+	}
+	return c.concurrency
+}
 
 // results holds every round's result per system and workload.
 type results map[string]map[string][]measure.Result
@@ -268,7 +293,7 @@ func run(ctx context.Context, cfg config) (err error) {
 
 	all := results{}
 	for round := 1; round <= cfg.rounds; round++ {
-		for _, w := range []string{wSustained, wBurndown, wLatency} {
+		for _, w := range cfg.workloads() {
 			if cfg.only != "ours" {
 				logf("round %d/%d: River %s", round, cfg.rounds, w)
 				stmts.reset(ctx)
@@ -310,8 +335,8 @@ func brief(r measure.Result) string {
 
 func runRiver(ctx context.Context, rc baseline.Config, cfg config, w string) (measure.Result, error) {
 	switch w {
-	case wSustained:
-		return rc.Sustained(ctx, cfg.concurrency, cfg.sustainedDuration, cfg.sustainedMax)
+	case wSustained, wSustainedWide:
+		return rc.Sustained(ctx, cfg.creators(w), cfg.sustainedDuration, cfg.sustainedMax)
 	case wBurndown:
 		return rc.Burndown(ctx, cfg.burndown)
 	default:
@@ -321,8 +346,8 @@ func runRiver(ctx context.Context, rc baseline.Config, cfg config, w string) (me
 
 func runOurs(ctx context.Context, srv *server, cfg config, w string) (measure.Result, error) {
 	switch w {
-	case wSustained:
-		return srv.bench(ctx, "--assistant", "bench-noop", "--concurrency", strconv.Itoa(cfg.concurrency),
+	case wSustained, wSustainedWide:
+		return srv.bench(ctx, "--assistant", "bench-noop", "--concurrency", strconv.Itoa(cfg.creators(w)),
 			"--duration", cfg.sustainedDuration.String(), "--max-runs", strconv.Itoa(cfg.sustainedMax))
 	case wBurndown:
 		return srv.bench(ctx, "--assistant", "bench-noop", "--burndown", strconv.Itoa(cfg.burndown))
@@ -621,26 +646,43 @@ type row struct {
 	RoundRatios stat `json:"round_ratios"`
 }
 
-func summarize(all results, cfg config) []row {
-	metrics := []struct {
-		workload, metric, better string
-		get                      func(measure.Result) float64
-	}{
-		{wSustained, "throughput (jobs/s)", "higher", func(r measure.Result) float64 { return r.ThroughputPerS }},
-		{wSustained, "create rate (jobs/s)", "higher", func(r measure.Result) float64 { return r.CreateRatePerS }},
-		{wSustained, "enqueue→complete p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToCompleteMS.P99 }},
-		{wSustained, "CPU per job, all processes (µs)", "lower", cpuPerJob},
-		{wSustained, "whole machine busy (cores)", "", machineBusy},
-		{wBurndown, "throughput (jobs/s)", "higher", func(r measure.Result) float64 { return r.ThroughputPerS }},
-		{wBurndown, "CPU per job, all processes (µs)", "lower", cpuPerJob},
-		{wBurndown, "whole machine busy (cores)", "", machineBusy},
-		{wLatency, "enqueue→start p50 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToStartMS.P50 }},
-		{wLatency, "enqueue→start p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToStartMS.P99 }},
-		{wLatency, "enqueue→complete p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToCompleteMS.P99 }},
-		{wLatency, "errors", "lower", func(r measure.Result) float64 { return float64(r.Errors) }},
+// metric is one figure of a workload's results, compared between the systems.
+type metric struct {
+	workload, metric, better string
+	get                      func(measure.Result) float64
+}
+
+// metrics are the figures of the workloads the configuration ran, in order.
+func metrics(cfg config) []metric {
+	var ms []metric
+	for _, w := range cfg.workloads() {
+		switch w {
+		case wSustained, wSustainedWide:
+			ms = append(ms,
+				metric{w, "throughput (jobs/s)", "higher", func(r measure.Result) float64 { return r.ThroughputPerS }},
+				metric{w, "create rate (jobs/s)", "higher", func(r measure.Result) float64 { return r.CreateRatePerS }},
+				metric{w, "enqueue→complete p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToCompleteMS.P99 }},
+				metric{w, "CPU per job, all processes (µs)", "lower", cpuPerJob},
+				metric{w, "whole machine busy (cores)", "", machineBusy})
+		case wBurndown:
+			ms = append(ms,
+				metric{w, "throughput (jobs/s)", "higher", func(r measure.Result) float64 { return r.ThroughputPerS }},
+				metric{w, "CPU per job, all processes (µs)", "lower", cpuPerJob},
+				metric{w, "whole machine busy (cores)", "", machineBusy})
+		case wLatency:
+			ms = append(ms,
+				metric{w, "enqueue→start p50 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToStartMS.P50 }},
+				metric{w, "enqueue→start p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToStartMS.P99 }},
+				metric{w, "enqueue→complete p99 (ms)", "lower", func(r measure.Result) float64 { return r.EnqueueToCompleteMS.P99 }},
+				metric{w, "errors", "lower", func(r measure.Result) float64 { return float64(r.Errors) }})
+		}
 	}
+	return ms
+}
+
+func summarize(all results, cfg config) []row {
 	var rows []row
-	for _, m := range metrics {
+	for _, m := range metrics(cfg) {
 		r := row{Workload: m.workload, Metric: m.metric, Better: m.better}
 		var ours, river []float64
 		for _, res := range all["ours"][m.workload] {
@@ -695,8 +737,8 @@ func machineBusy(r measure.Result) float64 {
 
 func workloadTitle(w string, cfg config) string {
 	switch w {
-	case wSustained:
-		return fmt.Sprintf("sustained: %d creators, 1 job/call, %s", cfg.concurrency, cfg.sustainedDuration)
+	case wSustained, wSustainedWide:
+		return fmt.Sprintf("sustained: %d creators, 1 job/call, %s", cfg.creators(w), cfg.sustainedDuration)
 	case wBurndown:
 		return fmt.Sprintf("burn-down of %d", cfg.burndown)
 	default:
@@ -757,7 +799,7 @@ func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, 
 	doc := map[string]any{
 		"machine": m,
 		"config": map[string]any{
-			"rounds": cfg.rounds, "quick": cfg.quick, "durable": cfg.durable, "concurrency": cfg.concurrency,
+			"rounds": cfg.rounds, "quick": cfg.quick, "durable": cfg.durable, "concurrency": cfg.concurrency, "wide_concurrency": cfg.wideConcurrency,
 			"sustained_duration_s": cfg.sustainedDuration.Seconds(), "sustained_max": cfg.sustainedMax,
 			"burndown": cfg.burndown, "rate": cfg.rate, "rate_duration_s": cfg.rateDuration.Seconds(), "slots": cfg.slots, "executor": cfg.executor,
 			"workers": cfg.workers,
