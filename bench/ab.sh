@@ -1,7 +1,7 @@
 #!/bin/bash
 # Interleaved A/B of agentserver trees with benchall --only ours: PAIRS rounds, each running
-# every TREE once in turn, printing per workload the throughput and every process's CPU per
-# run. This machine's speed drifts from one minute to the next; compare adjacent lines, and
+# every TREE once in turn, printing per workload (sustained with 8 and 16 creators,
+# burn-down, fixed rate) the throughput and every process's CPU per run. This machine's speed drifts from one minute to the next; compare adjacent lines, and
 # for the sustained workload compare CPU per run against agentctl's (the load client, which
 # the trees share) rather than absolute rates. Build each tree's binaries first (benchall
 # builds them itself from --repo).
@@ -24,7 +24,9 @@ import json, sys
 tree, path = sys.argv[1], sys.argv[2]
 runs = json.load(open(path))["results"]["ours"]
 line = [tree]
-for w in ("sustained", "burndown"):
+for w in ("sustained", "sustained_wide", "burndown"):
+    if w not in runs:
+        continue
     r = runs[w][0]
     cpu = {c["name"]: c["per_run_us"] for c in r["cpu"]}
     line.append(f"{w} {r['throughput_per_s']:.0f}/s µs/run: agentserver {cpu.get('agentserver', 0):.0f}"
