@@ -1,8 +1,9 @@
 #!/bin/bash
 # Interleaved A/B of agentserver trees with benchall --only ours: PAIRS rounds, each running
 # every TREE once in turn, printing per workload (sustained with 8 and 16 creators,
-# burn-down, fixed rate) the throughput and every process's CPU per run. This machine's speed drifts from one minute to the next; compare adjacent lines, and
-# for the sustained workload compare CPU per run against agentctl's (the load client, which
+# burn-down, fixed rate) the throughput and every process's CPU per run. This machine's
+# speed drifts from one minute to the next; compare adjacent lines, and for the sustained
+# workloads compare CPU per run against agentctl's (the load client, which
 # the trees share) rather than absolute rates. Build each tree's binaries first (benchall
 # builds them itself from --repo).
 #
