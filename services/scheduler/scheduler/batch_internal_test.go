@@ -61,21 +61,25 @@ func TestNextBatchLingersOnlyUnderLoad(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(began), time.Second)
 	require.Len(t, batch, 3)
 
-	// ... and stops as soon as it has lingerBatch messages.
+	// ... past lingerBatch, and stops as soon as it has lingerFill messages.
 	in = queued()
 	go func() {
-		for range lingerBatch - 1 {
+		for range lingerFill - 1 {
 			in <- resultMsg()
 		}
 	}()
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), lingerBatch)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), lingerFill)
 
-	// A full batch does not wait.
+	// A batch of lingerBatch messages at once does not wait.
 	in = queued()
-	for range lingerBatch {
+	for range lingerBatch - 1 {
 		in <- resultMsg()
 	}
-	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), lingerBatch+1)
+	go func(in chan<- *schedulerv1.ConnectRequest) {
+		time.Sleep(20 * time.Millisecond)
+		in <- resultMsg() // not waited for
+	}(in)
+	require.Len(t, nextBatch(in, resultMsg(), long, lingerAfter, noRelease), lingerBatch)
 
 	// A checkpoint, queued or arriving, ends the wait (its step waits for the answer); so
 	// does the end of the stream.
@@ -132,12 +136,12 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 		srv:   &Server{wake: make(chan struct{}, 1)},
 		slots: map[string]int32{"cpu": 2, "gpu": 1},
 		gpus:  []store.GPU{{UUID: "GPU-0"}},
-		runs: map[uuid.UUID]*inflight{
-			a: {epoch: 3, slotType: "cpu", attempt: 2},
-			b: {epoch: 1, slotType: "cpu"},
-			g: {epoch: 1, slotType: "gpu", gpu: "GPU-0"},
-		},
+		runs:  map[uuid.UUID]*inflight{},
+		busy:  map[string]int32{},
 	}
+	sess.track(a, &inflight{epoch: 3, slotType: "cpu", attempt: 2})
+	sess.track(b, &inflight{epoch: 1, slotType: "cpu"})
+	sess.track(g, &inflight{epoch: 1, slotType: "gpu", gpu: "GPU-0"})
 	result := func(id uuid.UUID, epoch int64) *schedulerv1.ConnectRequest {
 		return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(id), Epoch: epoch}}}
 	}
@@ -147,16 +151,70 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	require.Empty(t, sess.freeSlots(), "another claim's result frees nothing")
 	require.Empty(t, sess.srv.wake, "nothing freed, the dispatcher is not woken")
 
-	sess.release([]*schedulerv1.ConnectRequest{result(a, 3), result(g, 1)})
-	require.Equal(t, map[string]int{"cpu": 1, "gpu": 1}, sess.freeSlots())
-	require.Len(t, sess.freeGPUs(), 1)
-	require.Len(t, sess.srv.wake, 1, "the dispatcher is woken to fill them")
+	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
+	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots())
+	require.Len(t, sess.srv.wake, 1, "the worker's cpu slots were all in use: the dispatcher is woken to fill one")
 	require.Equal(t, int32(2), sess.runs[a].attempt, "the entry stays for handleResults")
 
 	<-sess.srv.wake
 	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
-	require.Equal(t, map[string]int{"cpu": 1, "gpu": 1}, sess.freeSlots(), "released once")
+	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(), "released once")
 	require.Empty(t, sess.srv.wake)
+
+	sess.release([]*schedulerv1.ConnectRequest{result(b, 1)})
+	require.Equal(t, map[string]int{"cpu": 2}, sess.freeSlots())
+	require.Empty(t, sess.srv.wake, "a cpu slot was free already: the dispatcher fills it without a wake-up")
+
+	sess.release([]*schedulerv1.ConnectRequest{result(g, 1)})
+	require.Equal(t, map[string]int{"cpu": 2, "gpu": 1}, sess.freeSlots())
+	require.Len(t, sess.freeGPUs(), 1)
+	require.Len(t, sess.srv.wake, 1, "a freed GPU always wakes the dispatcher")
+}
+
+// busy, the count release wakes the dispatcher by, is the runs in flight not released,
+// per slot type, whatever the order of claims, re-claims, results and their writes.
+func TestBusyCountsTheUnreleasedRunsInFlight(t *testing.T) {
+	t.Parallel()
+	sess := &session{srv: &Server{wake: make(chan struct{}, 1)}, slots: map[string]int32{"cpu": 8},
+		runs: map[uuid.UUID]*inflight{}, busy: map[string]int32{}}
+	check := func(msg string) {
+		t.Helper()
+		want := map[string]int32{}
+		for _, in := range sess.runs {
+			if !in.released {
+				want[in.slotType]++
+			}
+		}
+		for typ, n := range sess.busy {
+			if n != 0 {
+				require.Equal(t, want[typ], n, "%s: busy[%s]", msg, typ)
+			}
+		}
+		for typ, n := range want {
+			require.Equal(t, n, sess.busy[typ], "%s: busy[%s]", msg, typ)
+		}
+	}
+	ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+	result := func(id uuid.UUID, epoch int64) *schedulerv1.ConnectRequest {
+		return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(id), Epoch: epoch}}}
+	}
+	for i, id := range ids {
+		sess.track(id, &inflight{epoch: 1, slotType: []string{"cpu", "cpu", "gpu"}[i]})
+	}
+	check("three claims")
+	sess.track(ids[0], &inflight{epoch: 2, slotType: "cpu"})
+	check("a re-claim replaces the claim before it")
+	sess.release([]*schedulerv1.ConnectRequest{result(ids[0], 1), result(ids[1], 1)})
+	check("a stale epoch's result frees nothing, the other frees its slot")
+	sess.untrack(ids[1], sess.runs[ids[1]])
+	check("a released run written")
+	sess.track(ids[1], &inflight{epoch: 2, slotType: "cpu"})
+	sess.release([]*schedulerv1.ConnectRequest{result(ids[1], 2)})
+	sess.track(ids[1], &inflight{epoch: 3, slotType: "cpu"})
+	check("a released claim re-claimed before its result was written")
+	sess.untrack(ids[2], sess.runs[ids[2]])
+	check("an unreleased run written")
+	require.Equal(t, map[string]int32{"cpu": 2, "gpu": 0}, sess.busy)
 }
 
 func TestResultLingerIsValidated(t *testing.T) {

@@ -102,7 +102,7 @@ func Defaults() Config {
 		ReconcileInterval: 30 * time.Second,
 		QueueVacuumRuns:   2000,
 		EventHold:         20 * time.Millisecond,
-		ResultLinger:      2 * time.Millisecond,
+		ResultLinger:      5 * time.Millisecond,
 	}
 }
 

@@ -48,8 +48,11 @@ type session struct {
 	done     chan struct{}
 	closeOne sync.Once
 
-	mu        sync.Mutex
-	slots     map[string]int32
+	mu    sync.Mutex
+	slots map[string]int32
+	// busy counts the runs in flight not yet released, per slot type: the slots in use in
+	// the scheduler's count (track and untrack keep it with runs).
+	busy      map[string]int32
 	gpus      []store.GPU
 	runs      map[uuid.UUID]*inflight
 	draining  bool
@@ -120,11 +123,15 @@ func (s *session) leasesSince(t time.Time) []store.Lease {
 }
 
 // release frees, in the scheduler's count, the slots of the claims whose results are among
-// ms (the worker freed them before it sent the results) and wakes the dispatcher to fill
-// them, without waiting for the results to be written: nextBatch calls it before a batch
-// lingers. handleResults then drops the entries.
+// ms (the worker freed them before it sent the results), without waiting for the results
+// to be written: nextBatch calls it before a batch lingers and as results arrive during
+// the wait. handleResults then drops the entries. It wakes the dispatcher only for a slot
+// the dispatcher could not fill before, one of a type whose slots were all in use, or a
+// GPU: while a worker has free slots of a type the dispatcher claims for them anyway
+// (runs announced, claims back to back, the poll), and a wake-up per result made it claim
+// in smaller, more frequent statements (docs/performance.md, twenty-first pass).
 func (s *session) release(ms []*schedulerv1.ConnectRequest) {
-	freed := false
+	wake := false
 	s.mu.Lock()
 	for _, m := range ms {
 		r := m.GetResult()
@@ -136,12 +143,31 @@ func (s *session) release(ms []*schedulerv1.ConnectRequest) {
 			continue // refused by handleResults
 		}
 		if in, ok := s.runs[id]; ok && in.epoch == r.GetEpoch() && !in.released {
-			in.released, freed = true, true
+			in.released = true
+			wake = wake || s.busy[in.slotType] >= s.slots[in.slotType] || in.gpu != ""
+			s.busy[in.slotType]--
 		}
 	}
 	s.mu.Unlock()
-	if freed {
+	if wake {
 		s.srv.kick()
+	}
+}
+
+// track records a run in flight (s.mu held), in place of any claim of it recorded before.
+func (s *session) track(id uuid.UUID, in *inflight) {
+	if prev, ok := s.runs[id]; ok {
+		s.untrack(id, prev)
+	}
+	s.runs[id] = in
+	s.busy[in.slotType]++
+}
+
+// untrack forgets a run in flight (s.mu held).
+func (s *session) untrack(id uuid.UUID, in *inflight) {
+	delete(s.runs, id)
+	if !in.released {
+		s.busy[in.slotType]--
 	}
 }
 
@@ -194,7 +220,7 @@ func (s *session) hasGPUs() bool {
 // lost.
 func (s *session) assign(c *store.Claim, gpu string) {
 	s.mu.Lock()
-	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu}
+	s.track(c.Run.ID, &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu})
 	s.mu.Unlock()
 	a, err := assignmentOf(c)
 	if err != nil {
@@ -338,6 +364,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 		done:      make(chan struct{}),
 		slots:     slots,
 		runs:      make(map[uuid.UUID]*inflight),
+		busy:      make(map[string]int32),
 		gpus:      storeGPUs(reg.GetGpus()),
 		draining:  reg.GetDraining(),
 		heartbeat: time.Now(),
@@ -356,7 +383,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 	}
 	for _, l := range leases {
 		if st, ok := valid[l.RunID]; ok {
-			sess.runs[l.RunID] = &inflight{epoch: l.Epoch, slotType: st, since: time.Now()}
+			sess.track(l.RunID, &inflight{epoch: l.Epoch, slotType: st, since: time.Now()})
 		}
 	}
 	state := store.WorkerReady
@@ -514,24 +541,28 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 // maxMessageBatch bounds the messages of one session written in one go.
 const maxMessageBatch = 512
 
-// lingerBatch is the size below which a batch of results waits for more, and lingerAfter
-// the size of the previous batch from which it does (nextBatch).
+// lingerBatch is the size below which a batch of results waits for more, lingerAfter the
+// size of the previous batch from which it does, and lingerFill the size at which the
+// wait ends (nextBatch).
 const (
 	lingerBatch = 16
 	lingerAfter = 4
+	lingerFill  = 64
 )
 
 // nextBatch returns first and the messages queued behind it on in. With a linger
-// (SCHEDULER_RESULT_LINGER, 2 ms by default), when the previous batch held lingerAfter
+// (SCHEDULER_RESULT_LINGER, 5 ms by default), when the previous batch held lingerAfter
 // messages or more (results are coming faster than they are written) and this one holds
-// fewer than lingerBatch, all results and events, it waits up to linger for more: a
-// result statement then writes ~2× the runs (its fixed cost is most of what a small batch
-// costs: 2 ms cut the sustained benchmark's CPU per run by 3–4 %, PostgreSQL's by 5–12 %),
-// at the price of up to linger on the completion of those runs. Their slots do not wait:
-// release frees them in the scheduler's count before the wait, and those of the results
-// that arrive during it as they arrive. A lone result at low load never waits, and
-// anything else (a checkpoint, whose step waits for its acknowledgement, a heartbeat)
-// ends the wait at once.
+// fewer than lingerBatch, all results and events, it waits up to linger for more, until
+// it holds lingerFill: a result statement then writes several times the runs (its fixed
+// cost is most of what a small batch costs: 2 ms and 16 messages cut the sustained
+// benchmark's CPU per run by 3–4 %, PostgreSQL's by 5–12 %; 5 ms and 64 PostgreSQL's by
+// another 6–13 %), at the price of up to linger on the completion of those runs. A batch
+// that holds lingerBatch at once does not wait (a burn-down's results come faster than
+// they are written). Their slots do not wait: release frees them in the scheduler's
+// count before the wait, and those of the results that arrive during it as they arrive.
+// A lone result at low load never waits, and anything else (a checkpoint, whose step
+// waits for its acknowledgement, a heartbeat) ends the wait at once.
 func nextBatch(in <-chan *schedulerv1.ConnectRequest, first *schedulerv1.ConnectRequest, linger time.Duration, previous int, release func([]*schedulerv1.ConnectRequest)) []*schedulerv1.ConnectRequest {
 	batch := []*schedulerv1.ConnectRequest{first}
 	lingers := linger > 0 && previous >= lingerAfter && resultOrEvent(first)
@@ -554,7 +585,7 @@ fill:
 	release(batch)
 	t := time.NewTimer(linger)
 	defer t.Stop()
-	for len(batch) < lingerBatch {
+	for len(batch) < lingerFill {
 		select {
 		case m, ok := <-in:
 			if !ok {
@@ -819,7 +850,7 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 	sess.mu.Lock()
 	for _, p := range params {
 		if in, ok := sess.runs[p.RunID]; ok && in.epoch == p.Epoch {
-			delete(sess.runs, p.RunID)
+			sess.untrack(p.RunID, in)
 		}
 	}
 	sess.mu.Unlock()
