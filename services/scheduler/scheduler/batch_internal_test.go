@@ -128,7 +128,8 @@ func TestLingeringBatchReleasesSlotsFirst(t *testing.T) {
 
 // release frees the slot and GPU of a claim whose result arrived, once, and only for the
 // claim's own epoch; handleResults still finds the entry (its attempt sets the retry
-// delay).
+// delay). It wakes the dispatcher unless the last claim of the slot's type for this
+// worker emptied the queue, and for every GPU.
 func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	t.Parallel()
 	a, b, g := uuid.New(), uuid.New(), uuid.New()
@@ -136,12 +137,13 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 		srv:   &Server{wake: make(chan struct{}, 1)},
 		slots: map[string]int32{"cpu": 2, "gpu": 1},
 		gpus:  []store.GPU{{UUID: "GPU-0"}},
-		runs:  map[uuid.UUID]*inflight{},
-		busy:  map[string]int32{},
+		runs: map[uuid.UUID]*inflight{
+			a: {epoch: 3, slotType: "cpu", attempt: 2},
+			b: {epoch: 1, slotType: "cpu"},
+			g: {epoch: 1, slotType: "gpu", gpu: "GPU-0"},
+		},
+		spare: map[string]bool{},
 	}
-	sess.track(a, &inflight{epoch: 3, slotType: "cpu", attempt: 2})
-	sess.track(b, &inflight{epoch: 1, slotType: "cpu"})
-	sess.track(g, &inflight{epoch: 1, slotType: "gpu", gpu: "GPU-0"})
 	result := func(id uuid.UUID, epoch int64) *schedulerv1.ConnectRequest {
 		return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(id), Epoch: epoch}}}
 	}
@@ -151,9 +153,11 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	require.Empty(t, sess.freeSlots(), "another claim's result frees nothing")
 	require.Empty(t, sess.srv.wake, "nothing freed, the dispatcher is not woken")
 
+	sess.claiming("cpu")
+	sess.claimed("cpu", 1, 1)
 	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
 	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots())
-	require.Len(t, sess.srv.wake, 1, "the worker's cpu slots were all in use: the dispatcher is woken to fill one")
+	require.Len(t, sess.srv.wake, 1, "the last cpu claim took all it asked for: runs may be waiting, the dispatcher is woken")
 	require.Equal(t, int32(2), sess.runs[a].attempt, "the entry stays for handleResults")
 
 	<-sess.srv.wake
@@ -161,60 +165,34 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(), "released once")
 	require.Empty(t, sess.srv.wake)
 
+	sess.claiming("cpu")
+	sess.claimed("cpu", 1, 0)
 	sess.release([]*schedulerv1.ConnectRequest{result(b, 1)})
 	require.Equal(t, map[string]int{"cpu": 2}, sess.freeSlots())
-	require.Empty(t, sess.srv.wake, "a cpu slot was free already: the dispatcher fills it without a wake-up")
+	require.Empty(t, sess.srv.wake, "the last cpu claim emptied the queue: no wake-up")
 
+	sess.claiming("gpu")
+	sess.claimed("gpu", 1, 0)
 	sess.release([]*schedulerv1.ConnectRequest{result(g, 1)})
 	require.Equal(t, map[string]int{"cpu": 2, "gpu": 1}, sess.freeSlots())
-	require.Len(t, sess.freeGPUs(), 1)
 	require.Len(t, sess.srv.wake, 1, "a freed GPU always wakes the dispatcher")
 }
 
-// busy, the count release wakes the dispatcher by, is the runs in flight not released,
-// per slot type, whatever the order of claims, re-claims, results and their writes.
-func TestBusyCountsTheUnreleasedRunsInFlight(t *testing.T) {
+// While a claim is in flight, a freed slot wakes the dispatcher whatever the claim before
+// found: the claim in flight counted the slot taken.
+func TestSlotsFreedDuringAClaimWakeTheDispatcher(t *testing.T) {
 	t.Parallel()
-	sess := &session{srv: &Server{wake: make(chan struct{}, 1)}, slots: map[string]int32{"cpu": 8},
-		runs: map[uuid.UUID]*inflight{}, busy: map[string]int32{}}
-	check := func(msg string) {
-		t.Helper()
-		want := map[string]int32{}
-		for _, in := range sess.runs {
-			if !in.released {
-				want[in.slotType]++
-			}
-		}
-		for typ, n := range sess.busy {
-			if n != 0 {
-				require.Equal(t, want[typ], n, "%s: busy[%s]", msg, typ)
-			}
-		}
-		for typ, n := range want {
-			require.Equal(t, n, sess.busy[typ], "%s: busy[%s]", msg, typ)
-		}
+	a := uuid.New()
+	sess := &session{
+		srv:   &Server{wake: make(chan struct{}, 1)},
+		slots: map[string]int32{"cpu": 2},
+		runs:  map[uuid.UUID]*inflight{a: {epoch: 1, slotType: "cpu"}},
+		spare: map[string]bool{},
 	}
-	ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
-	result := func(id uuid.UUID, epoch int64) *schedulerv1.ConnectRequest {
-		return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(id), Epoch: epoch}}}
-	}
-	for i, id := range ids {
-		sess.track(id, &inflight{epoch: 1, slotType: []string{"cpu", "cpu", "gpu"}[i]})
-	}
-	check("three claims")
-	sess.track(ids[0], &inflight{epoch: 2, slotType: "cpu"})
-	check("a re-claim replaces the claim before it")
-	sess.release([]*schedulerv1.ConnectRequest{result(ids[0], 1), result(ids[1], 1)})
-	check("a stale epoch's result frees nothing, the other frees its slot")
-	sess.untrack(ids[1], sess.runs[ids[1]])
-	check("a released run written")
-	sess.track(ids[1], &inflight{epoch: 2, slotType: "cpu"})
-	sess.release([]*schedulerv1.ConnectRequest{result(ids[1], 2)})
-	sess.track(ids[1], &inflight{epoch: 3, slotType: "cpu"})
-	check("a released claim re-claimed before its result was written")
-	sess.untrack(ids[2], sess.runs[ids[2]])
-	check("an unreleased run written")
-	require.Equal(t, map[string]int32{"cpu": 2, "gpu": 0}, sess.busy)
+	sess.claimed("cpu", 2, 1) // an earlier claim emptied the queue
+	sess.claiming("cpu")
+	sess.release([]*schedulerv1.ConnectRequest{{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(a), Epoch: 1}}}})
+	require.Len(t, sess.srv.wake, 1)
 }
 
 func TestResultLingerIsValidated(t *testing.T) {

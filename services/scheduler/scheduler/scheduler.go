@@ -518,6 +518,7 @@ func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed in
 				}
 				continue
 			}
+			sess.claiming(slotType)
 			claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
 				WorkerID: sess.workerID, SlotType: slotType, Limit: free, LeaseTTL: s.cfg.LeaseTTL,
 			})
@@ -531,6 +532,7 @@ func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed in
 			for _, c := range claims {
 				sess.assign(c, "")
 			}
+			sess.claimed(slotType, free, len(claims))
 			claimed += len(claims)
 			if len(claims) == free {
 				drained = false

@@ -50,9 +50,11 @@ type session struct {
 
 	mu    sync.Mutex
 	slots map[string]int32
-	// busy counts the runs in flight not yet released, per slot type: the slots in use in
-	// the scheduler's count (track and untrack keep it with runs).
-	busy      map[string]int32
+	// spare holds the slot types whose last claim for this worker found fewer runs than
+	// the worker had free slots (the queue was empty): the dispatcher claims for them again
+	// when runs are announced, so a slot of such a type freed meanwhile needs no wake-up
+	// (release). A claim in flight clears it.
+	spare     map[string]bool
 	gpus      []store.GPU
 	runs      map[uuid.UUID]*inflight
 	draining  bool
@@ -125,11 +127,10 @@ func (s *session) leasesSince(t time.Time) []store.Lease {
 // release frees, in the scheduler's count, the slots of the claims whose results are among
 // ms (the worker freed them before it sent the results), without waiting for the results
 // to be written: nextBatch calls it before a batch lingers and as results arrive during
-// the wait. handleResults then drops the entries. It wakes the dispatcher only for a slot
-// the dispatcher could not fill before, one of a type whose slots were all in use, or a
-// GPU: while a worker has free slots of a type the dispatcher claims for them anyway
-// (runs announced, claims back to back, the poll), and a wake-up per result made it claim
-// in smaller, more frequent statements (docs/performance.md, twenty-first pass).
+// the wait. handleResults then drops the entries (and frees the slots of the results not
+// released). Both wake the dispatcher only when a freed slot may have runs waiting for
+// it (wakes): a wake-up per result made the dispatcher claim in smaller, more frequent
+// statements (docs/performance.md, twenty-first pass).
 func (s *session) release(ms []*schedulerv1.ConnectRequest) {
 	wake := false
 	s.mu.Lock()
@@ -143,9 +144,8 @@ func (s *session) release(ms []*schedulerv1.ConnectRequest) {
 			continue // refused by handleResults
 		}
 		if in, ok := s.runs[id]; ok && in.epoch == r.GetEpoch() && !in.released {
+			wake = wake || s.wakes(in)
 			in.released = true
-			wake = wake || s.busy[in.slotType] >= s.slots[in.slotType] || in.gpu != ""
-			s.busy[in.slotType]--
 		}
 	}
 	s.mu.Unlock()
@@ -154,21 +154,28 @@ func (s *session) release(ms []*schedulerv1.ConnectRequest) {
 	}
 }
 
-// track records a run in flight (s.mu held), in place of any claim of it recorded before.
-func (s *session) track(id uuid.UUID, in *inflight) {
-	if prev, ok := s.runs[id]; ok {
-		s.untrack(id, prev)
-	}
-	s.runs[id] = in
-	s.busy[in.slotType]++
+// wakes reports whether freeing in's slot (s.mu held) needs the dispatcher woken: unless
+// the last claim of its type for this worker emptied the queue (the dispatcher then claims
+// again when runs are announced, back to back, or at the poll, and sees the slot free),
+// the runs queued behind may be waiting for it. A GPU always does (a run may be waiting
+// for its memory).
+func (s *session) wakes(in *inflight) bool {
+	return !in.released && (!s.spare[in.slotType] || in.gpu != "")
 }
 
-// untrack forgets a run in flight (s.mu held).
-func (s *session) untrack(id uuid.UUID, in *inflight) {
-	delete(s.runs, id)
-	if !in.released {
-		s.busy[in.slotType]--
-	}
+// claiming records that a claim of slotType for this worker is in flight: slots freed
+// meanwhile wake the dispatcher, whose claim counted them taken.
+func (s *session) claiming(slotType string) {
+	s.mu.Lock()
+	s.spare[slotType] = false
+	s.mu.Unlock()
+}
+
+// claimed records the end of a claim of slotType that asked for free runs and found n.
+func (s *session) claimed(slotType string, free, n int) {
+	s.mu.Lock()
+	s.spare[slotType] = n < free
+	s.mu.Unlock()
 }
 
 func (s *session) holds(id uuid.UUID) bool {
@@ -220,7 +227,7 @@ func (s *session) hasGPUs() bool {
 // lost.
 func (s *session) assign(c *store.Claim, gpu string) {
 	s.mu.Lock()
-	s.track(c.Run.ID, &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu})
+	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu}
 	s.mu.Unlock()
 	a, err := assignmentOf(c)
 	if err != nil {
@@ -364,7 +371,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 		done:      make(chan struct{}),
 		slots:     slots,
 		runs:      make(map[uuid.UUID]*inflight),
-		busy:      make(map[string]int32),
+		spare:     make(map[string]bool),
 		gpus:      storeGPUs(reg.GetGpus()),
 		draining:  reg.GetDraining(),
 		heartbeat: time.Now(),
@@ -383,7 +390,7 @@ func (s *Server) Connect(stream schedulerv1.SchedulerService_ConnectServer) erro
 	}
 	for _, l := range leases {
 		if st, ok := valid[l.RunID]; ok {
-			sess.track(l.RunID, &inflight{epoch: l.Epoch, slotType: st, since: time.Now()})
+			sess.runs[l.RunID] = &inflight{epoch: l.Epoch, slotType: st, since: time.Now()}
 		}
 	}
 	state := store.WorkerReady
@@ -847,14 +854,18 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 	// commits (claims and completions overlap instead of taking turns). A run whose
 	// result does not commit keeps its lease: the worker resends the result after it
 	// reconnects, or the lease expires and the run is recovered.
+	wake := false
 	sess.mu.Lock()
 	for _, p := range params {
 		if in, ok := sess.runs[p.RunID]; ok && in.epoch == p.Epoch {
-			sess.untrack(p.RunID, in)
+			wake = wake || sess.wakes(in)
+			delete(sess.runs, p.RunID)
 		}
 	}
 	sess.mu.Unlock()
-	s.kick()
+	if wake {
+		s.kick()
+	}
 	_, errs, err := s.store.FinishRuns(ctx, params)
 	if err != nil {
 		// Nothing acknowledged: the worker resends after it reconnects; results that were

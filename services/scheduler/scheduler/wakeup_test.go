@@ -101,3 +101,43 @@ func waitListening(t *testing.T, st *store.Store) {
 		return err == nil && n == 1
 	}, 10*time.Second, 10*time.Millisecond, "the scheduler listens")
 }
+
+// A worker's freed slots are refilled without the poll (a minute here), whenever the
+// results free them: while a claim for its other slots is in flight, during a result
+// linger, with runs queued behind. A stand-in with 4 slots answers each run a moment
+// after it gets it, staggered, through a backlog of 300.
+func TestFreedSlotsAreRefilledWithoutThePoll(t *testing.T) {
+	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute })
+	ctx := t.Context()
+	_, err := st.CreateAssistant(ctx, &store.Assistant{TenantID: store.DefaultTenant, ID: "a", SlotType: "cpu", Flow: flow})
+	require.NoError(t, err)
+	const runs = 300
+	queueRuns(t, st, "a", runs)
+	w := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "w", Slots: slots("cpu", 4)})
+
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		answered := 0
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Duration(answered%3) * time.Millisecond):
+			}
+			got := w.assignments()
+			if answered < len(got) {
+				// One at a time: the others' slots stay taken meanwhile.
+				a := got[answered]
+				if w.stream.Send(&schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{
+					Run: a.GetRun(), Epoch: a.GetEpoch(), Outcome: schedulerv1.RunResult_OUTCOME_SUCCEEDED, State: a.GetState(),
+				}}}) != nil {
+					return
+				}
+				answered++
+			}
+		}
+	}()
+	require.Eventually(t, func() bool { return len(w.assignments()) == runs }, 30*time.Second, 10*time.Millisecond,
+		"every run assigned (a missed wake-up leaves the dispatcher waiting for the poll)")
+}
