@@ -153,7 +153,6 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	require.Empty(t, sess.freeSlots(), "another claim's result frees nothing")
 	require.Empty(t, sess.srv.wake, "nothing freed, the dispatcher is not woken")
 
-	sess.claiming("cpu")
 	sess.claimed("cpu", 1, 1)
 	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
 	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots())
@@ -165,22 +164,20 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(), "released once")
 	require.Empty(t, sess.srv.wake)
 
-	sess.claiming("cpu")
 	sess.claimed("cpu", 1, 0)
 	sess.release([]*schedulerv1.ConnectRequest{result(b, 1)})
 	require.Equal(t, map[string]int{"cpu": 2}, sess.freeSlots())
 	require.Empty(t, sess.srv.wake, "the last cpu claim emptied the queue: no wake-up")
 
-	sess.claiming("gpu")
 	sess.claimed("gpu", 1, 0)
 	sess.release([]*schedulerv1.ConnectRequest{result(g, 1)})
 	require.Equal(t, map[string]int{"cpu": 2, "gpu": 1}, sess.freeSlots())
 	require.Len(t, sess.srv.wake, 1, "a freed GPU always wakes the dispatcher")
 }
 
-// While a claim is in flight, a freed slot wakes the dispatcher whatever the claim before
-// found: the claim in flight counted the slot taken.
-func TestSlotsFreedDuringAClaimWakeTheDispatcher(t *testing.T) {
+// Once the dispatcher has read a worker's free slots to claim for them, a freed slot wakes
+// it whatever the claim before found: the claims that follow count the slot taken.
+func TestSlotsFreedAfterTheDispatcherReadsThemWakeIt(t *testing.T) {
 	t.Parallel()
 	a := uuid.New()
 	sess := &session{
@@ -190,7 +187,7 @@ func TestSlotsFreedDuringAClaimWakeTheDispatcher(t *testing.T) {
 		spare: map[string]bool{},
 	}
 	sess.claimed("cpu", 2, 1) // an earlier claim emptied the queue
-	sess.claiming("cpu")
+	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots())
 	sess.release([]*schedulerv1.ConnectRequest{{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(a), Epoch: 1}}}})
 	require.Len(t, sess.srv.wake, 1)
 }

@@ -518,7 +518,6 @@ func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed in
 				}
 				continue
 			}
-			sess.claiming(slotType)
 			claims, err := s.store.ClaimRuns(ctx, store.ClaimParams{
 				WorkerID: sess.workerID, SlotType: slotType, Limit: free, LeaseTTL: s.cfg.LeaseTTL,
 			})

@@ -53,7 +53,8 @@ type session struct {
 	// spare holds the slot types whose last claim for this worker found fewer runs than
 	// the worker had free slots (the queue was empty): the dispatcher claims for them again
 	// when runs are announced, so a slot of such a type freed meanwhile needs no wake-up
-	// (release). A claim in flight clears it.
+	// (release). freeSlots clears it: the claims that follow count the slots it reports
+	// as all there are.
 	spare     map[string]bool
 	gpus      []store.GPU
 	runs      map[uuid.UUID]*inflight
@@ -89,7 +90,8 @@ func (s *session) live() bool {
 
 // freeSlots returns the free slots by type, by the scheduler's own count of what it
 // assigned: the worker's reports lag behind assignments, so they are never trusted to
-// grant more.
+// grant more. The dispatcher claims for them next: a slot of those types freed from now
+// on wakes it again (spare is cleared for them until claimed records the claim).
 func (s *session) freeSlots() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -106,6 +108,7 @@ func (s *session) freeSlots() map[string]int {
 	for t, total := range s.slots {
 		if n := total - used[t]; n > 0 {
 			free[t] = int(n)
+			s.spare[t] = false
 		}
 	}
 	return free
@@ -161,14 +164,6 @@ func (s *session) release(ms []*schedulerv1.ConnectRequest) {
 // for its memory).
 func (s *session) wakes(in *inflight) bool {
 	return !in.released && (!s.spare[in.slotType] || in.gpu != "")
-}
-
-// claiming records that a claim of slotType for this worker is in flight: slots freed
-// meanwhile wake the dispatcher, whose claim counted them taken.
-func (s *session) claiming(slotType string) {
-	s.mu.Lock()
-	s.spare[slotType] = false
-	s.mu.Unlock()
 }
 
 // claimed records the end of a claim of slotType that asked for free runs and found n.
