@@ -103,9 +103,9 @@ func waitListening(t *testing.T, st *store.Store) {
 }
 
 // A worker's freed slots are refilled without the poll (a minute here), whenever the
-// results free them: while a claim for its other slots is in flight, during a result
-// linger, with runs queued behind. A stand-in with 4 slots answers each run a moment
-// after it gets it, staggered, through a backlog of 300.
+// results free them, with runs queued behind, a claim for its other slots often in flight
+// meanwhile: a stand-in with 4 slots answers its runs one at a time, 0–2 ms apart,
+// through a backlog of 300.
 func TestFreedSlotsAreRefilledWithoutThePoll(t *testing.T) {
 	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute })
 	ctx := t.Context()
