@@ -129,6 +129,51 @@ func TestOneClaimPerAnnouncedRunAcrossWorkers(t *testing.T) {
 	require.Contains(t, string(body), fmt.Sprintf(`agentserver_scheduler_claims_total{found="true",slot_type="cpu-fleet"} %d`, found))
 }
 
+// Results freeing slots the queue has nothing for cost no claim, on whichever worker of
+// the fleet they arrive: every worker's last claim of the type found the queue empty, or
+// was skipped because another worker's claim in the same dispatch had.
+func TestResultsOnAFleetWithNothingQueuedCostNoClaim(t *testing.T) {
+	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute })
+	createAssistants(t, st, map[string]string{"a": "cpu-results"})
+	var workers []*standInWorker
+	for _, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
+		workers = append(workers, connectStandIn(t, addr, &schedulerv1.Register{WorkerId: id, Slots: slots("cpu-results", 10)}))
+	}
+	waitListening(t, st)
+	var got []*schedulerv1.Assignment
+	for i := range 20 {
+		queueRuns(t, st, "a", 1)
+		require.Eventually(t, func() bool {
+			got = got[:0]
+			for _, w := range workers {
+				got = append(got, w.assignments()...)
+			}
+			return len(got) == i+1
+		}, 10*time.Second, time.Millisecond)
+	}
+	found0, empty0 := claimsCounted(t, "cpu-results")
+
+	acked := 0
+	for _, w := range workers {
+		for _, a := range w.assignments() {
+			w.succeed(t, a)
+			acked++
+			require.Eventually(t, func() bool {
+				n := 0
+				for _, w := range workers {
+					runs, _ := w.acked()
+					n += len(runs)
+				}
+				return n == acked
+			}, 10*time.Second, time.Millisecond)
+		}
+	}
+
+	found, empty := claimsCounted(t, "cpu-results")
+	require.Equal(t, found0, found)
+	require.LessOrEqual(t, empty-empty0, 1, "no claim woken by results whose slots nothing waits for")
+}
+
 // Every GPU is its own claim, largest free memory first; a claim that finds no run for a
 // GPU finds none for a GPU with less free memory either, here or on another worker, so a
 // wake-up with no GPU run queued costs one GPU claim, not one per free GPU. A run that

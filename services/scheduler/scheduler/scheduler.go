@@ -508,7 +508,12 @@ func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed in
 			if ctx.Err() != nil {
 				return
 			}
-			if (only != nil && !only[slotType]) || exhausted[slotType] {
+			if only != nil && !only[slotType] {
+				continue
+			}
+			if exhausted[slotType] {
+				// This session's free slots of that type have nothing to take either.
+				sess.claimed(slotType, free, 0)
 				continue
 			}
 			if slotType == gpuSlotType && sess.hasGPUs() {

@@ -51,7 +51,8 @@ type session struct {
 	mu    sync.Mutex
 	slots map[string]int32
 	// spare holds the slot types whose last claim for this worker found fewer runs than
-	// the worker had free slots (the queue was empty): the dispatcher claims for them again
+	// the worker had free slots, or was skipped since another worker's had (the queue was
+	// empty): the dispatcher claims for them again
 	// when runs are announced, so a slot of such a type freed meanwhile needs no wake-up
 	// (release). freeSlots clears it: the claims that follow count the slots it reports
 	// as all there are.
@@ -166,7 +167,8 @@ func (s *session) wakes(in *inflight) bool {
 	return !in.released && (!s.spare[in.slotType] || in.gpu != "")
 }
 
-// claimed records the end of a claim of slotType that asked for free runs and found n.
+// claimed records the end of a claim of slotType that asked for free runs and found n (or
+// a claim skipped because another session's emptied the queue in the same dispatch: 0).
 func (s *session) claimed(slotType string, free, n int) {
 	s.mu.Lock()
 	s.spare[slotType] = n < free
