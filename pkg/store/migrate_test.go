@@ -395,3 +395,39 @@ func TestMigrationsOfTheListIndexes(t *testing.T) {
 			WHERE indexname IN ('runs_list', 'runs_list_assistant', 'threads_list')`), "at version %d", step.version)
 	}
 }
+
+// Migration 24 copies the cancel requests of running runs onto their leases, where
+// CancelRequests reads them; going down drops the copy and keeps the requests on runs.
+func TestMigration24CopiesCancelRequestsToLeases(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	_, err := p.UpTo(ctx, 23)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
+			input, max_attempts, timeout_ms, epoch, worker_id, claim_time, cancel_requested)
+		VALUES
+			('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 2, 0, 'cpu', '{}', 1, 1000, 1, 'w1', now(), true),
+			('00000000-0000-0000-0000-000000000002', 'default', 'a', 1, 2, 2, 0, 'cpu', '{}', 1, 1000, 1, 'w1', now(), false);
+		INSERT INTO run_leases (run_id, epoch, worker_id, tenant_id, assistant_id, slot_type, expire_time) VALUES
+			('00000000-0000-0000-0000-000000000001', 1, 'w1', 'default', 'a', 'cpu', now() + interval '1 minute'),
+			('00000000-0000-0000-0000-000000000002', 1, 'w1', 'default', 'a', 'cpu', now() + interval '1 minute')`)
+	require.NoError(t, err)
+
+	_, err = p.UpTo(ctx, 24)
+	require.NoError(t, err)
+	flags := queryMap[string, bool](t, db, `SELECT run_id::text, cancel_requested FROM run_leases`)
+	require.Equal(t, map[string]bool{
+		"00000000-0000-0000-0000-000000000001": true,
+		"00000000-0000-0000-0000-000000000002": false,
+	}, flags)
+
+	_, err = p.DownTo(ctx, 23)
+	require.NoError(t, err)
+	var requested int
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM runs WHERE cancel_requested`).Scan(&requested))
+	require.Equal(t, 1, requested, "the request stays on its run")
+	_, err = p.Up(ctx)
+	require.NoError(t, err, "migrates up again")
+}

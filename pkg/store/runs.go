@@ -455,7 +455,9 @@ func cancelInTx(ctx context.Context, tx pgx.Tx, tenant string, id uuid.UUID) (*R
 		return r, appendEvent(ctx, tx, tenant, id, "state", map[string]any{"state": "CANCELLED"})
 	case StateRunning:
 		if !r.CancelRequested {
-			if _, err := tx.Exec(ctx, `UPDATE runs SET cancel_requested = true WHERE id = $1`, id); err != nil {
+			// On the lease too, where the schedulers look for requests (migration 24).
+			if _, err := tx.Exec(ctx, `WITH r AS (UPDATE runs SET cancel_requested = true WHERE id = $1)
+				UPDATE run_leases SET cancel_requested = true WHERE run_id = $1`, id); err != nil {
 				return nil, err
 			}
 			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, CancelChannel, id.String()); err != nil {

@@ -1,0 +1,43 @@
+package store_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/store"
+)
+
+// The schedulers look for cancel requests every second, and every 50 ms while they claim
+// back to back: the look reads the requests, not the runs in flight. With 10 and with 1,000
+// runs running it touches as many pages, and it finds the one request either way. (Before
+// migration 24 it joined every lease to its run: 2 pages with 10 running, 56 with 1,000.)
+func TestCancelRequestsReadOnlyTheRequests(t *testing.T) {
+	t.Parallel()
+	st := benchStore(t)
+	ctx := t.Context()
+	pages := map[int]int{}
+	running := 0
+	for _, n := range []int{10, 1000} {
+		fillQueue(t, st, n-running)
+		for running < n {
+			c, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 500, LeaseTTL: time.Minute})
+			require.NoError(t, err)
+			require.NotEmpty(t, c)
+			if running == 0 {
+				_, err := st.CancelRun(ctx, store.DefaultTenant, c[0].Run.ID)
+				require.NoError(t, err)
+			}
+			running += len(c)
+		}
+		_, err := st.Pool().Exec(ctx, `ANALYZE run_leases`)
+		require.NoError(t, err)
+		reqs, err := st.CancelRequests(ctx, []string{"w1", "w2"})
+		require.NoError(t, err)
+		require.Len(t, reqs["w1"], 1, "the one request, with %d running", n)
+		require.Empty(t, reqs["w2"])
+		pages[n] = explainBuffers(t, st, 1, store.CancelRequestsStatement, []string{"w1"})
+	}
+	require.LessOrEqual(t, pages[1000], pages[10]+1, "pages touched with 10 and 1,000 running: %v", pages)
+}
