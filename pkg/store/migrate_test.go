@@ -431,3 +431,34 @@ func TestMigration24CopiesCancelRequestsToLeases(t *testing.T) {
 	_, err = p.Up(ctx)
 	require.NoError(t, err, "migrates up again")
 }
+
+// Migration 25 gives every lease its run's deadline (claim time + timeout), which recovery
+// reads instead of the run.
+func TestMigration25GivesLeasesTheirRunsDeadline(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db, p := migrationProvider(t)
+	_, err := p.UpTo(ctx, 24)
+	require.NoError(t, err)
+	claimed := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, seq, state, priority, slot_type,
+			input, max_attempts, timeout_ms, epoch, worker_id, claim_time)
+		VALUES ('00000000-0000-0000-0000-000000000001', 'default', 'a', 1, 1, 2, 0, 'cpu', '{}', 1, 90000, 1, 'w1', $1)`, claimed)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `
+		INSERT INTO run_leases (run_id, epoch, worker_id, tenant_id, assistant_id, slot_type, expire_time) VALUES
+			('00000000-0000-0000-0000-000000000001', 1, 'w1', 'default', 'a', 'cpu', now() + interval '1 minute')`)
+	require.NoError(t, err)
+
+	_, err = p.UpTo(ctx, 25)
+	require.NoError(t, err)
+	var deadline time.Time
+	require.NoError(t, db.QueryRowContext(ctx, `SELECT deadline_time FROM run_leases`).Scan(&deadline))
+	require.True(t, deadline.Equal(claimed.Add(90*time.Second)), "deadline %s, want claim time + 90 s", deadline)
+
+	_, err = p.DownTo(ctx, 24)
+	require.NoError(t, err)
+	_, err = p.Up(ctx)
+	require.NoError(t, err, "migrates up again")
+}

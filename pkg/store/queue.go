@@ -203,8 +203,12 @@ func claimStatement(cte, ids, limited string) string {
 		), l AS (
 			-- cancel_requested is false here as long as a run asked to cancel never runs
 			-- again (migration 24); copied all the same, so that no lease can miss one.
-			INSERT INTO run_leases (run_id, epoch, worker_id, tenant_id, assistant_id, slot_type, expire_time, cancel_requested)
-			SELECT id, epoch, worker_id, tenant_id, assistant_id, slot_type, now() + $3 * interval '1 millisecond', cancel_requested
+			-- deadline_time is the run's claim_time + timeout (migration 25): now() is
+			-- the transaction's start, the claim_time set above.
+			INSERT INTO run_leases (run_id, epoch, worker_id, tenant_id, assistant_id, slot_type, expire_time,
+				cancel_requested, deadline_time)
+			SELECT id, epoch, worker_id, tenant_id, assistant_id, slot_type, now() + $3 * interval '1 millisecond',
+				cancel_requested, now() + timeout_ms * interval '1 millisecond'
 			FROM u
 		)
 		SELECT u.tenant_id, u.id, u.assistant_id, u.assistant_version, coalesce(u.thread_id, ''), u.state,
@@ -1084,27 +1088,25 @@ type RecoverResult struct {
 	Stopped []Lease
 }
 
-// RecoverRuns requeues the running runs whose lease expired (their worker is gone: no
-// attempt is used), ends those past their timeout as TIMED_OUT and those with a pending
-// cancel as CANCELLED. Each transition bumps the epoch so the old worker's writes fail.
-func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult, error) {
-	var res RecoverResult
-	rows, err := s.pool.Query(ctx, `
+// recoverStatement is RecoverRuns' statement: $1 is the batch, $2 the timeout grace in
+// milliseconds.
+var recoverStatement = `
 		WITH due AS (
 			-- Both rows locked, neither waited for: a completion or renewal in progress
-			-- is left alone.
+			-- is left alone. The leases due are found on run_leases alone (its deadline
+			-- is the run's claim_time + timeout, migration 25): runs is read only for
+			-- them, not for every run in flight.
 			SELECT l.run_id AS id, l.expire_time < now() AS expired
 			FROM run_leases l JOIN runs r ON r.id = l.run_id AND r.epoch = l.epoch AND r.state = 2
-			WHERE l.expire_time < now()
-				OR r.claim_time + (r.timeout_ms * interval '1 millisecond') + $2 * interval '1 millisecond' < now()
+			WHERE l.expire_time < now() OR l.deadline_time + $2 * interval '1 millisecond' < now()
 			ORDER BY l.expire_time
 			LIMIT $1
 			FOR UPDATE OF l, r SKIP LOCKED
 		), dl AS (
 			DELETE FROM run_leases WHERE run_id = ANY(ARRAY(SELECT id FROM due))
-		), `+writeOutRunning("ANY(ARRAY(SELECT id FROM due))")+`, u AS (
+		), ` + writeOutRunning("ANY(ARRAY(SELECT id FROM due))") + `, u AS (
 			UPDATE runs r SET
-				`+clearRunning+`,
+				` + clearRunning + `,
 				state = CASE
 					WHEN r.cancel_requested THEN 5
 					WHEN r.claim_time + (r.timeout_ms * interval '1 millisecond') < now() THEN 6
@@ -1121,14 +1123,21 @@ func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult
 			FROM due WHERE r.id = due.id
 			RETURNING r.id, r.tenant_id, r.seq, r.assistant_id, r.slot_type, r.priority, r.state, r.epoch, due.expired
 		), q AS (
-			`+enqueue("u", "now()")+` WHERE state = 1
+			` + enqueue("u", "now()") + ` WHERE state = 1
 		), e AS (
 			INSERT INTO run_events (run_id, tenant_id, type, data)
 			SELECT id, tenant_id, 'state', jsonb_build_object('state',
 				CASE state WHEN 1 THEN 'QUEUED' WHEN 5 THEN 'CANCELLED' ELSE 'TIMED_OUT' END,
 				'reason', CASE WHEN expired THEN 'lease_expired' ELSE 'timeout' END) FROM u
 		)
-		SELECT id, state, epoch - 1, expired FROM u`, p.Batch, p.TimeoutGrace.Milliseconds())
+		SELECT id, state, epoch - 1, expired FROM u`
+
+// RecoverRuns requeues the running runs whose lease expired (their worker is gone: no
+// attempt is used), ends those past their timeout as TIMED_OUT and those with a pending
+// cancel as CANCELLED. Each transition bumps the epoch so the old worker's writes fail.
+func (s *Store) RecoverRuns(ctx context.Context, p RecoverParams) (RecoverResult, error) {
+	var res RecoverResult
+	rows, err := s.pool.Query(ctx, recoverStatement, p.Batch, p.TimeoutGrace.Milliseconds())
 	if err != nil {
 		return res, fmt.Errorf("recovering runs: %w", err)
 	}

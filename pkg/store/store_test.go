@@ -350,7 +350,10 @@ func TestRecoverTimesOutOverdueRuns(t *testing.T) {
 	newAssistant(t, st, "a", func(a *store.Assistant) { a.Timeout = time.Second })
 	run := enqueue(t, st, store.NewRun{AssistantID: "a"})[0]
 	c := claim(t, st, "w", "cpu", 1)[0]
-	_, err := st.Pool().Exec(t.Context(), `UPDATE runs SET claim_time = now() - interval '1 minute' WHERE id = $1`, run.ID)
+	// Claimed a minute ago, as the claim writes it: the run's claim time and its lease's
+	// deadline (claim time + timeout, migration 25).
+	_, err := st.Pool().Exec(t.Context(), `WITH r AS (UPDATE runs SET claim_time = now() - interval '1 minute' WHERE id = $1)
+		UPDATE run_leases SET deadline_time = now() - interval '1 minute' + interval '1 second' WHERE run_id = $1`, run.ID)
 	require.NoError(t, err)
 	rec, err := st.RecoverRuns(t.Context(), store.RecoverParams{Batch: 10, TimeoutGrace: time.Second})
 	require.NoError(t, err)
