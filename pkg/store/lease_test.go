@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -72,4 +73,53 @@ func TestRecoverReadsTheRunsDueOnly(t *testing.T) {
 	rec, err := st.RecoverRuns(ctx, store.RecoverParams{Batch: 1000, TimeoutGrace: time.Second})
 	require.NoError(t, err)
 	require.Equal(t, store.RecoverResult{}, rec, "nothing is due")
+}
+
+// ReconcileLoad (every 30 s in every scheduler) recounts the runs running of each limited
+// assistant in one pass over the leases: 20 limited assistants with 50 runs running each,
+// and one with none, touch about as many pages as the leases fill (86, for 28 of leases; a
+// count per assistant read all of run_leases 21 times: 638). Counts that drifted are put
+// right, to 0 where nothing runs.
+func TestReconcileLoadCountsInOnePass(t *testing.T) {
+	t.Parallel()
+	st := benchStore(t)
+	ctx := t.Context()
+	newAssistant(t, st, "idle", func(a *store.Assistant) { a.ConcurrencyLimit = 100 })
+	for i := range 20 {
+		id := fmt.Sprintf("limited-%02d", i)
+		newAssistant(t, st, id, func(a *store.Assistant) { a.ConcurrencyLimit = 100 })
+		fillQueueOf(t, st, id, 50)
+	}
+	running := 0
+	for running < 1000 {
+		c, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 1000 - running, LeaseTTL: time.Minute})
+		require.NoError(t, err)
+		require.NotEmpty(t, c)
+		running += len(c)
+	}
+	_, err := st.Pool().Exec(ctx, `UPDATE assistant_load SET running = 7; ANALYZE run_leases, assistant_load`)
+	require.NoError(t, err)
+	pages := explainBuffers(t, st, 1, store.ReconcileLoadStatement)
+	leasePages := explainBuffers(t, st, 1, `SELECT count(*) FROM run_leases`)
+	require.Less(t, pages, 2*leasePages+100, "pages touched by the count: %d, by a scan of the leases: %d", pages, leasePages)
+
+	require.NoError(t, st.ReconcileLoad(ctx))
+	counts := map[string]int{}
+	rows, err := st.Pool().Query(ctx, `SELECT assistant_id, running FROM assistant_load`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id string
+		var n int
+		require.NoError(t, rows.Scan(&id, &n))
+		counts[id] = n
+	}
+	require.NoError(t, rows.Err())
+	require.Len(t, counts, 21)
+	for id, n := range counts {
+		want := 50
+		if id == "idle" {
+			want = 0
+		}
+		require.Equal(t, want, n, "running runs of %s", id)
+	}
 }
