@@ -13,6 +13,21 @@ import (
 // The schedulers' periodic looks at the runs in flight read what they look for, not every
 // run in flight.
 
+// claimUntil claims queued runs for worker w1 until running (of them held now) reaches n,
+// and returns the runs this call claimed.
+func claimUntil(t *testing.T, st *store.Store, n, running int) []*store.Claim {
+	t.Helper()
+	var out []*store.Claim
+	for running < n {
+		c, err := st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: n - running, LeaseTTL: time.Minute})
+		require.NoError(t, err)
+		require.NotEmpty(t, c, "claimed nothing with %d of %d running", running, n)
+		running += len(c)
+		out = append(out, c...)
+	}
+	return out
+}
+
 // The schedulers look for cancel requests every second, and every 50 ms while they claim
 // back to back: the look reads the requests, not the runs in flight. With 10 and with 1,000
 // runs running it touches as many pages, and it finds the one request either way. (Before
@@ -25,16 +40,14 @@ func TestCancelRequestsReadOnlyTheRequests(t *testing.T) {
 	running := 0
 	for _, n := range []int{10, 1000} {
 		fillQueue(t, st, n-running)
-		for running < n {
-			c, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 500, LeaseTTL: time.Minute})
+		if running == 0 {
+			c := claimUntil(t, st, 1, 0)
+			_, err := st.CancelRun(ctx, store.DefaultTenant, c[0].Run.ID)
 			require.NoError(t, err)
-			require.NotEmpty(t, c)
-			if running == 0 {
-				_, err := st.CancelRun(ctx, store.DefaultTenant, c[0].Run.ID)
-				require.NoError(t, err)
-			}
-			running += len(c)
+			running = 1
 		}
+		claimUntil(t, st, n, running)
+		running = n
 		_, err := st.Pool().Exec(ctx, `ANALYZE run_leases`)
 		require.NoError(t, err)
 		reqs, err := st.CancelRequests(ctx, []string{"w1", "w2"})
@@ -59,12 +72,8 @@ func TestRecoverReadsTheRunsDueOnly(t *testing.T) {
 	pages := map[int]int{}
 	running := 0
 	for _, n := range []int{100, 1000} {
-		for running < n {
-			c, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: n - running, LeaseTTL: time.Minute})
-			require.NoError(t, err)
-			require.NotEmpty(t, c)
-			running += len(c)
-		}
+		claimUntil(t, st, n, running)
+		running = n
 		_, err := st.Pool().Exec(ctx, `ANALYZE run_leases, runs`)
 		require.NoError(t, err)
 		pages[n] = explainBuffers(t, st, 1, store.RecoverStatement, 1000, int64(1000))
@@ -90,13 +99,7 @@ func TestReconcileLoadCountsInOnePass(t *testing.T) {
 		newAssistant(t, st, id, func(a *store.Assistant) { a.ConcurrencyLimit = 100 })
 		fillQueueOf(t, st, id, 50)
 	}
-	running := 0
-	for running < 1000 {
-		c, err := st.ClaimRuns(ctx, store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: 1000 - running, LeaseTTL: time.Minute})
-		require.NoError(t, err)
-		require.NotEmpty(t, c)
-		running += len(c)
-	}
+	claimUntil(t, st, 1000, 0)
 	_, err := st.Pool().Exec(ctx, `UPDATE assistant_load SET running = 7; ANALYZE run_leases, assistant_load`)
 	require.NoError(t, err)
 	pages := explainBuffers(t, st, 1, store.ReconcileLoadStatement)
@@ -104,16 +107,8 @@ func TestReconcileLoadCountsInOnePass(t *testing.T) {
 	require.Less(t, pages, 2*leasePages+100, "pages touched by the count: %d, by a scan of the leases: %d", pages, leasePages)
 
 	require.NoError(t, st.ReconcileLoad(ctx))
-	counts := map[string]int{}
-	rows, err := st.Pool().Query(ctx, `SELECT assistant_id, running FROM assistant_load`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var id string
-		var n int
-		require.NoError(t, rows.Scan(&id, &n))
-		counts[id] = n
-	}
-	require.NoError(t, rows.Err())
+	var counts map[string]int
+	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT jsonb_object_agg(assistant_id, running) FROM assistant_load`).Scan(&counts))
 	require.Len(t, counts, 21)
 	for id, n := range counts {
 		want := 50
