@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/config"
 )
 
 // Workloads of agentctl bench.
@@ -132,6 +133,12 @@ backends and the server's executor processes), and of agentctl itself.`,
   agentctl bench --flow flow.yaml --burndown 100000 --pids agentserver=4242,postgres=4100`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The load client shares the machine with what it measures: no retry support
+			// on its connection and the services' garbage-collector target (GOGC=400
+			// unless GOGC is set) cut its CPU per call against the server's by ~8 %
+			// (bench/ab.sh 3, docs/performance.md, twenty-second pass).
+			a.noRetry = true
+			config.ApplyGCPercent()
 			mode, err := o.mode(cmd)
 			if err != nil {
 				return err

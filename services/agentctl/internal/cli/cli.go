@@ -121,6 +121,11 @@ type app struct {
 	// watch is how `runs watch` reconnects a broken event stream; zero fields mean defaults.
 	watch watchPolicy
 
+	// noRetry turns gRPC's retry support off on the connection: set by bench, whose
+	// calls are never retried and which runs beside the server it measures (that support
+	// costs the client CPU on every call).
+	noRetry bool
+
 	conn *grpc.ClientConn
 }
 

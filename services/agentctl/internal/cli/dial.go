@@ -57,6 +57,9 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 		grpc.WithDefaultServiceConfig(retryServiceConfig),
 		grpc.WithUserAgent("agentctl"),
 	)
+	if a.noRetry {
+		opts = append(opts, grpc.WithDisableRetry())
+	}
 	if dial := rawDialer(a.cfg.Addr, http.ProxyFromEnvironment); dial != nil {
 		opts = append(opts, grpc.WithContextDialer(dial))
 	}
