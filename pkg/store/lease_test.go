@@ -19,8 +19,7 @@ func claimUntil(t *testing.T, st *store.Store, n, running int) []*store.Claim {
 	t.Helper()
 	var out []*store.Claim
 	for running < n {
-		c, err := st.ClaimRuns(t.Context(), store.ClaimParams{WorkerID: "w1", SlotType: "cpu", Limit: n - running, LeaseTTL: time.Minute})
-		require.NoError(t, err)
+		c := claim(t, st, "w1", "cpu", n-running)
 		require.NotEmpty(t, c, "claimed nothing with %d of %d running", running, n)
 		running += len(c)
 		out = append(out, c...)
@@ -36,16 +35,13 @@ func TestCancelRequestsReadOnlyTheRequests(t *testing.T) {
 	t.Parallel()
 	st := benchStore(t)
 	ctx := t.Context()
+	fillQueue(t, st, 1)
+	_, err := st.CancelRun(ctx, store.DefaultTenant, claimUntil(t, st, 1, 0)[0].Run.ID)
+	require.NoError(t, err)
 	pages := map[int]int{}
-	running := 0
+	running := 1
 	for _, n := range []int{10, 1000} {
 		fillQueue(t, st, n-running)
-		if running == 0 {
-			c := claimUntil(t, st, 1, 0)
-			_, err := st.CancelRun(ctx, store.DefaultTenant, c[0].Run.ID)
-			require.NoError(t, err)
-			running = 1
-		}
 		claimUntil(t, st, n, running)
 		running = n
 		_, err := st.Pool().Exec(ctx, `ANALYZE run_leases`)

@@ -136,7 +136,8 @@ backends and the server's executor processes), and of agentctl itself.`,
 			// The load client shares the machine with what it measures: no retry support
 			// on its connection and the services' garbage-collector target (GOGC=400
 			// unless GOGC is set) cut its CPU per call against the server's by ~8 %
-			// (bench/ab.sh 3, docs/performance.md, twenty-second pass).
+			// (bench/ab.sh, 5 interleaved pairs: docs/performance.md,
+			// twenty-second pass).
 			a.noRetry = true
 			config.ApplyGCPercent()
 			mode, err := o.mode(cmd)
