@@ -811,6 +811,7 @@ func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, 
 	}
 	if stmts != nil {
 		doc["statements"] = stmts.last
+		doc["wal_bytes_per_job"] = stmts.walPerJob
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
@@ -841,6 +842,8 @@ type statement struct {
 	// a deep queue can cause in statements that read a few rows (docs/performance.md).
 	JITMS float64 `json:"jit_ms"`
 	Rows  int64   `json:"rows"`
+	// WALBytesPerJob is the WAL the statement wrote over the workload, per job.
+	WALBytesPerJob float64 `json:"wal_bytes_per_job"`
 }
 
 // statements reads pg_stat_statements around each workload (--statements). A nil
@@ -849,6 +852,11 @@ type statements struct {
 	pool *pgxpool.Pool
 	// last holds, per "system workload", the statements of the last round.
 	last map[string][]statement
+	// walStart is the server's WAL position at the last reset; walPerJob holds, per
+	// "system workload", the WAL the whole server wrote in the last round per job (its
+	// statements, autovacuum and checkpoints).
+	walStart  string
+	walPerJob map[string]float64
 }
 
 func newStatements(ctx context.Context, url string) (*statements, error) {
@@ -860,7 +868,7 @@ func newStatements(ctx context.Context, url string) (*statements, error) {
 		pool.Close()
 		return nil, fmt.Errorf("loading pg_stat_statements: %w", err)
 	}
-	return &statements{pool: pool, last: map[string][]statement{}}, nil
+	return &statements{pool: pool, last: map[string][]statement{}, walPerJob: map[string]float64{}}, nil
 }
 
 func (s *statements) close() { s.pool.Close() }
@@ -869,7 +877,7 @@ func (s *statements) reset(ctx context.Context) {
 	if s == nil {
 		return
 	}
-	if _, err := s.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT pg_stat_statements_reset()::text, pg_current_wal_lsn()::text`).Scan(new(string), &s.walStart); err != nil {
 		logf("resetting pg_stat_statements: %v", err)
 	}
 }
@@ -879,9 +887,16 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 	if s == nil {
 		return
 	}
+	var wal float64
+	if err := s.pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)`, s.walStart).Scan(&wal); err != nil {
+		logf("reading the WAL position: %v", err)
+	} else if jobs > 0 {
+		s.walPerJob[system+" "+workload] = wal / float64(jobs)
+	}
 	rows, err := s.pool.Query(ctx, `
 		SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, total_exec_time, total_plan_time,
-			jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time, rows
+			jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time, rows,
+			wal_bytes::float8
 		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
 		WHERE d.datname = $1
 		ORDER BY total_exec_time + total_plan_time DESC LIMIT 15`, db)
@@ -893,7 +908,8 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 	var out []statement
 	for rows.Next() {
 		var st statement
-		if err := rows.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.PlanMS, &st.JITMS, &st.Rows); err != nil {
+		var walBytes float64
+		if err := rows.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.PlanMS, &st.JITMS, &st.Rows, &walBytes); err != nil {
 			logf("reading pg_stat_statements: %v", err)
 			return
 		}
@@ -902,6 +918,7 @@ func (s *statements) collect(ctx context.Context, system, workload, db string, j
 		}
 		if jobs > 0 {
 			st.CallsPerJob = float64(st.Calls) / float64(jobs)
+			st.WALBytesPerJob = walBytes / float64(jobs)
 		}
 		out = append(out, st)
 	}
@@ -913,15 +930,15 @@ func (s *statements) print(w io.Writer) {
 		return
 	}
 	for _, key := range slices.Sorted(maps.Keys(s.last)) {
-		fmt.Fprintf(w, "\nstatements of %s (last round, by total time):\n", key)
+		fmt.Fprintf(w, "\nstatements of %s (last round, by total time; the server wrote %.0f bytes of WAL per job):\n", key, s.walPerJob[key])
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "calls/job\tmean ms\ttotal ms\tplan ms\tjit ms\tquery")
+		fmt.Fprintln(tw, "calls/job\tmean ms\ttotal ms\tplan ms\tjit ms\tWAL B/job\tquery")
 		for _, st := range s.last[key] {
 			q := st.Query
 			if len(q) > 110 {
 				q = q[:110] + "…"
 			}
-			fmt.Fprintf(tw, "%.2f\t%.3f\t%.0f\t%.0f\t%.0f\t%s\n", st.CallsPerJob, st.MeanMS, st.TotalMS, st.PlanMS, st.JITMS, q)
+			fmt.Fprintf(tw, "%.2f\t%.3f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\n", st.CallsPerJob, st.MeanMS, st.TotalMS, st.PlanMS, st.JITMS, st.WALBytesPerJob, q)
 		}
 		tw.Flush()
 	}
