@@ -27,6 +27,7 @@ type openOptions struct {
 	readURL       string
 	log           *slog.Logger
 	probeInterval time.Duration
+	tracer        pgx.QueryTracer
 }
 
 // WithReadReplica sends the reads that tolerate staleness (the List methods: runs,
@@ -46,6 +47,12 @@ func WithReadReplica(url string) OpenOption {
 // probes); nil means slog.Default().
 func WithLogger(log *slog.Logger) OpenOption {
 	return func(o *openOptions) { o.log = log }
+}
+
+// WithQueryTracer traces every query of the store's connections, the read replica's
+// included (pgx's hook: OpenTelemetry's pgx instrumentation, or a count in tests).
+func WithQueryTracer(t pgx.QueryTracer) OpenOption {
+	return func(o *openOptions) { o.tracer = t }
 }
 
 // WithReplicaProbeInterval changes how often a failed read replica is probed (tests).
@@ -90,6 +97,7 @@ func openReplica(ctx context.Context, url string, o openOptions) (*replica, erro
 	}
 	cfg.AfterConnect = registerUUID
 	cfg.ConnConfig.DialFunc = rawio.Dial(cfg.ConnConfig.DialFunc)
+	cfg.ConnConfig.Tracer = o.tracer
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("read replica: %w", err)

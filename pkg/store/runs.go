@@ -359,6 +359,40 @@ func (s *Store) GetRun(ctx context.Context, tenant string, id uuid.UUID) (*Run, 
 	return r, nil
 }
 
+// RunKey names a run of a tenant.
+type RunKey struct {
+	Tenant string
+	ID     uuid.UUID
+}
+
+// GetRuns reads runs in one statement, from the primary (as GetRun): the result holds
+// the runs found, by key; a key of no run (or of another tenant's run) is absent.
+func (s *Store) GetRuns(ctx context.Context, keys []RunKey) (map[RunKey]*Run, error) {
+	ids := make([]uuid.UUID, len(keys))
+	for i, k := range keys {
+		ids[i] = k.ID
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ANY($1::uuid[])`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("reading %d runs: %w", len(keys), err)
+	}
+	found, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Run, error) { return scanRun(row) })
+	if err != nil {
+		return nil, fmt.Errorf("reading %d runs: %w", len(keys), err)
+	}
+	want := make(map[RunKey]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+	}
+	out := make(map[RunKey]*Run, len(found))
+	for _, r := range found {
+		if k := (RunKey{Tenant: r.TenantID, ID: r.ID}); want[k] {
+			out[k] = r
+		}
+	}
+	return out, nil
+}
+
 // RunFilter selects runs in ListRuns. Zero fields select everything.
 type RunFilter struct {
 	State       RunState

@@ -88,6 +88,7 @@ func Open(ctx context.Context, url string, opts ...OpenOption) (*Store, error) {
 	// Reads and writes as raw system calls: see package rawio (~15 % of the all-in-one
 	// server's CPU went to the runtime's monitor and its hand-offs around them).
 	cfg.ConnConfig.DialFunc = rawio.Dial(cfg.ConnConfig.DialFunc)
+	cfg.ConnConfig.Tracer = o.tracer
 	hotCfg := cfg.Copy()
 	hotCfg.AfterConnect = hotConnect
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

@@ -312,6 +312,38 @@ func TestCreateWithUnknownAssistantWritesNothing(t *testing.T) {
 	require.Empty(t, runs)
 }
 
+// GetRuns reads every run asked for in one call, as GetRun reads one: the same values,
+// keyed by tenant and id; an unknown id, or a run asked for under another tenant, is
+// absent; a run asked for twice is read once.
+func TestGetRunsReadsTheRunsAskedFor(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	runs := enqueue(t, st, store.NewRun{AssistantID: "a", Input: map[string]any{"n": 1.0}},
+		store.NewRun{AssistantID: "a", Input: map[string]any{"n": 2.0}}, store.NewRun{AssistantID: "a"})
+	_, err := st.CancelRun(t.Context(), tenant, runs[1].ID)
+	require.NoError(t, err)
+	ghost := uuid.New()
+	keys := []store.RunKey{{Tenant: tenant, ID: runs[0].ID}, {Tenant: tenant, ID: runs[1].ID},
+		{Tenant: tenant, ID: runs[0].ID}, {Tenant: tenant, ID: ghost}, {Tenant: "other", ID: runs[2].ID}}
+	got, err := st.GetRuns(t.Context(), keys)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	for _, r := range runs[:2] {
+		one, err := st.GetRun(t.Context(), tenant, r.ID)
+		require.NoError(t, err)
+		require.Equal(t, one, got[store.RunKey{Tenant: tenant, ID: r.ID}])
+	}
+	require.Equal(t, store.StateCancelled, got[store.RunKey{Tenant: tenant, ID: runs[1].ID}].State)
+	require.Equal(t, 2.0, got[store.RunKey{Tenant: tenant, ID: runs[1].ID}].Input["n"])
+	require.NotContains(t, got, store.RunKey{Tenant: tenant, ID: ghost})
+	require.NotContains(t, got, store.RunKey{Tenant: "other", ID: runs[2].ID}, "another tenant's run")
+
+	none, err := st.GetRuns(t.Context(), nil)
+	require.NoError(t, err)
+	require.Empty(t, none)
+}
+
 func TestCancel(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)

@@ -20,6 +20,7 @@ type Runs struct {
 	Log    *slog.Logger
 
 	batcher *createBatcher
+	reader  *runReader
 }
 
 const (
@@ -96,16 +97,21 @@ func (s *Runs) CreateRun(ctx context.Context, req *agentserverv1.CreateRunReques
 	return runToProto(r), nil
 }
 
-// NewRuns returns the run service. Concurrent CreateRun calls share transactions (up to
-// maxBatch runs each); call Close when done.
+// NewRuns returns the run service. Concurrent CreateRun calls share transactions, and
+// concurrent reads of GetRun and WaitRun statements (up to maxBatch runs each); call
+// Close when done.
 func NewRuns(st *store.Store, limits Limits, log *slog.Logger, maxBatch int) *Runs {
 	s := &Runs{Store: st, Limits: limits, Log: log}
 	s.batcher = newCreateBatcher(st, s.defaults(), maxBatch)
+	s.reader = newRunReader(st, maxBatch)
 	return s
 }
 
-// Close stops the create batcher after writing what it holds.
-func (s *Runs) Close() { s.batcher.close() }
+// Close stops the create batcher and the run reader.
+func (s *Runs) Close() {
+	s.batcher.close()
+	s.reader.close()
+}
 
 // BatchCreateRuns enqueues up to 1000 runs, all or nothing.
 func (s *Runs) BatchCreateRuns(ctx context.Context, req *agentserverv1.BatchCreateRunsRequest) (*agentserverv1.BatchCreateRunsResponse, error) {
@@ -138,7 +144,7 @@ func (s *Runs) GetRun(ctx context.Context, req *agentserverv1.GetRunRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.Store.GetRun(ctx, tenant(ctx), id)
+	r, err := s.reader.get(ctx, tenant(ctx), id)
 	if err != nil {
 		return nil, notFound(err, "run", req.GetName())
 	}
@@ -200,7 +206,9 @@ func (s *Runs) CancelRun(ctx context.Context, req *agentserverv1.CancelRunReques
 func settled(st store.RunState) bool { return st.Terminal() || st == store.StateInterrupted }
 
 // WaitRun returns once the run is terminal or interrupted, or when the timeout passes
-// (then with the run as it is). It polls with a backoff capped at 200 ms.
+// (then with the run as it is). It polls with a backoff capped at waitPollMax, at the
+// multiples of its current delay on the clock: waiters polling at the same delay poll
+// at the same instants, and the run reader makes their reads one statement.
 func (s *Runs) WaitRun(ctx context.Context, req *agentserverv1.WaitRunRequest) (*agentserverv1.Run, error) {
 	id, err := parseRunName("name", req.GetName())
 	if err != nil {
@@ -214,9 +222,9 @@ func (s *Runs) WaitRun(ctx context.Context, req *agentserverv1.WaitRunRequest) (
 		wait = min(t.AsDuration(), s.Limits.MaxWait)
 	}
 	deadline := time.Now().Add(wait)
-	delay := 5 * time.Millisecond
+	delay := waitPollMin
 	for {
-		r, err := s.Store.GetRun(ctx, tenant(ctx), id)
+		r, err := s.reader.get(ctx, tenant(ctx), id)
 		if err != nil {
 			return nil, notFound(err, "run", req.GetName())
 		}
@@ -224,15 +232,27 @@ func (s *Runs) WaitRun(ctx context.Context, req *agentserverv1.WaitRunRequest) (
 		if settled(r.State) || left <= 0 {
 			return runToProto(r), nil
 		}
-		t := time.NewTimer(min(delay, left))
+		t := time.NewTimer(min(nextPoll(time.Now(), delay), left))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, ctx.Err()
 		case <-t.C:
 		}
-		delay = min(delay*2, 200*time.Millisecond)
+		delay = min(delay*2, waitPollMax)
 	}
+}
+
+// WaitRun's polling delays: the first, doubled at every poll up to the last.
+const (
+	waitPollMin = 5 * time.Millisecond
+	waitPollMax = 50 * time.Millisecond
+)
+
+// nextPoll is how long after now a waiter at delay polls next: at the next multiple of
+// delay on the clock (within delay of now, never at once).
+func nextPoll(now time.Time, delay time.Duration) time.Duration {
+	return now.Truncate(delay).Add(delay).Sub(now)
 }
 
 // ResumeRun continues an INTERRUPTED run with the answer to its prompt.
