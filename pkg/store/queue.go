@@ -984,38 +984,84 @@ func writeOutRunning(ids string) string {
 // clearRunning is the SET clause that goes with writeOutRunning.
 const clearRunning = `running_seq = NULL, running_event = NULL`
 
-// ListRunEvents returns up to limit events of a run with seq > afterSeq, in order: the
-// rows of run_events and the run's QUEUED event, current RUNNING event, and its last
-// step_started and SUCCEEDED events when it holds them (migration 21).
-func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
-	rows, err := s.pool.Query(ctx, `SELECT seq, type, data, create_time FROM (
+// runEventsQuery selects up to limit events of the run id of tenant with seq > after (SQL
+// expressions), in order: the rows of run_events and the run's QUEUED event, current
+// RUNNING event, and its last step_started and SUCCEEDED events when it holds them
+// (migration 21).
+func runEventsQuery(id, tenant, after, limit string) string {
+	return `SELECT seq, type, data, create_time FROM (
 			SELECT v.seq, v.type, v.data, v.create_time FROM runs r,
-				LATERAL (VALUES (r.queued_seq, 'state', `+queuedEvent+`, r.create_time),
-					(r.running_seq, 'state', `+runningEvent+`, r.claim_time),
-					(r.step_seq, 'step_started', `+stepStartedEvent+`, r.end_time),
-					(r.end_seq, 'state', `+succeededEvent+`, r.end_time)) AS v(seq, type, data, create_time)
-			WHERE r.id = $1 AND r.tenant_id = $2 AND v.seq > $3
+				LATERAL (VALUES (r.queued_seq, 'state', ` + queuedEvent + `, r.create_time),
+					(r.running_seq, 'state', ` + runningEvent + `, r.claim_time),
+					(r.step_seq, 'step_started', ` + stepStartedEvent + `, r.end_time),
+					(r.end_seq, 'state', ` + succeededEvent + `, r.end_time)) AS v(seq, type, data, create_time)
+			WHERE r.id = ` + id + ` AND r.tenant_id = ` + tenant + ` AND v.seq > ` + after + `
 			UNION ALL
 			(SELECT seq, type, data, create_time FROM run_events
-			WHERE run_id = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4)
-		) e ORDER BY seq LIMIT $4`, runID, tenant, afterSeq, limit)
+			WHERE run_id = ` + id + ` AND tenant_id = ` + tenant + ` AND seq > ` + after + ` ORDER BY seq LIMIT ` + limit + `)
+		) e ORDER BY seq LIMIT ` + limit
+}
+
+// ListRunEvents returns up to limit events of a run with seq > afterSeq, in order (see
+// runEventsQuery).
+func (s *Store) ListRunEvents(ctx context.Context, tenant string, runID uuid.UUID, afterSeq int64, limit int) ([]RunEvent, error) {
+	rows, err := s.pool.Query(ctx, runEventsQuery("$1", "$2", "$3", "$4"), runID, tenant, afterSeq, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing events of run %s: %w", runID, err)
 	}
-	defer rows.Close()
-	var out []RunEvent
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RunEvent, error) {
 		var e RunEvent
 		var data []byte
-		if err := rows.Scan(&e.Seq, &e.Type, &data, &e.CreateTime); err != nil {
-			return nil, err
+		if err := row.Scan(&e.Seq, &e.Type, &data, &e.CreateTime); err != nil {
+			return e, err
 		}
-		if err := json.Unmarshal(data, &e.Data); err != nil {
-			return nil, err
-		}
-		out = append(out, e)
+		return e, json.Unmarshal(data, &e.Data)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing events of run %s: %w", runID, err)
 	}
-	return out, rows.Err()
+	return out, nil
+}
+
+// RunEventsAfter names the events of a run after a seq, for ListEventsOfRuns.
+type RunEventsAfter struct {
+	Tenant   string
+	ID       uuid.UUID
+	AfterSeq int64
+}
+
+// ListEventsOfRuns is ListRunEvents for many runs in one statement: out[i] holds up to
+// limit events of runs[i] (none for a run that is not there).
+func (s *Store) ListEventsOfRuns(ctx context.Context, runs []RunEventsAfter, limit int) ([][]RunEvent, error) {
+	ids, tenants, afters := make([]uuid.UUID, len(runs)), make([]string, len(runs)), make([]int64, len(runs))
+	for i, r := range runs {
+		ids[i], tenants[i], afters[i] = r.ID, r.Tenant, r.AfterSeq
+	}
+	rows, err := s.pool.Query(ctx, `SELECT k.ord, e.seq, e.type, e.data, e.create_time
+		FROM unnest($1::uuid[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(run_id, tenant_id, after_seq, ord),
+			LATERAL (`+runEventsQuery("k.run_id", "k.tenant_id", "k.after_seq", "$4")+`) e
+		ORDER BY k.ord, e.seq`, ids, tenants, afters, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing events of %d runs: %w", len(runs), err)
+	}
+	out := make([][]RunEvent, len(runs))
+	var (
+		ord  int64
+		e    RunEvent
+		data []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&ord, &e.Seq, &e.Type, &data, &e.CreateTime}, func() error {
+		ev := RunEvent{Seq: e.Seq, Type: e.Type, CreateTime: e.CreateTime}
+		if err := json.Unmarshal(data, &ev.Data); err != nil {
+			return err
+		}
+		out[ord-1] = append(out[ord-1], ev)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing events of %d runs: %w", len(runs), err)
+	}
+	return out, nil
 }
 
 // Lease names a run and the epoch of a claim of it.

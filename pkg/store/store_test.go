@@ -906,6 +906,11 @@ func runEventLogMergesTheEventsKeptOnTheRun(t *testing.T, limit int32) {
 	foreign, err := st.ListRunEvents(t.Context(), "other-tenant", run.ID, 0, 100)
 	require.NoError(t, err)
 	require.Empty(t, foreign, "another tenant sees none of it")
+	// Many runs' events in one statement: each run's as ListRunEvents lists them.
+	many, err := st.ListEventsOfRuns(t.Context(), []store.RunEventsAfter{{Tenant: tenant, ID: run.ID},
+		{Tenant: tenant, ID: runs[3].ID}, {Tenant: "other-tenant", ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[0].Seq}}, 100)
+	require.NoError(t, err)
+	require.Equal(t, [][]store.RunEvent{evs, other, nil, evs[1:]}, many)
 
 	if limit > 0 {
 		var running int
@@ -990,6 +995,15 @@ func TestRequeuedRunsKeepTheRunningEventOfEveryClaim(t *testing.T) {
 		after = page[0].Seq
 	}
 	require.Equal(t, evs, paged)
+
+	// ListEventsOfRuns: the same log, its limit per run.
+	many, err := st.ListEventsOfRuns(ctx, []store.RunEventsAfter{{Tenant: tenant, ID: run.ID},
+		{Tenant: tenant, ID: run.ID, AfterSeq: evs[5].Seq}, {Tenant: tenant, ID: uuid.New()}}, 100)
+	require.NoError(t, err)
+	require.Equal(t, [][]store.RunEvent{evs, evs[6:], nil}, many)
+	many, err = st.ListEventsOfRuns(ctx, []store.RunEventsAfter{{Tenant: tenant, ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[9].Seq}}, 2)
+	require.NoError(t, err)
+	require.Equal(t, [][]store.RunEvent{evs[:2], evs[10:]}, many)
 }
 
 // CreateRuns returns each new run as GetRun reads it back: built from what it sent and what

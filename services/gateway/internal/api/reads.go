@@ -55,3 +55,42 @@ func (r *runReader) flush(batch []*pendingRead) {
 		}
 	}
 }
+
+// eventReader groups the polls of concurrent StreamRunEvents calls into one statement,
+// as runReader groups run reads: many clients streaming runs' events cost the database a
+// statement per batch, not one per stream and poll.
+type eventReader struct {
+	*group[store.RunEventsAfter, []store.RunEvent]
+	store *store.Store
+}
+
+func newEventReader(st *store.Store, maxBatch int) *eventReader {
+	r := &eventReader{store: st}
+	r.group = newGroup(maxBatch, r.flush)
+	return r
+}
+
+// streamPage is the most events one poll of a stream reads.
+const streamPage = 500
+
+// after reads up to streamPage events of a run with seq > afterSeq.
+func (r *eventReader) after(ctx context.Context, tenant string, id uuid.UUID, afterSeq int64) ([]store.RunEvent, error) {
+	return r.do(ctx, store.RunEventsAfter{Tenant: tenant, ID: id, AfterSeq: afterSeq})
+}
+
+func (r *eventReader) flush(batch []*pending[store.RunEventsAfter, []store.RunEvent]) {
+	runs := make([]store.RunEventsAfter, len(batch))
+	for i, p := range batch {
+		runs[i] = p.req
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	defer cancel()
+	events, err := r.store.ListEventsOfRuns(ctx, runs, streamPage)
+	for i, p := range batch {
+		if err != nil {
+			p.done <- result[[]store.RunEvent]{err: err}
+			continue
+		}
+		p.done <- result[[]store.RunEvent]{val: events[i]}
+	}
+}

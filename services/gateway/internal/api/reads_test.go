@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -22,26 +23,30 @@ import (
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
-// runReads counts the statements that read runs by id (GetRun's and GetRuns').
-type runReads struct{ n atomic.Int64 }
+// reads counts the statements that read runs by id (GetRun's and GetRuns') and those
+// that read runs' events (ListRunEvents' and ListEventsOfRuns').
+type reads struct{ runs, events atomic.Int64 }
 
-func (c *runReads) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+func (c *reads) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
 	if strings.Contains(d.SQL, "FROM runs WHERE") {
-		c.n.Add(1)
+		c.runs.Add(1)
+	}
+	if strings.Contains(d.SQL, "FROM run_events") {
+		c.events.Add(1)
 	}
 	return ctx
 }
 
-func (c *runReads) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (c *reads) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
 // newRunsWithStatements is the run service on a fresh database with one assistant "a",
-// and a count of the statements that read runs by id.
-func newRunsWithStatements(t *testing.T) (*Runs, *atomic.Int64) {
+// and a count of the statements that read runs and events.
+func newRunsWithStatements(t *testing.T) (*Runs, *reads) {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
 	require.NoError(t, store.Migrate(t.Context(), url))
-	reads := &runReads{}
-	st, err := store.Open(t.Context(), url, store.WithQueryTracer(reads))
+	count := &reads{}
+	st, err := store.Open(t.Context(), url, store.WithQueryTracer(count))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
 	_, err = st.CreateAssistant(t.Context(), &store.Assistant{TenantID: store.DefaultTenant, ID: "a",
@@ -49,7 +54,28 @@ func newRunsWithStatements(t *testing.T) (*Runs, *atomic.Int64) {
 	require.NoError(t, err)
 	s := NewRuns(st, DefaultLimits(), slog.Default(), maxBatch)
 	t.Cleanup(s.Close)
-	return s, &reads.n
+	return s, count
+}
+
+// createRuns creates n runs of assistant "a".
+func createRuns(t *testing.T, s *Runs, n int) []*agentserverv1.Run {
+	t.Helper()
+	reqs := make([]*agentserverv1.CreateRunRequest, n)
+	for i := range reqs {
+		reqs[i] = &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{Assistant: "assistants/a"}}
+	}
+	created, err := s.BatchCreateRuns(t.Context(), &agentserverv1.BatchCreateRunsRequest{Requests: reqs})
+	require.NoError(t, err)
+	return created.GetRuns()
+}
+
+// cancelAll cancels the runs (queued: they end CANCELLED at once).
+func cancelAll(t *testing.T, s *Runs, runs []*agentserverv1.Run) {
+	t.Helper()
+	for _, r := range runs {
+		_, err := s.CancelRun(t.Context(), &agentserverv1.CancelRunRequest{Name: r.GetName()})
+		require.NoError(t, err)
+	}
 }
 
 // Many clients waiting on their runs at once cost the database a few statements per
@@ -58,36 +84,28 @@ func newRunsWithStatements(t *testing.T) (*Runs, *atomic.Int64) {
 // and each waiter still gets its own run, as it ends.
 func TestConcurrentWaitsShareReads(t *testing.T) {
 	t.Parallel()
-	s, statements := newRunsWithStatements(t)
+	s, count := newRunsWithStatements(t)
 	const n = 200
-	reqs := make([]*agentserverv1.CreateRunRequest, n)
-	for i := range reqs {
-		reqs[i] = &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{Assistant: "assistants/a"}}
-	}
-	created, err := s.BatchCreateRuns(t.Context(), &agentserverv1.BatchCreateRunsRequest{Requests: reqs})
-	require.NoError(t, err)
+	created := createRuns(t, s, n)
 
 	got := make([]*agentserverv1.Run, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i, r := range created.GetRuns() {
+	for i, r := range created {
 		wg.Go(func() {
 			got[i], errs[i] = s.WaitRun(t.Context(), &agentserverv1.WaitRunRequest{Name: r.GetName(), Timeout: durationpb.New(time.Minute)})
 		})
 	}
 	time.Sleep(600 * time.Millisecond)
-	waited := statements.Load()
-	for _, r := range created.GetRuns() {
-		_, err := s.CancelRun(t.Context(), &agentserverv1.CancelRunRequest{Name: r.GetName()})
-		require.NoError(t, err)
-	}
+	waited := count.runs.Load()
+	cancelAll(t, s, created)
 	wg.Wait()
-	for i, r := range created.GetRuns() {
+	for i, r := range created {
 		require.NoError(t, errs[i], "waiter %d", i)
 		require.Equal(t, r.GetName(), got[i].GetName(), "waiter %d got its own run", i)
 		require.Equal(t, agentserverv1.Run_CANCELLED, got[i].GetState(), "waiter %d", i)
 	}
-	t.Logf("%d waiters: %d statements in 0.6 s of waiting, %d in all", n, waited, statements.Load())
+	t.Logf("%d waiters: %d statements in 0.6 s of waiting, %d in all", n, waited, count.runs.Load())
 	require.Less(t, waited, int64(n), "fewer statements than waiters, let alone polls")
 }
 
@@ -95,13 +113,13 @@ func TestConcurrentWaitsShareReads(t *testing.T) {
 // that is not there; a lone read is made at once.
 func TestRunReaderAnswersEachCaller(t *testing.T) {
 	t.Parallel()
-	s, statements := newRunsWithStatements(t)
+	s, count := newRunsWithStatements(t)
 	one, err := s.CreateRun(t.Context(), &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{Assistant: "assistants/a"}})
 	require.NoError(t, err)
 	got, err := s.GetRun(t.Context(), &agentserverv1.GetRunRequest{Name: one.GetName()})
 	require.NoError(t, err)
 	require.Equal(t, one.GetName(), got.GetName())
-	require.Equal(t, int64(1), statements.Load())
+	require.Equal(t, int64(1), count.runs.Load())
 
 	const n = 100
 	var wg sync.WaitGroup
@@ -127,6 +145,54 @@ func TestRunReaderAnswersEachCaller(t *testing.T) {
 		require.NoError(t, errs[i], "read %d", i)
 		require.Equal(t, one.GetName(), names[i], "read %d", i)
 	}
+}
+
+// eventStream is a StreamRunEvents server stream that keeps what is sent.
+type eventStream struct {
+	grpc.ServerStream // nil: StreamRunEvents uses only Context and Send
+	ctx               context.Context
+	sent              []*agentserverv1.RunEvent
+}
+
+func (f *eventStream) Context() context.Context { return f.ctx }
+
+func (f *eventStream) Send(e *agentserverv1.RunEvent) error {
+	f.sent = append(f.sent, e)
+	return nil
+}
+
+// Many streams of runs' events poll at the same instants and share statements (200
+// streams polling one by one every 150 ms, as they did, made 800 statements in 0.6 s),
+// and each stream gets its own run's events, to the terminal one.
+func TestConcurrentStreamsShareReads(t *testing.T) {
+	t.Parallel()
+	s, count := newRunsWithStatements(t)
+	const n = 200
+	created := createRuns(t, s, n)
+	streams := make([]*eventStream, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, r := range created {
+		streams[i] = &eventStream{ctx: t.Context()}
+		wg.Go(func() {
+			errs[i] = s.StreamRunEvents(&agentserverv1.StreamRunEventsRequest{Name: r.GetName()}, streams[i])
+		})
+	}
+	time.Sleep(600 * time.Millisecond)
+	polled := count.events.Load()
+	cancelAll(t, s, created)
+	wg.Wait()
+	for i, r := range created {
+		require.NoError(t, errs[i], "stream %d", i)
+		var states []string
+		for _, e := range streams[i].sent {
+			require.Equal(t, r.GetName(), e.GetRun(), "stream %d", i)
+			states = append(states, e.GetData().GetFields()["state"].GetStringValue())
+		}
+		require.Equal(t, []string{"QUEUED", "CANCELLED"}, states, "stream %d", i)
+	}
+	t.Logf("%d streams: %d statements in 0.6 s of polling, %d in all", n, polled, count.events.Load())
+	require.Less(t, polled, int64(n), "fewer statements than streams, let alone polls")
 }
 
 // Waiters at one delay poll at the same instants whenever they started polling.

@@ -21,6 +21,7 @@ type Runs struct {
 
 	batcher *createBatcher
 	reader  *runReader
+	events  *eventReader
 }
 
 const (
@@ -98,19 +99,21 @@ func (s *Runs) CreateRun(ctx context.Context, req *agentserverv1.CreateRunReques
 }
 
 // NewRuns returns the run service. Concurrent CreateRun calls share transactions, and
-// concurrent reads of GetRun and WaitRun statements (up to maxBatch runs each); call
-// Close when done.
+// concurrent reads (GetRun and WaitRun; StreamRunEvents' polls) share statements, up to
+// maxBatch runs each; call Close when done.
 func NewRuns(st *store.Store, limits Limits, log *slog.Logger, maxBatch int) *Runs {
 	s := &Runs{Store: st, Limits: limits, Log: log}
 	s.batcher = newCreateBatcher(st, s.defaults(), maxBatch)
 	s.reader = newRunReader(st, maxBatch)
+	s.events = newEventReader(st, maxBatch)
 	return s
 }
 
-// Close stops the create batcher and the run reader.
+// Close stops the create batcher and the readers.
 func (s *Runs) Close() {
 	s.batcher.close()
 	s.reader.close()
+	s.events.close()
 }
 
 // BatchCreateRuns enqueues up to 1000 runs, all or nothing.
@@ -270,7 +273,7 @@ func (s *Runs) ResumeRun(ctx context.Context, req *agentserverv1.ResumeRunReques
 
 const (
 	defaultEventPage = 100
-	eventPoll        = 150 * time.Millisecond
+	eventPoll        = 50 * time.Millisecond
 )
 
 func eventToProto(run string, e store.RunEvent) *agentserverv1.RunEvent {
@@ -325,7 +328,9 @@ func terminalEvent(e store.RunEvent) bool {
 }
 
 // StreamRunEvents sends the run's events after after_seq, history first, then live (by
-// polling the durable log), and returns after the terminal event.
+// polling the durable log every eventPoll, at its multiples on the clock: the polls of
+// concurrent streams are made at the same instants and share statements), and returns
+// after the terminal event.
 func (s *Runs) StreamRunEvents(req *agentserverv1.StreamRunEventsRequest, stream agentserverv1.RunService_StreamRunEventsServer) error {
 	ctx := stream.Context()
 	id, err := parseRunName("name", req.GetName())
@@ -335,14 +340,12 @@ func (s *Runs) StreamRunEvents(req *agentserverv1.StreamRunEventsRequest, stream
 	if req.GetAfterSeq() < 0 {
 		return invalid("after_seq", "must not be negative")
 	}
-	if _, err := s.Store.GetRun(ctx, tenant(ctx), id); err != nil {
+	if _, err := s.reader.get(ctx, tenant(ctx), id); err != nil {
 		return notFound(err, "run", req.GetName())
 	}
 	after := req.GetAfterSeq()
-	t := time.NewTicker(eventPoll)
-	defer t.Stop()
 	for {
-		events, err := s.Store.ListRunEvents(ctx, tenant(ctx), id, after, 500)
+		events, err := s.events.after(ctx, tenant(ctx), id, after)
 		if err != nil {
 			return err
 		}
@@ -355,11 +358,13 @@ func (s *Runs) StreamRunEvents(req *agentserverv1.StreamRunEventsRequest, stream
 				return nil
 			}
 		}
-		if len(events) == 500 {
+		if len(events) == streamPage {
 			continue
 		}
+		t := time.NewTimer(nextPoll(time.Now(), eventPoll))
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		case <-t.C:
 		}
