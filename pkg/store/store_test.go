@@ -723,6 +723,53 @@ func TestFinishRunsLargeBatch(t *testing.T) {
 	}
 }
 
+// Batches of runs on the same threads, named in other orders, created concurrently: none
+// waits on another in a cycle (the threads are locked in id order; run by run, 153 of
+// these 400 batches failed on a deadlock, each after a second), and every thread ends with
+// one active run and the rest of its runs waiting behind it.
+func TestConcurrentThreadBatchesDoNotDeadlock(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	const threads, creators, batches = 4, 4, 25
+	for i := range threads {
+		_, err := st.CreateThread(t.Context(), tenant, fmt.Sprintf("t%d", i), nil, nil)
+		require.NoError(t, err)
+	}
+	errs := make([]error, creators*batches)
+	var wg sync.WaitGroup
+	for g := range creators {
+		wg.Go(func() {
+			for b := range batches {
+				var runs []store.NewRun
+				for k := range threads {
+					th := (k + g + b) % threads
+					if g%2 == 1 {
+						th = threads - 1 - th // the other way round
+					}
+					runs = append(runs, store.NewRun{AssistantID: "a", ThreadID: fmt.Sprintf("t%d", th), Multitask: store.MultitaskEnqueue})
+				}
+				_, errs[g*batches+b] = st.CreateRuns(t.Context(), tenant, runs, defaults)
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "batch %d", i)
+	}
+	require.Zero(t, st.DeadlocksRetried(), "no deadlock to retry")
+	for i := range threads {
+		var active, waiting, runs int
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT
+			(SELECT count(*) FROM threads th JOIN run_queue q ON q.run_id = th.active_run_id WHERE th.tenant_id = $1 AND th.id = $2),
+			(SELECT count(*) FROM thread_queue WHERE tenant_id = $1 AND thread_id = $2),
+			(SELECT count(*) FROM runs WHERE tenant_id = $1 AND thread_id = $2)`, tenant, fmt.Sprintf("t%d", i)).Scan(&active, &waiting, &runs))
+		require.Equal(t, creators*batches, runs, "thread t%d", i)
+		require.Equal(t, 1, active, "thread t%d: one active run, queued", i)
+		require.Equal(t, runs-1, waiting, "thread t%d: the others wait", i)
+	}
+}
+
 // Runs waiting on a thread start in submission order; a waiting run cancelled while the
 // active run ends (concurrently: the two can deadlock and are retried) is never promoted,
 // and the next one is.
