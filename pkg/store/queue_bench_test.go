@@ -148,6 +148,52 @@ func BenchmarkEnqueue(b *testing.B) {
 	})
 }
 
+// BenchmarkEnqueueOnThreads measures CreateRuns of runs on threads, batch runs per call
+// (the gateway's create batches hold as many as calls were waiting), each on a thread of
+// its own: idle threads (each run becomes its thread's active run and is queued) and busy
+// ones (each run waits behind its thread's active run, multitask "enqueue").
+func BenchmarkEnqueueOnThreads(b *testing.B) {
+	for _, busy := range []bool{false, true} {
+		for _, batch := range []int{1, 8} {
+			name := fmt.Sprintf("idle/batch=%d", batch)
+			if busy {
+				name = fmt.Sprintf("busy/batch=%d", batch)
+			}
+			b.Run(name, func(b *testing.B) {
+				st := benchStore(b)
+				threads := batch
+				if !busy {
+					threads = b.N * batch // a fresh thread for every run
+				}
+				for i := range threads {
+					_, err := st.CreateThread(b.Context(), store.DefaultTenant, fmt.Sprintf("t%d", i), nil, nil)
+					require.NoError(b, err)
+				}
+				runs := newRuns(batch)
+				if busy {
+					for k := range runs {
+						runs[k].ThreadID, runs[k].Multitask = fmt.Sprintf("t%d", k), store.MultitaskEnqueue
+					}
+					_, err := st.CreateRuns(b.Context(), store.DefaultTenant, runs, benchRunDefaults) // the active runs
+					require.NoError(b, err)
+				}
+				b.ResetTimer()
+				for i := range b.N {
+					if !busy {
+						for k := range runs {
+							runs[k].ThreadID = fmt.Sprintf("t%d", i*batch+k)
+						}
+					}
+					if _, err := st.CreateRuns(b.Context(), store.DefaultTenant, runs, benchRunDefaults); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "runs/s")
+			})
+		}
+	}
+}
+
 // BenchmarkClaimFinish measures the scheduler's per-run database work: claim runs, then
 // finish each, as one worker would, with claim batches of 1 and of 64 (64 free slots).
 func BenchmarkClaimFinish(b *testing.B) {

@@ -180,10 +180,8 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 	if !withThreads {
 		out, err = insertRuns(ctx, s.pool, tenant, in, d)
 	} else {
-		// Runs that join threads lock them. Two batches that name the same threads in
-		// other orders (BatchCreateRuns, gateways' create batches) would deadlock locking
-		// them run by run, so the batch locks all of its threads at once, in id order, first;
-		// a deadlock with another kind of writer (a finish or cancel that locks a run, then
+		// Runs that join threads lock them, all at once in id order (joinThreads); a
+		// deadlock with another kind of writer (a finish or cancel that locks a run, then
 		// its thread) rolls the batch back whole, and it runs again.
 		err = s.retryDeadlock(func() error {
 			return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -191,11 +189,7 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 				if out, err = insertRuns(ctx, tx, tenant, in, d); err != nil {
 					return err
 				}
-				if _, err := tx.Exec(ctx, `SELECT 1 FROM threads WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE`,
-					tenant, in.threads); err != nil {
-					return err
-				}
-				return joinThreads(ctx, tx, out, in, runs)
+				return joinThreads(ctx, tx, tenant, out, in, runs)
 			})
 		})
 	}
@@ -210,19 +204,6 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		return nil, fmt.Errorf("creating runs: %w", err)
 	}
 	return out, nil
-}
-
-// joinThreads makes the runs this call created on threads join them, in the batch's order.
-func joinThreads(ctx context.Context, tx pgx.Tx, out []*Run, in createInput, runs []NewRun) error {
-	for i, r := range out {
-		// Only runs this call created join their thread (not an earlier request's).
-		if r.ThreadID != "" && r.ID == in.ids[i] {
-			if err := joinThread(ctx, tx, r, runs[i].Multitask); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // createInput holds the runs to create as the columns the insert statement unnests.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
@@ -721,6 +722,72 @@ func TestFinishRunsLargeBatch(t *testing.T) {
 		require.Equal(t, store.StateSucceeded, got.State)
 		require.Equal(t, map[string]any{"out": c.State["i"]}, got.Output, "run %d gets its own output", i)
 	}
+}
+
+// A batch's runs join their threads in the batch's order, as they would one by one: the
+// first run on an idle thread becomes its active run and is queued, the next ones wait
+// (enqueue) or fail the batch (reject), a thread that does not exist fails it, and an
+// interrupt cancels the active run, which its thread's next waiting run follows.
+func TestBatchJoinsThreadsInOrder(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	for _, th := range []string{"t1", "t2"} {
+		_, err := st.CreateThread(t.Context(), tenant, th, nil, nil)
+		require.NoError(t, err)
+	}
+	on := func(thread string, m store.Multitask) store.NewRun {
+		return store.NewRun{AssistantID: "a", ThreadID: thread, Multitask: m}
+	}
+	state := func(thread string) (active uuid.UUID, queued, waiting []uuid.UUID) {
+		t.Helper()
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT active_run_id FROM threads WHERE tenant_id = $1 AND id = $2`, tenant, thread).Scan(&active))
+		rows, err := st.Pool().Query(t.Context(), `SELECT q.run_id FROM run_queue q JOIN runs r ON r.id = q.run_id WHERE r.thread_id = $1 ORDER BY r.seq`, thread)
+		require.NoError(t, err)
+		queued, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		require.NoError(t, err)
+		rows, err = st.Pool().Query(t.Context(), `SELECT run_id FROM thread_queue WHERE thread_id = $1 ORDER BY seq`, thread)
+		require.NoError(t, err)
+		waiting, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		require.NoError(t, err)
+		return active, queued, waiting
+	}
+	count := func() (n int) {
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM runs`).Scan(&n))
+		return n
+	}
+
+	b := enqueue(t, st, on("t1", ""), on("t1", store.MultitaskEnqueue), on("t2", store.MultitaskEnqueue), on("t1", store.MultitaskEnqueue))
+	active, queued, waiting := state("t1")
+	require.Equal(t, b[0].ID, active)
+	require.Equal(t, []uuid.UUID{b[0].ID}, queued)
+	require.Equal(t, []uuid.UUID{b[1].ID, b[3].ID}, waiting)
+	active, queued, waiting = state("t2")
+	require.Equal(t, b[2].ID, active)
+	require.Equal(t, []uuid.UUID{b[2].ID}, queued)
+	require.Empty(t, waiting)
+
+	_, err := st.CreateRuns(t.Context(), tenant, []store.NewRun{on("t2", store.MultitaskEnqueue), on("t1", store.MultitaskReject)}, defaults)
+	require.ErrorIs(t, err, store.ErrThreadBusy)
+	require.ErrorContains(t, err, b[0].ID.String(), "names the active run")
+	_, err = st.CreateRuns(t.Context(), tenant, []store.NewRun{on("t2", store.MultitaskEnqueue), on("ghost", store.MultitaskEnqueue)}, defaults)
+	var tnf *store.ThreadNotFoundError
+	require.ErrorAs(t, err, &tnf)
+	require.Equal(t, "ghost", tnf.ID)
+	require.Equal(t, len(b), count(), "a failed batch stores none of its runs")
+	_, _, waiting = state("t2")
+	require.Empty(t, waiting)
+
+	in := enqueue(t, st, on("t2", store.MultitaskEnqueue), on("t1", store.MultitaskInterrupt))
+	got, err := st.GetRun(t.Context(), tenant, b[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateCancelled, got.State, "interrupted")
+	active, queued, waiting = state("t1")
+	require.Equal(t, b[1].ID, active, "the next waiting run follows")
+	require.Equal(t, []uuid.UUID{b[1].ID}, queued)
+	require.Equal(t, []uuid.UUID{b[3].ID, in[1].ID}, waiting)
+	_, _, waiting = state("t2")
+	require.Equal(t, []uuid.UUID{in[0].ID}, waiting)
 }
 
 // Batches of runs on the same threads, named in other orders, created concurrently: none

@@ -95,8 +95,85 @@ func joinThread(ctx context.Context, tx pgx.Tx, r *Run, policy Multitask) error 
 		_, err := cancelInTx(ctx, tx, r.TenantID, *active)
 		return err
 	default:
-		return fmt.Errorf("%w (runs/%s); wait for it, cancel it, or create the run with multitask \"enqueue\" or \"interrupt\"", ErrThreadBusy, active)
+		return threadBusy(*active)
 	}
+}
+
+// threadBusy is the error of a run rejected by its thread's active run.
+func threadBusy(active uuid.UUID) error {
+	return fmt.Errorf("%w (runs/%s); wait for it, cancel it, or create the run with multitask \"enqueue\" or \"interrupt\"", ErrThreadBusy, active)
+}
+
+// joinThreads applies the multitask policy to the runs this call created on threads, in
+// the batch's order, as joinThread does run by run. It locks every thread of the batch at
+// once, in id order (two batches that name the same threads in other orders would
+// deadlock locking them run by run), and writes what the policies decide in one round
+// trip: the threads' new active runs and their queue rows, the runs that wait. A batch in
+// which a run would interrupt a busy thread (cancel its active run) joins run by run
+// after the lock.
+func joinThreads(ctx context.Context, tx pgx.Tx, tenant string, out []*Run, in createInput, runs []NewRun) error {
+	rows, err := tx.Query(ctx, `SELECT id, active_run_id FROM threads WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE`,
+		tenant, in.threads)
+	if err != nil {
+		return err
+	}
+	active := make(map[string]*uuid.UUID)
+	var (
+		id  string
+		cur *uuid.UUID
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&id, &cur}, func() error { active[id] = cur; return nil }); err != nil {
+		return err
+	}
+	var activeThreads []string
+	var activated, waiting []uuid.UUID
+	for i, r := range out {
+		// Only runs this call created join their thread (not an earlier request's).
+		if r.ThreadID == "" || r.ID != in.ids[i] {
+			continue
+		}
+		cur, ok := active[r.ThreadID]
+		switch {
+		case !ok:
+			return &ThreadNotFoundError{ID: r.ThreadID}
+		case cur == nil:
+			active[r.ThreadID] = &r.ID
+			activeThreads, activated = append(activeThreads, r.ThreadID), append(activated, r.ID)
+		case runs[i].Multitask == MultitaskEnqueue:
+			waiting = append(waiting, r.ID)
+		case runs[i].Multitask == MultitaskInterrupt:
+			return joinThreadsOneByOne(ctx, tx, out, in, runs)
+		default:
+			return threadBusy(*cur)
+		}
+	}
+	write := &pgx.Batch{}
+	if len(activated) > 0 {
+		write.Queue(`UPDATE threads t SET active_run_id = x.run_id, update_time = now()
+			FROM unnest($2::text[], $3::uuid[]) AS x(thread_id, run_id) WHERE t.tenant_id = $1 AND t.id = x.thread_id`,
+			tenant, activeThreads, activated)
+		write.Queue(enqueue("runs", "now()")+` WHERE id = ANY($1)`, activated)
+	}
+	if len(waiting) > 0 {
+		write.Queue(`INSERT INTO thread_queue (run_id, tenant_id, thread_id, seq)
+			SELECT id, tenant_id, thread_id, seq FROM runs WHERE id = ANY($1)`, waiting)
+	}
+	if write.Len() == 0 {
+		return nil
+	}
+	return tx.SendBatch(ctx, write).Close()
+}
+
+// joinThreadsOneByOne is joinThreads run by run (joinThread), the threads locked.
+func joinThreadsOneByOne(ctx context.Context, tx pgx.Tx, out []*Run, in createInput, runs []NewRun) error {
+	for i, r := range out {
+		if r.ThreadID != "" && r.ID == in.ids[i] {
+			if err := joinThread(ctx, tx, r, runs[i].Multitask); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // CreateThread stores a thread with an initial state.
