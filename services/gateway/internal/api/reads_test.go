@@ -69,13 +69,24 @@ func createRuns(t *testing.T, s *Runs, n int) []*agentserverv1.Run {
 	return created.GetRuns()
 }
 
-// cancelAll cancels the runs (queued: they end CANCELLED at once).
-func cancelAll(t *testing.T, s *Runs, runs []*agentserverv1.Run) {
+// untilCancelled calls call for every run at once, cancels the runs (queued: they end
+// CANCELLED at once) 0.6 s later and waits for the calls to return. It returns what
+// statements counted in those 0.6 s, and the calls' errors.
+func untilCancelled(t *testing.T, s *Runs, runs []*agentserverv1.Run, statements *atomic.Int64, call func(int, *agentserverv1.Run) error) (int64, []error) {
 	t.Helper()
+	errs := make([]error, len(runs))
+	var wg sync.WaitGroup
+	for i, r := range runs {
+		wg.Go(func() { errs[i] = call(i, r) })
+	}
+	time.Sleep(600 * time.Millisecond)
+	during := statements.Load()
 	for _, r := range runs {
 		_, err := s.CancelRun(t.Context(), &agentserverv1.CancelRunRequest{Name: r.GetName()})
 		require.NoError(t, err)
 	}
+	wg.Wait()
+	return during, errs
 }
 
 // Many clients waiting on their runs at once cost the database a few statements per
@@ -89,17 +100,10 @@ func TestConcurrentWaitsShareReads(t *testing.T) {
 	created := createRuns(t, s, n)
 
 	got := make([]*agentserverv1.Run, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i, r := range created {
-		wg.Go(func() {
-			got[i], errs[i] = s.WaitRun(t.Context(), &agentserverv1.WaitRunRequest{Name: r.GetName(), Timeout: durationpb.New(time.Minute)})
-		})
-	}
-	time.Sleep(600 * time.Millisecond)
-	waited := count.runs.Load()
-	cancelAll(t, s, created)
-	wg.Wait()
+	waited, errs := untilCancelled(t, s, created, &count.runs, func(i int, r *agentserverv1.Run) (err error) {
+		got[i], err = s.WaitRun(t.Context(), &agentserverv1.WaitRunRequest{Name: r.GetName(), Timeout: durationpb.New(time.Minute)})
+		return err
+	})
 	for i, r := range created {
 		require.NoError(t, errs[i], "waiter %d", i)
 		require.Equal(t, r.GetName(), got[i].GetName(), "waiter %d got its own run", i)
@@ -170,18 +174,12 @@ func TestConcurrentStreamsShareReads(t *testing.T) {
 	const n = 200
 	created := createRuns(t, s, n)
 	streams := make([]*eventStream, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i, r := range created {
+	for i := range streams {
 		streams[i] = &eventStream{ctx: t.Context()}
-		wg.Go(func() {
-			errs[i] = s.StreamRunEvents(&agentserverv1.StreamRunEventsRequest{Name: r.GetName()}, streams[i])
-		})
 	}
-	time.Sleep(600 * time.Millisecond)
-	polled := count.events.Load()
-	cancelAll(t, s, created)
-	wg.Wait()
+	polled, errs := untilCancelled(t, s, created, &count.events, func(i int, r *agentserverv1.Run) error {
+		return s.StreamRunEvents(&agentserverv1.StreamRunEventsRequest{Name: r.GetName()}, streams[i])
+	})
 	for i, r := range created {
 		require.NoError(t, errs[i], "stream %d", i)
 		var states []string
