@@ -210,6 +210,22 @@ func claimStatement(cte, ids, limited string) string {
 			SELECT id, epoch, worker_id, tenant_id, assistant_id, slot_type, now() + $3 * interval '1 millisecond',
 				cancel_requested, now() + timeout_ms * interval '1 millisecond'
 			FROM u
+		), t AS MATERIALIZED (
+			-- The threads' states are read locked, which reads their latest committed
+			-- versions: the candidate scan is a volatile function, whose queries see what
+			-- committed after this statement's snapshot, so it can claim a run that a result
+			-- promoted meanwhile; the state that result wrote is then newer than the
+			-- snapshot, which would give the run its thread's state from before the result.
+			-- Locked in (tenant, id) order, as creates lock them (joinThreads): in another
+			-- order a claim and a create deadlocked on two threads (a second lost each time).
+			-- A probe per thread (LATERAL), in k's order: k is sorted.
+			SELECT th.tenant_id, th.id, th.state
+			FROM (SELECT DISTINCT tenant_id, thread_id FROM u WHERE thread_id IS NOT NULL ORDER BY tenant_id, thread_id) k
+			CROSS JOIN LATERAL (
+				SELECT th.tenant_id, th.id, th.state FROM threads th
+				WHERE th.tenant_id = k.tenant_id AND th.id = k.thread_id
+				FOR SHARE
+			) th
 		)
 		SELECT u.tenant_id, u.id, u.assistant_id, u.assistant_version, coalesce(u.thread_id, ''), u.state,
 			u.priority, u.slot_type, u.attempt, u.max_attempts, u.timeout_ms, u.epoch, coalesce(u.worker_id, ''),
@@ -217,16 +233,7 @@ func claimStatement(cte, ids, limited string) string {
 			coalesce(u.checkpoint, CASE WHEN t.id IS NOT NULL THEN t.state || u.input END, u.input), u.resume
 		FROM u JOIN assistant_versions v
 			ON v.tenant_id = u.tenant_id AND v.assistant_id = u.assistant_id AND v.version = u.assistant_version
-		-- The thread's state is read locked, which reads its latest committed version: the
-		-- candidate scan is a volatile function, whose queries see what committed after this
-		-- statement's snapshot, so it can claim a run that a result promoted meanwhile; the
-		-- state that result wrote is then newer than the snapshot, which would give the
-		-- run its thread's state from before the result.
-		LEFT JOIN LATERAL (
-			SELECT th.id, th.state FROM threads th
-			WHERE th.tenant_id = u.tenant_id AND th.id = u.thread_id
-			FOR SHARE
-		) t ON true
+		LEFT JOIN t ON t.tenant_id = u.tenant_id AND t.id = u.thread_id
 		ORDER BY u.priority DESC, u.seq`
 }
 
