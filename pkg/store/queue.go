@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -498,6 +499,28 @@ type finishRow struct {
 	thread               string
 }
 
+// threadsOf returns the distinct threads of rows, as tenants and ids, in (tenant, id)
+// order.
+func threadsOf(rows []finishRow) (tenants, threads []string) {
+	type key struct{ tenant, thread string }
+	var keys []key
+	for _, r := range rows {
+		if r.thread != "" {
+			keys = append(keys, key{r.tenant, r.thread})
+		}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if c := strings.Compare(a.tenant, b.tenant); c != 0 {
+			return c
+		}
+		return strings.Compare(a.thread, b.thread)
+	})
+	for _, k := range slices.Compact(keys) {
+		tenants, threads = append(tenants, k.tenant), append(threads, k.thread)
+	}
+	return tenants, threads
+}
+
 func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
 	res := make([]FinishResult, len(ps))
 	errs := make([]error, len(ps))
@@ -597,6 +620,15 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 			return rows[a].thread < rows[b].thread
 		})
 		write := &pgx.Batch{}
+		// The runs' threads first, all of them in (tenant, id) order, as creates and claims
+		// lock threads: left to the triggers, they were locked in the writes' (assistant,
+		// thread) order, and a finish of runs of two assistants deadlocked with a create
+		// naming their threads (ten times in 10 s, a second each).
+		if tenants, threads := threadsOf(rows); len(threads) > 0 {
+			write.Queue(`SELECT 1 FROM unnest($1::text[], $2::text[]) AS k(tenant_id, id)
+				CROSS JOIN LATERAL (SELECT 1 FROM threads th WHERE th.tenant_id = k.tenant_id AND th.id = k.id FOR NO KEY UPDATE) th`,
+				tenants, threads)
+		}
 		for _, r := range rows {
 			for k, e := range ps[r.i].Events {
 				write.Queue(`INSERT INTO run_events (run_id, tenant_id, type, data) VALUES ($1, $2, $3, $4)`,

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -838,14 +839,16 @@ func TestConcurrentThreadBatchesDoNotDeadlock(t *testing.T) {
 	}
 }
 
-// Claims and creates of runs on the same threads, concurrently: both lock threads in
-// (tenant, id) order, so neither waits on the other in a cycle (claims locked them in
-// their runs' order: a claim and a create deadlocked about once a second here, each
-// costing both a second, and 56 runs were claimed in 20 s instead of ~29,000).
+// Claims, finishes and creates of runs on the same threads, concurrently: all lock
+// threads in (tenant, id) order, so none waits on another in a cycle. Claims locked them
+// in their runs' order (a claim and a create deadlocked about once a second, each costing
+// both a second: 56 runs claimed in 20 s instead of ~29,000), and finishes in their
+// writes' (assistant, thread) order (with runs of two assistants, ten deadlocks in 10 s).
 func TestClaimsAndThreadCreatesDoNotDeadlock(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
 	newAssistant(t, st, "a", nil)
+	newAssistant(t, st, "b", nil)
 	const threads = 8
 	for i := range threads {
 		_, err := st.CreateThread(t.Context(), tenant, fmt.Sprintf("t%d", i), nil, nil)
@@ -866,8 +869,9 @@ func TestClaimsAndThreadCreatesDoNotDeadlock(t *testing.T) {
 			for i := 0; time.Now().Before(stop); i++ {
 				var runs []store.NewRun
 				for k := range threads {
-					th := (k*3 + g + i) % threads // every batch names the threads in another order
-					runs = append(runs, store.NewRun{AssistantID: "a", ThreadID: fmt.Sprintf("t%d", th), Multitask: store.MultitaskEnqueue})
+					th := (k*3 + g + i) % threads         // every batch names the threads in another order
+					assistant := []string{"b", "a"}[th%2] // not the threads' order
+					runs = append(runs, store.NewRun{AssistantID: assistant, ThreadID: fmt.Sprintf("t%d", th), Multitask: store.MultitaskEnqueue})
 				}
 				if _, err := st.CreateRuns(t.Context(), tenant, runs, defaults); err != nil {
 					fail(err)
@@ -886,11 +890,17 @@ func TestClaimsAndThreadCreatesDoNotDeadlock(t *testing.T) {
 				}
 				claimed.Add(int64(len(cs)))
 				var ps []store.FinishParams
-				for _, c := range cs {
-					ps = append(ps, store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded, State: map[string]any{}})
+				for i, c := range cs {
+					outcome := store.OutcomeSucceeded
+					if i%3 == 0 {
+						outcome = store.OutcomeFailed
+					}
+					ps = append(ps, store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: outcome, State: map[string]any{}})
 				}
 				if len(ps) > 0 {
-					if _, _, err := st.FinishRuns(t.Context(), ps); err != nil {
+					if _, errs, err := st.FinishRuns(t.Context(), ps); err != nil {
+						fail(err)
+					} else if err := errors.Join(errs...); err != nil {
 						fail(err)
 					}
 				}
