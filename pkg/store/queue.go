@@ -456,6 +456,10 @@ type FinishParams struct {
 	// are written, in order, before the run's state event, under the same fence (refused
 	// with the result when the claim is stale).
 	Events []Event
+	// OnThread is a hint: the run is on a thread, as its claim said. A success hinted so
+	// is ended by the statement for runs on threads first; a wrong hint costs a statement,
+	// never an outcome.
+	OnThread bool
 }
 
 // plainSuccess reports whether p is a success without an error message: the results
@@ -642,22 +646,57 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 	})
 }
 
-// finishSucceeded ends the successful runs among ps[order] that are not on a thread, each
-// kind in one statement (one round trip, its own transaction): first the runs claimed
-// without a concurrency limit, the common case, which fire no trigger; then, if any
-// success is left, the runs claimed under a limit. It returns the indexes it did not
-// finish (other outcomes, runs on threads, and stale claims), which take the general path.
+// The kinds of successful runs finishSucceeded ends, each in a statement of its own.
+const (
+	// successPlain: not on a thread, claimed without a concurrency limit (no trigger).
+	successPlain = iota
+	// successLimited: not on a thread, claimed under a limit (the load trigger).
+	successLimited
+	// successOnThread: on a thread, claimed without a limit (the thread's trigger).
+	successOnThread
+	successKinds
+)
+
+// finishSucceeded ends the successful runs among ps[order], each kind in one statement
+// (one round trip, its own transaction): first the runs claimed without a concurrency
+// limit and not on a thread, the common case, which fire no trigger; then, while any
+// success is left, those claimed under a limit, then those on threads. It returns the
+// indexes it did not finish (other outcomes, runs on threads claimed under a limit, and
+// stale claims), which take the general path.
+//
+// When every success left is hinted to be on a thread (FinishParams.OnThread), the
+// statement for runs on threads goes first: the other two would end none of them.
 func (s *Store) finishSucceeded(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult) ([]int, error) {
-	rest, err := s.finishSuccesses(ctx, ps, states, events, order, res, false)
-	if err != nil || !slices.ContainsFunc(rest, func(i int) bool { return ps[i].plainSuccess() }) {
-		return rest, err
+	rest := order
+	var tried [successKinds]bool
+	for {
+		successes, onThreads := 0, 0
+		for _, i := range rest {
+			if ps[i].plainSuccess() {
+				successes++
+				if ps[i].OnThread {
+					onThreads++
+				}
+			}
+		}
+		kind := slices.Index(tried[:], false)
+		if successes > 0 && onThreads == successes && !tried[successOnThread] {
+			kind = successOnThread
+		}
+		if successes == 0 || kind < 0 {
+			return rest, nil
+		}
+		tried[kind] = true
+		var err error
+		if rest, err = s.finishSuccesses(ctx, ps, states, events, rest, res, kind); err != nil {
+			return nil, err
+		}
 	}
-	return s.finishSuccesses(ctx, ps, states, events, rest, res, true)
 }
 
 // finishSuccesses is one statement of finishSucceeded: it ends the plain successes among
-// ps[order] of runs not on a thread and claimed with (limited) or without a limit.
-func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult, limited bool) ([]int, error) {
+// ps[order] of runs of one kind (successPlain, successLimited, successOnThread).
+func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [][]byte, events [][][]byte, order []int, res []FinishResult, kind int) ([]int, error) {
 	var ids []uuid.UUID
 	var epochs []int64
 	var outputs [][]byte
@@ -689,9 +728,9 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	if len(ids) == 0 {
 		return order, nil
 	}
-	stmt, args := finishSuccess[b2i(limited)][0], []any{ids, epochs, outputs, steps}
+	stmt, args := finishSuccess[kind][0], []any{ids, epochs, outputs, steps}
 	if len(evRuns) > 0 {
-		stmt, args = finishSuccess[b2i(limited)][1], []any{ids, epochs, outputs, evRuns, evTypes, evData, steps}
+		stmt, args = finishSuccess[kind][1], []any{ids, epochs, outputs, evRuns, evTypes, evData, steps}
 	}
 	var done []uuid.UUID
 	err := s.retryDeadlock(func() error {
@@ -727,14 +766,6 @@ func (s *Store) finishSuccesses(ctx context.Context, ps []FinishParams, states [
 	return rest, nil
 }
 
-// b2i is 1 for true, 0 for false.
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // keptStep returns the step of a result's events when they are just that step's
 // step_started event, {"step": name}, as the worker sends it: the one-statement finish
 // keeps that event on the run (migration 21) instead of writing a row. Otherwise "".
@@ -750,20 +781,39 @@ func keptStep(events []Event) string {
 // outputs $3, and appends each run's step_started event when that is its only one ($7, or
 // $4 without events: aligned with $1, the step or the empty string), each run's SUCCEEDED
 // event — both kept on the run (migration 21) — and, with events, the worker's events ($4
-// run, $5 type, $6 data). limited selects the runs claimed under a concurrency limit, whose
-// updates fire the load trigger: that updates their assistants' assistant_load rows one
-// run at a time, in the order the runs are updated (by id), so the statement first locks
-// those rows in key order, as claims (admit) and the general path do, and two batches
-// never wait on each other's load rows in opposite orders (a deadlock with another writer
-// is still retried).
+// run, $5 type, $6 data). It ends the runs of one kind only:
+//
+//   - successPlain, runs not on a thread claimed without a limit, whose updates fire no
+//     trigger;
+//   - successLimited, runs claimed under a concurrency limit, whose updates fire the load
+//     trigger: that updates their assistants' assistant_load rows one run at a time, in the
+//     order the runs are updated (by id), so the statement first locks those rows in key
+//     order, as claims (admit) and the general path do, and two batches never wait on each
+//     other's load rows in opposite orders (a deadlock with another writer is still
+//     retried);
+//   - successOnThread, runs on threads claimed without a limit, whose updates fire the
+//     thread trigger (the thread's state, its next waiting run): the statement first locks
+//     their threads in (tenant, id) order, as creates, claims and the general path do.
 //
 // Without events (the common case: a short run's only event is its step_started, kept on
 // the run) the statement has no event CTEs: every statement starts each node of its plan
 // again, the event insert's among them (its table and indexes opened and locked), whether
 // it writes a row or not.
-func finishSuccessStatement(limited, events bool) string {
-	lock, which := "", "AND NOT r.limited"
-	if limited {
+func finishSuccessStatement(kind int, events bool) string {
+	lock, which := "", "AND r.thread_id IS NULL AND NOT r.limited"
+	switch kind {
+	case successOnThread:
+		lock = `tl AS (
+			SELECT 1 FROM (
+				SELECT DISTINCT x.tenant_id, x.thread_id FROM runs x
+				WHERE x.id = ANY($1) AND x.thread_id IS NOT NULL ORDER BY x.tenant_id, x.thread_id
+			) k CROSS JOIN LATERAL (
+				SELECT 1 FROM threads th WHERE th.tenant_id = k.tenant_id AND th.id = k.thread_id FOR NO KEY UPDATE
+			) th
+		), `
+		// An InitPlan: the threads are locked before the first run is updated.
+		which = "AND r.thread_id IS NOT NULL AND NOT r.limited AND (SELECT count(*) FROM tl) >= 0"
+	case successLimited:
 		lock = `lk AS (
 			SELECT l.tenant_id FROM assistant_load l
 			WHERE (l.tenant_id, l.assistant_id) IN (
@@ -772,7 +822,7 @@ func finishSuccessStatement(limited, events bool) string {
 			FOR UPDATE OF l
 		), `
 		// An InitPlan: the load rows are locked before the first run is updated.
-		which = "AND r.limited AND (SELECT count(*) FROM lk) >= 0"
+		which = "AND r.thread_id IS NULL AND r.limited AND (SELECT count(*) FROM lk) >= 0"
 	}
 	ev, evSeqs, e, steps := "", "", "", "$4"
 	if events {
@@ -820,7 +870,7 @@ func finishSuccessStatement(limited, events bool) string {
 			-- The InitPlans on ev and st make the events take their seqs before the first
 			-- run takes its end_seq.
 			WHERE r.id = ANY($1) AND r.epoch = ($2::bigint[])[width_bucket(r.id, $1::uuid[])]
-				AND r.state = 2 AND r.thread_id IS NULL ` + which + `
+				AND r.state = 2 ` + which + `
 				` + evSeqs + `AND cardinality((SELECT seqs FROM st)) >= 0
 			RETURNING r.id, r.tenant_id
 		), l AS (
@@ -829,10 +879,11 @@ func finishSuccessStatement(limited, events bool) string {
 		SELECT id FROM u`
 }
 
-// finishSuccess holds finishSuccessStatement's four statements, by [limited][events].
-var finishSuccess = [2][2]string{
-	{finishSuccessStatement(false, false), finishSuccessStatement(false, true)},
-	{finishSuccessStatement(true, false), finishSuccessStatement(true, true)},
+// finishSuccess holds finishSuccessStatement's statements, by [kind][events].
+var finishSuccess = [successKinds][2]string{
+	{finishSuccessStatement(successPlain, false), finishSuccessStatement(successPlain, true)},
+	{finishSuccessStatement(successLimited, false), finishSuccessStatement(successLimited, true)},
+	{finishSuccessStatement(successOnThread, false), finishSuccessStatement(successOnThread, true)},
 }
 
 // queueFinish adds the statements that end one locked run to b and records the outcome.

@@ -546,8 +546,81 @@ func TestFinishRunsInOneBatch(t *testing.T) {
 	require.Equal(t, 1, running, "the load counter follows the batch: only the stale one still runs")
 }
 
-// Successes of plain runs end in one statement; a stale success, a failure and a success
-// on a thread in the same batch take the general path, and every run ends as it should.
+// countQueries counts the queries of a store (store.WithQueryTracer).
+type countQueries struct{ n atomic.Int64 }
+
+func (c *countQueries) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	c.n.Add(1)
+	return ctx
+}
+
+func (c *countQueries) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Successes of runs on threads end in one statement, as plain ones do: their SUCCEEDED and
+// step_started events are kept on the runs (no run_events rows), and each thread's trigger
+// still runs: the thread's state is the run's output, and its next waiting run becomes
+// active and queued.
+func TestFinishThreadRunsInOneStatement(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	require.NoError(t, store.Migrate(t.Context(), url))
+	statements := &countQueries{}
+	st, err := store.Open(t.Context(), url, store.WithQueryTracer(statements))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	newAssistant(t, st, "a", nil)
+	var first, next []*store.Run
+	for i := range 3 {
+		thread := fmt.Sprintf("t%d", i)
+		_, err := st.CreateThread(t.Context(), tenant, thread, nil, map[string]any{"turn": 0.0})
+		require.NoError(t, err)
+		runs := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: thread},
+			store.NewRun{AssistantID: "a", ThreadID: thread, Multitask: store.MultitaskEnqueue})
+		first, next = append(first, runs[0]), append(next, runs[1])
+	}
+	cs := claim(t, st, "w", "cpu", 10)
+	require.Len(t, cs, 3, "one active run per thread")
+	var ps []store.FinishParams
+	for _, c := range cs {
+		ps = append(ps, store.FinishParams{RunID: c.Run.ID, Epoch: c.Run.Epoch, Outcome: store.OutcomeSucceeded,
+			State: map[string]any{"turn": 1.0, "by": c.Run.ID.String()}, Events: []store.Event{{Type: "step_started", Data: map[string]any{"step": "s"}}},
+			OnThread: true})
+	}
+	before := statements.n.Load()
+	res, errs, err := st.FinishRuns(t.Context(), ps)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), statements.n.Load()-before, "one statement, hinted by OnThread")
+	for i := range ps {
+		require.NoError(t, errs[i])
+		require.Equal(t, store.StateSucceeded, res[i].State)
+	}
+	for i, r := range first {
+		var rows int
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM run_events WHERE run_id = $1`, r.ID).Scan(&rows))
+		require.Zero(t, rows, "the events are kept on the run")
+		evs, err := st.ListRunEvents(t.Context(), tenant, r.ID, 0, 100)
+		require.NoError(t, err)
+		var names []string
+		for _, e := range evs {
+			names = append(names, e.Type+":"+fmt.Sprint(e.Data["state"]))
+		}
+		require.Equal(t, []string{"state:QUEUED", "state:RUNNING", "step_started:<nil>", "state:SUCCEEDED"}, names)
+		th, err := st.GetThread(t.Context(), tenant, fmt.Sprintf("t%d", i))
+		require.NoError(t, err)
+		require.Equal(t, map[string]any{"turn": 1.0, "by": r.ID.String()}, th.State)
+		require.NotNil(t, th.ActiveRunID)
+		require.Equal(t, next[i].ID, *th.ActiveRunID, "the next run follows")
+	}
+	cs = claim(t, st, "w", "cpu", 10)
+	require.Len(t, cs, 3, "the next runs are queued")
+	for _, c := range cs {
+		require.Equal(t, 1.0, c.State["turn"], "from their thread's new state")
+	}
+}
+
+// Successes of plain runs end in one statement, those of runs on threads in another; a
+// stale success and a failure in the same batch take the general path, and every run ends
+// as it should.
 func TestFinishRunsMixedBatch(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)

@@ -31,6 +31,8 @@ type inflight struct {
 	since time.Time
 	// gpu is the UUID of the GPU the scheduler chose for it (gpu slots).
 	gpu string
+	// onThread: the claim said the run is on a thread (FinishParams.OnThread's hint).
+	onThread bool
 	// cancelSent records that a Cancel went out, so it is sent once.
 	cancelSent bool
 	// released records that its result arrived: its slot (and GPU) is free in the
@@ -224,7 +226,8 @@ func (s *session) hasGPUs() bool {
 // lost.
 func (s *session) assign(c *store.Claim, gpu string) {
 	s.mu.Lock()
-	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu}
+	s.runs[c.Run.ID] = &inflight{epoch: c.Run.Epoch, slotType: c.Run.SlotType, attempt: c.Run.Attempt, since: time.Now(), gpu: gpu,
+		onThread: c.Run.ThreadID != ""}
 	s.mu.Unlock()
 	a, err := assignmentOf(c)
 	if err != nil {
@@ -829,9 +832,12 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 			return status.Errorf(codes.InvalidArgument, "result.outcome: %s is not a valid outcome", r.GetOutcome())
 		}
 		sess.mu.Lock()
-		attempt := int32(1)
-		if in, ok := sess.runs[id]; ok && in.attempt > 0 {
-			attempt = in.attempt
+		attempt, onThread := int32(1), false
+		if in, ok := sess.runs[id]; ok {
+			if in.attempt > 0 {
+				attempt = in.attempt
+			}
+			onThread = in.onThread
 		}
 		sess.mu.Unlock()
 		var state map[string]any
@@ -842,7 +848,7 @@ func (s *Server) handleResults(ctx context.Context, sess *session, rs []*schedul
 		params[i] = store.FinishParams{
 			RunID: id, Epoch: r.GetEpoch(), Outcome: outcome, State: state, Error: r.GetError(),
 			Retryable: r.GetRetryable(), RetryDelay: s.retryDelay(attempt),
-			Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(), Events: events[l],
+			Step: r.GetStep(), Prompt: r.GetPrompt().AsInterface(), Events: events[l], OnThread: onThread,
 		}
 		delete(events, l) // a result resent twice in one batch carries them once
 	}

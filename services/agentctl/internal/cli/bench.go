@@ -50,6 +50,7 @@ type benchOptions struct {
 	batchConcurrency int
 	maxRuns          int
 	maxInflight      int
+	threads          int
 	drainTimeout     time.Duration
 	hold             bool
 	json             bool
@@ -88,6 +89,8 @@ func (o *benchOptions) mode(cmd *cobra.Command) (string, error) {
 		return "", usageErrorf("--max-runs must be positive, got %d", o.maxRuns)
 	case o.maxInflight <= 0:
 		return "", usageErrorf("--max-inflight must be positive, got %d", o.maxInflight)
+	case o.threads < 0:
+		return "", usageErrorf("--threads must not be negative, got %d", o.threads)
 	case o.drainTimeout <= 0:
 		return "", usageErrorf("--drain-timeout must be positive, got %s", o.drainTimeout)
 	}
@@ -125,12 +128,16 @@ follows the newest run, at most one run every 100 ms, so watching costs the serv
 nothing. Throughput is the runs that SUCCEEDED divided by the time from the first
 create_time (burn-down: the release) to the last end_time.
 
+With --threads N every run is created on one of N new threads in turn (multitask
+"enqueue": a thread's runs run one at a time, in order), as sessions' turns are.
+
 CPU time is read from /proc/<pid>/stat before and after the measured window: of the processes
 given with --pids, else of every process named agentserver or postgres (with the postgres
 backends and the server's executor processes), and of agentctl itself.`,
 		Example: `  agentctl bench --flow examples/noop/flow.yaml --concurrency 8 --duration 30s
   agentctl bench --assistant bench-noop --rate 500 --duration 20s --json
-  agentctl bench --flow flow.yaml --burndown 100000 --pids agentserver=4242,postgres=4100`,
+  agentctl bench --flow flow.yaml --burndown 100000 --pids agentserver=4242,postgres=4100
+  agentctl bench --assistant bench-noop --concurrency 8 --threads 500 --duration 20s`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// The load client shares the machine with what it measures: no retry support
@@ -175,6 +182,7 @@ backends and the server's executor processes), and of agentctl itself.`,
 	fs.BoolVar(&o.hold, "hold", o.hold, "--burndown: hold the runs (concurrency limit 1) until all are queued, then give the assistant back its own limit")
 	fs.IntVar(&o.maxRuns, "max-runs", o.maxRuns, "stop creating after this many runs whatever --duration says")
 	fs.IntVar(&o.maxInflight, "max-inflight", o.maxInflight, "--rate: most CreateRun calls outstanding; a send due beyond it is counted as an error")
+	fs.IntVar(&o.threads, "threads", 0, "create every run on one of this many new threads in turn (multitask enqueue); 0: no threads")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", o.drainTimeout, "how long to wait for the runs to finish once created")
 	fs.StringVar(&o.pids, "pids", "", "processes to report CPU time of, name=pid,... (default: processes named agentserver and postgres)")
 	fs.BoolVar(&o.json, "json", false, "print the report as one JSON object (same as -o json)")
@@ -198,6 +206,9 @@ type benchRun struct {
 	runs       agentserverv1.RunServiceClient
 	assistants agentserverv1.AssistantServiceClient
 	assistant  string
+	// threads are the names of the --threads threads; nextRun picks one per run in turn.
+	threads []string
+	nextRun atomic.Int64
 	held       bool // the assistant's concurrency limit holds the runs until release
 	// ownLimit is the concurrency limit of an existing assistant (--assistant) before it
 	// was held, restored by release.
@@ -276,6 +287,9 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		return err
 	}
 	if err := b.setupAssistant(ctx); err != nil {
+		return err
+	}
+	if err := b.setupThreads(ctx); err != nil {
 		return err
 	}
 	defer func() {
@@ -414,13 +428,55 @@ func (b *benchRun) setupAssistant(ctx context.Context) error {
 	return nil
 }
 
+// setupThreads creates the --threads threads, 16 at a time.
+func (b *benchRun) setupThreads(ctx context.Context) error {
+	if b.opts.threads == 0 {
+		return nil
+	}
+	client, err := b.a.threadClient()
+	if err != nil {
+		return err
+	}
+	b.threads = make([]string, b.opts.threads)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i := range b.threads {
+		g.Go(func() error {
+			cctx, cancel := b.a.callContext(gctx)
+			defer cancel()
+			t, err := client.CreateThread(cctx, &agentserverv1.CreateThreadRequest{Thread: &agentserverv1.Thread{}})
+			if err != nil {
+				return fmt.Errorf("creating thread %d of --threads %d: %w", i+1, b.opts.threads, err)
+			}
+			b.threads[i] = t.GetName()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if !b.opts.json {
+		fmt.Fprintf(b.a.env.Stderr, "created %d threads\n", len(b.threads))
+	}
+	return nil
+}
+
+// newRun is the next run to create: of the assistant, on the next thread in turn with
+// --threads.
+func (b *benchRun) newRun() *agentserverv1.Run {
+	r := &agentserverv1.Run{Assistant: b.assistant, Input: b.input}
+	if len(b.threads) > 0 {
+		r.Thread = b.threads[int((b.nextRun.Add(1)-1)%int64(len(b.threads)))]
+		r.Multitask = "enqueue"
+	}
+	return r
+}
+
 // createOne enqueues one run with CreateRun.
 func (b *benchRun) createOne(ctx context.Context) {
 	began := time.Now()
 	cctx, cancel := b.a.callContext(ctx)
-	r, err := b.runs.CreateRun(cctx, &agentserverv1.CreateRunRequest{
-		Run: &agentserverv1.Run{Assistant: b.assistant, Input: b.input},
-	})
+	r, err := b.runs.CreateRun(cctx, &agentserverv1.CreateRunRequest{Run: b.newRun()})
 	cancel()
 	if ctx.Err() != nil {
 		return
@@ -493,7 +549,7 @@ func (b *benchRun) runBurndown(ctx context.Context) error {
 			for n := range sizes {
 				reqs := make([]*agentserverv1.CreateRunRequest, n)
 				for i := range reqs {
-					reqs[i] = &agentserverv1.CreateRunRequest{Run: &agentserverv1.Run{Assistant: b.assistant, Input: b.input}}
+					reqs[i] = &agentserverv1.CreateRunRequest{Run: b.newRun()}
 				}
 				began := time.Now()
 				cctx, cancel := b.a.callContext(gctx)
@@ -672,7 +728,7 @@ func (b *benchRun) report(got map[string]*agentserverv1.Run, release time.Time) 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	r := &BenchReport{
-		Mode: b.mode, Assistant: b.assistant, Created: len(b.created),
+		Mode: b.mode, Assistant: b.assistant, Threads: len(b.threads), Created: len(b.created),
 		CreateCallMS: summarize(b.callMS), ErrorKinds: b.errKinds,
 	}
 	switch b.mode {

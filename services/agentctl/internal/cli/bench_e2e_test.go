@@ -10,13 +10,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/pgtest"
 	"github.com/agentserver/agentserver/services/agentserver/dev"
 )
@@ -126,6 +130,31 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 			names = append(names, c.Name)
 		}
 		require.Contains(t, names, "agentserver", "the server's CPU (this process, given with --pids)")
+	})
+	t.Run("concurrency on threads", func(t *testing.T) {
+		r, _ := runBench(t, addr, "--flow", flow, "--concurrency", "4", "--threads", "3", "--duration", "1s", "--max-runs", "60")
+		requireSane(t, r, 0)
+		require.Equal(t, 3, r.Threads)
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+		defer conn.Close()
+		list, err := agentserverv1.NewRunServiceClient(conn).ListRuns(t.Context(), &agentserverv1.ListRunsRequest{Assistant: r.Assistant, PageSize: 1000})
+		require.NoError(t, err)
+		require.Len(t, list.GetRuns(), r.Created)
+		byThread := map[string][]*agentserverv1.Run{}
+		for _, run := range list.GetRuns() {
+			byThread[run.GetThread()] = append(byThread[run.GetThread()], run)
+		}
+		require.Len(t, byThread, 3, "every run on one of the 3 threads")
+		for thread, runs := range byThread {
+			require.NotEmpty(t, thread)
+			// Multitask enqueue: a thread's runs ran one at a time, in creation order.
+			slices.SortFunc(runs, func(a, b *agentserverv1.Run) int { return a.GetCreateTime().AsTime().Compare(b.GetCreateTime().AsTime()) })
+			for i := 1; i < len(runs); i++ {
+				require.False(t, runs[i].GetStartTime().AsTime().Before(runs[i-1].GetEndTime().AsTime()),
+					"%s: %s started before %s ended", thread, runs[i].GetName(), runs[i-1].GetName())
+			}
+		}
 	})
 	t.Run("rate", func(t *testing.T) {
 		r, _ := runBench(t, addr, "--flow", flow, "--rate", "50", "--duration", "1s")

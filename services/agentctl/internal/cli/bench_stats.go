@@ -108,6 +108,8 @@ type BenchReport struct {
 	// Concurrency is the number of concurrent creators (concurrency mode) or batch
 	// creators (burndown).
 	Concurrency int `json:"concurrency,omitempty"`
+	// Threads is --threads: how many threads the runs were created on in turn (0: none).
+	Threads int `json:"threads,omitempty"`
 	// DurationS is --duration in seconds for rate and concurrency mode.
 	DurationS float64 `json:"duration_s,omitempty"`
 	// Created counts runs the server accepted; Completed those that ended SUCCEEDED within
@@ -151,6 +153,9 @@ func (r *BenchReport) printText(w io.Writer) error {
 		fmt.Fprintf(&b, "workload:    burn-down of %d runs created with BatchCreateRuns\n", r.Created)
 	}
 	fmt.Fprintf(&b, "assistant:   %s\n", r.Assistant)
+	if r.Threads > 0 {
+		fmt.Fprintf(&b, "threads:     %d, a run on each in turn (multitask enqueue)\n", r.Threads)
+	}
 	fmt.Fprintf(&b, "runs:        %d created, %d completed, %d errors\n", r.Created, r.Completed, r.Errors)
 	fmt.Fprintf(&b, "throughput:  %.1f runs/s over %s (server clock)\n", r.ThroughputPerS, seconds(r.WindowS))
 	fmt.Fprintf(&b, "create rate: %.1f runs/s\n", r.CreateRatePerS)

@@ -269,6 +269,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"bench", "--flow", flow, "--burndown", "10", "--batch-size", "1001"}, "--batch-size must be between 1 and 1000"},
 		{[]string{"bench", "--flow", flow, "--concurrency", "2", "--duration", "0s"}, "--duration must be positive"},
 		{[]string{"bench", "--flow", flow, "--concurrency", "2", "--pids", "x"}, "--pids"},
+		{[]string{"bench", "--flow", flow, "--concurrency", "2", "--threads", "-1"}, "--threads must not be negative"},
 		{[]string{"bench", "--flow", flow, "--concurrency", "2", "--input", "[1]"}, "--input"},
 	} {
 		res := h.run(tc.args...)
