@@ -209,7 +209,7 @@ type benchRun struct {
 	// threads are the names of the --threads threads; nextRun picks one per run in turn.
 	threads []string
 	nextRun atomic.Int64
-	held       bool // the assistant's concurrency limit holds the runs until release
+	held    bool // the assistant's concurrency limit holds the runs until release
 	// ownLimit is the concurrency limit of an existing assistant (--assistant) before it
 	// was held, restored by release.
 	ownLimit int32

@@ -149,7 +149,9 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 		for thread, runs := range byThread {
 			require.NotEmpty(t, thread)
 			// Multitask enqueue: a thread's runs ran one at a time, in creation order.
-			slices.SortFunc(runs, func(a, b *agentserverv1.Run) int { return a.GetCreateTime().AsTime().Compare(b.GetCreateTime().AsTime()) })
+			slices.SortFunc(runs, func(a, b *agentserverv1.Run) int {
+				return a.GetCreateTime().AsTime().Compare(b.GetCreateTime().AsTime())
+			})
 			for i := 1; i < len(runs); i++ {
 				require.False(t, runs[i].GetStartTime().AsTime().Before(runs[i-1].GetEndTime().AsTime()),
 					"%s: %s started before %s ended", thread, runs[i].GetName(), runs[i-1].GetName())
