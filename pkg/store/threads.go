@@ -122,7 +122,14 @@ func joinThreads(ctx context.Context, tx pgx.Tx, tenant string, out []*Run, in c
 		id  string
 		cur *uuid.UUID
 	)
-	if _, err := pgx.ForEachRow(rows, []any{&id, &cur}, func() error { active[id] = cur; return nil }); err != nil {
+	if _, err := pgx.ForEachRow(rows, []any{&id, &cur}, func() error {
+		active[id] = nil
+		if cur != nil { // a copy: the scan may write the next row's id where cur points
+			run := *cur
+			active[id] = &run
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	var activeThreads []string
