@@ -33,12 +33,12 @@ func newStore(t *testing.T) *store.Store {
 	return st
 }
 
-// newStoreAt is newStore, with its database's URL.
-func newStoreAt(t *testing.T) (*store.Store, string) {
+// newStoreAt is newStore, with its database's URL, opened with opts.
+func newStoreAt(t *testing.T, opts ...store.OpenOption) (*store.Store, string) {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
 	require.NoError(t, store.Migrate(t.Context(), url))
-	st, err := store.Open(t.Context(), url)
+	st, err := store.Open(t.Context(), url, opts...)
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
 	return st, url
@@ -562,12 +562,8 @@ func (c *countQueries) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryE
 // active and queued.
 func TestFinishThreadRunsInOneStatement(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabase(t)
-	require.NoError(t, store.Migrate(t.Context(), url))
 	statements := &countQueries{}
-	st, err := store.Open(t.Context(), url, store.WithQueryTracer(statements))
-	require.NoError(t, err)
-	t.Cleanup(st.Close)
+	st, _ := newStoreAt(t, store.WithQueryTracer(statements))
 	newAssistant(t, st, "a", nil)
 	var first, next []*store.Run
 	for i := range 3 {
