@@ -138,8 +138,23 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		require.NoError(t, err)
 		defer conn.Close()
-		list, err := agentserverv1.NewRunServiceClient(conn).ListRuns(t.Context(), &agentserverv1.ListRunsRequest{Assistant: r.Assistant, PageSize: 1000})
+		client := agentserverv1.NewRunServiceClient(conn)
+		list, err := client.ListRuns(t.Context(), &agentserverv1.ListRunsRequest{Assistant: r.Assistant, PageSize: 1000})
 		require.NoError(t, err)
+		// The seq of a run's first event of a state in its log: the log's order is the order
+		// things happened in (its timestamps are transactions' start times: a claim that
+		// began before the previous run's end committed can take the run it promoted).
+		seqOf := func(run *agentserverv1.Run, state string) int64 {
+			events, err := client.ListRunEvents(t.Context(), &agentserverv1.ListRunEventsRequest{Name: run.GetName(), PageSize: 100})
+			require.NoError(t, err)
+			for _, e := range events.GetEvents() {
+				if e.GetType() == "state" && e.GetData().GetFields()["state"].GetStringValue() == state {
+					return e.GetSeq()
+				}
+			}
+			t.Fatalf("%s has no %s event", run.GetName(), state)
+			return 0
+		}
 		require.Len(t, list.GetRuns(), r.Created)
 		byThread := map[string][]*agentserverv1.Run{}
 		for _, run := range list.GetRuns() {
@@ -153,7 +168,7 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 				return a.GetCreateTime().AsTime().Compare(b.GetCreateTime().AsTime())
 			})
 			for i := 1; i < len(runs); i++ {
-				require.False(t, runs[i].GetStartTime().AsTime().Before(runs[i-1].GetEndTime().AsTime()),
+				require.Greater(t, seqOf(runs[i], "RUNNING"), seqOf(runs[i-1], "SUCCEEDED"),
 					"%s: %s started before %s ended", thread, runs[i].GetName(), runs[i-1].GetName())
 			}
 		}
