@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -163,13 +164,20 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 		require.Len(t, byThread, 3, "every run on one of the 3 threads")
 		for thread, runs := range byThread {
 			require.NotEmpty(t, thread)
-			// Multitask enqueue: a thread's runs ran one at a time, in creation order.
-			slices.SortFunc(runs, func(a, b *agentserverv1.Run) int {
-				return a.GetCreateTime().AsTime().Compare(b.GetCreateTime().AsTime())
-			})
-			for i := 1; i < len(runs); i++ {
-				require.Greater(t, seqOf(runs[i], "RUNNING"), seqOf(runs[i-1], "SUCCEEDED"),
-					"%s: %s started before %s ended", thread, runs[i].GetName(), runs[i-1].GetName())
+			// Multitask enqueue: a thread's runs ran one at a time. In the order they ran
+			// (their RUNNING events'), each started after the one before it ended.
+			type span struct {
+				name             string
+				running, succeed int64
+			}
+			spans := make([]span, len(runs))
+			for i, run := range runs {
+				spans[i] = span{run.GetName(), seqOf(run, "RUNNING"), seqOf(run, "SUCCEEDED")}
+			}
+			slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.running, b.running) })
+			for i := 1; i < len(spans); i++ {
+				require.Greater(t, spans[i].running, spans[i-1].succeed,
+					"%s: %s started before %s ended", thread, spans[i].name, spans[i-1].name)
 			}
 		}
 	})
