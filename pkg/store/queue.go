@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -217,16 +216,10 @@ func claimStatement(cte, ids, limited string) string {
 			-- committed after this statement's snapshot, so it can claim a run that a result
 			-- promoted meanwhile; the state that result wrote is then newer than the
 			-- snapshot, which would give the run its thread's state from before the result.
-			-- Locked in (tenant, id) order, as creates lock them (joinThreads): in another
+			-- Locked in (tenant, id) order, as creates lock them (lockThreads): in another
 			-- order a claim and a create deadlocked on two threads (a second lost each time).
-			-- A probe per thread (LATERAL), in k's order: k is sorted.
-			SELECT th.tenant_id, th.id, th.state
-			FROM (SELECT DISTINCT tenant_id, thread_id FROM u WHERE thread_id IS NOT NULL ORDER BY tenant_id, thread_id) k
-			CROSS JOIN LATERAL (
-				SELECT th.tenant_id, th.id, th.state FROM threads th
-				WHERE th.tenant_id = k.tenant_id AND th.id = k.thread_id
-				FOR SHARE
-			) th
+			` + lockThreads(`SELECT DISTINCT tenant_id, thread_id FROM u WHERE thread_id IS NOT NULL ORDER BY tenant_id, thread_id`,
+		"SHARE", "th.tenant_id, th.id, th.state") + `
 		)
 		SELECT u.tenant_id, u.id, u.assistant_id, u.assistant_version, coalesce(u.thread_id, ''), u.state,
 			u.priority, u.slot_type, u.attempt, u.max_attempts, u.timeout_ms, u.epoch, coalesce(u.worker_id, ''),
@@ -503,27 +496,9 @@ type finishRow struct {
 	thread               string
 }
 
-// threadsOf returns the distinct threads of rows, as tenants and ids, in (tenant, id)
-// order.
-func threadsOf(rows []finishRow) (tenants, threads []string) {
-	type key struct{ tenant, thread string }
-	var keys []key
-	for _, r := range rows {
-		if r.thread != "" {
-			keys = append(keys, key{r.tenant, r.thread})
-		}
-	}
-	slices.SortFunc(keys, func(a, b key) int {
-		if c := strings.Compare(a.tenant, b.tenant); c != 0 {
-			return c
-		}
-		return strings.Compare(a.thread, b.thread)
-	})
-	for _, k := range slices.Compact(keys) {
-		tenants, threads = append(tenants, k.tenant), append(threads, k.thread)
-	}
-	return tenants, threads
-}
+// finishThreadsLock locks the threads of the runs $1 (lockThreads), for the writes of a
+// finish, whose triggers update them.
+var finishThreadsLock = lockThreads(threadsOfRuns("$1"), "NO KEY UPDATE", "1")
 
 func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
 	res := make([]FinishResult, len(ps))
@@ -628,10 +603,14 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 		// lock threads: left to the triggers, they were locked in the writes' (assistant,
 		// thread) order, and a finish of runs of two assistants deadlocked with a create
 		// naming their threads (ten times in 10 s, a second each).
-		if tenants, threads := threadsOf(rows); len(threads) > 0 {
-			write.Queue(`SELECT 1 FROM unnest($1::text[], $2::text[]) AS k(tenant_id, id)
-				CROSS JOIN LATERAL (SELECT 1 FROM threads th WHERE th.tenant_id = k.tenant_id AND th.id = k.id FOR NO KEY UPDATE) th`,
-				tenants, threads)
+		var onThreads []uuid.UUID
+		for _, r := range rows {
+			if r.thread != "" {
+				onThreads = append(onThreads, ps[r.i].RunID)
+			}
+		}
+		if len(onThreads) > 0 {
+			write.Queue(finishThreadsLock, onThreads)
 		}
 		for _, r := range rows {
 			for k, e := range ps[r.i].Events {
@@ -803,14 +782,7 @@ func finishSuccessStatement(kind int, events bool) string {
 	lock, which := "", "AND r.thread_id IS NULL AND NOT r.limited"
 	switch kind {
 	case successOnThread:
-		lock = `tl AS (
-			SELECT 1 FROM (
-				SELECT DISTINCT x.tenant_id, x.thread_id FROM runs x
-				WHERE x.id = ANY($1) AND x.thread_id IS NOT NULL ORDER BY x.tenant_id, x.thread_id
-			) k CROSS JOIN LATERAL (
-				SELECT 1 FROM threads th WHERE th.tenant_id = k.tenant_id AND th.id = k.thread_id FOR NO KEY UPDATE
-			) th
-		), `
+		lock = `tl AS (` + finishThreadsLock + `), `
 		// An InitPlan: the threads are locked before the first run is updated.
 		which = "AND r.thread_id IS NOT NULL AND NOT r.limited AND (SELECT count(*) FROM tl) >= 0"
 	case successLimited:

@@ -104,6 +104,32 @@ func threadBusy(active uuid.UUID) error {
 	return fmt.Errorf("%w (runs/%s); wait for it, cancel it, or create the run with multitask \"enqueue\" or \"interrupt\"", ErrThreadBusy, active)
 }
 
+// lockThreads selects and locks threads in (tenant, id) order, as every writer of threads
+// does (creates, claims, finishes): two writers that lock threads in different orders can
+// deadlock. keys is a query of the threads, (tenant_id, thread_id), distinct and in that
+// order; each is locked in keys' order (LATERAL: one index probe each) with strength
+// (UPDATE, NO KEY UPDATE, SHARE), and the statement returns columns of th, the threads'
+// rows (tenant_id, id, state, active_run_id).
+func lockThreads(keys, strength, columns string) string {
+	return `SELECT ` + columns + ` FROM (` + keys + `) k CROSS JOIN LATERAL (
+			SELECT th.tenant_id, th.id, th.state, th.active_run_id FROM threads th
+			WHERE th.tenant_id = k.tenant_id AND th.id = k.thread_id
+			FOR ` + strength + `
+		) th`
+}
+
+// threadsOfRuns is lockThreads' keys for the threads of the runs ids (an SQL expression
+// of a uuid array).
+func threadsOfRuns(ids string) string {
+	return `SELECT DISTINCT x.tenant_id, x.thread_id FROM runs x
+		WHERE x.id = ANY(` + ids + `) AND x.thread_id IS NOT NULL ORDER BY x.tenant_id, x.thread_id`
+}
+
+// joinThreadsLock locks the threads $2 of tenant $1 (a batch's, some of them empty), as
+// lockThreads does, and returns each one's id and active run.
+var joinThreadsLock = lockThreads(`SELECT DISTINCT $1::text AS tenant_id, x.thread_id FROM unnest($2::text[]) AS x(thread_id) ORDER BY 2`,
+	"UPDATE", "th.id, th.active_run_id")
+
 // joinThreads applies the multitask policy to the runs this call created on threads, in
 // the batch's order, as joinThread does run by run. It locks every thread of the batch at
 // once, in id order (two batches that name the same threads in other orders would
@@ -112,8 +138,7 @@ func threadBusy(active uuid.UUID) error {
 // which a run would interrupt a busy thread (cancel its active run) joins run by run
 // after the lock.
 func joinThreads(ctx context.Context, tx pgx.Tx, tenant string, out []*Run, in createInput, runs []NewRun) error {
-	rows, err := tx.Query(ctx, `SELECT id, active_run_id FROM threads WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE`,
-		tenant, in.threads)
+	rows, err := tx.Query(ctx, joinThreadsLock, tenant, in.threads)
 	if err != nil {
 		return err
 	}
