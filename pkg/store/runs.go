@@ -152,58 +152,83 @@ const CancelChannel = "agentserver_cancel"
 // not a decoding of what was stored: values JSON cannot tell apart (an int and a float64)
 // stay as given.
 func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) ([]*Run, error) {
-	n := len(runs)
-	in := createInput{
-		ids: make([]uuid.UUID, n), assistants: make([]string, n), inputs: make([][]byte, n), values: make([]map[string]any, n),
-		priorities: make([]*int32, n), timeouts: make([]int64, n), requestIDs: make([]string, n),
-		threads: make([]string, n),
-	}
-	withThreads := false
-	for i, r := range runs {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return nil, err
-		}
-		input := r.Input
-		if input == nil {
-			input = map[string]any{}
-		}
-		if in.inputs[i], err = jsonenc.Marshal(input); err != nil {
-			return nil, fmt.Errorf("encoding run input: %w", err)
-		}
-		in.ids[i], in.assistants[i], in.priorities[i], in.values[i] = id, r.AssistantID, r.Priority, input
-		in.timeouts[i], in.requestIDs[i], in.threads[i] = r.Timeout.Milliseconds(), r.RequestID, r.ThreadID
-		withThreads = withThreads || r.ThreadID != ""
+	in, withThreads, err := newCreateInput(runs)
+	if err != nil {
+		return nil, err
 	}
 	var out []*Run
-	var err error
 	if !withThreads {
-		out, err = insertRuns(ctx, s.pool, tenant, in, d)
+		out, err = insertRuns(ctx, s.pool, tenant, in, d, false)
 	} else {
-		// Runs that join threads lock them, all at once in id order (joinThreads); a
-		// deadlock with another kind of writer (a finish or cancel that locks a run, then
-		// its thread) rolls the batch back whole, and it runs again.
+		// A deadlock with another kind of writer (a finish or cancel that locks a run,
+		// then its thread) rolls the statement back whole, and it runs again.
 		err = s.retryDeadlock(func() error {
-			return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-				var err error
-				if out, err = insertRuns(ctx, tx, tenant, in, d); err != nil {
-					return err
-				}
-				return joinThreads(ctx, tx, tenant, out, in, runs)
-			})
+			var err error
+			out, err = insertRuns(ctx, s.pool, tenant, in, d, true)
+			return err
 		})
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "AST10" {
+			// A run interrupts a busy thread: the runs join their threads in a
+			// transaction, which cancels the active run (joinThreads).
+			err = s.retryDeadlock(func() error {
+				return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+					var err error
+					if out, err = insertRuns(ctx, tx, tenant, in, d, false); err != nil {
+						return err
+					}
+					return joinThreads(ctx, tx, tenant, out, in, runs)
+				})
+			})
+		}
 	}
 	var pgErr *pgconn.PgError
 	var tnf *ThreadNotFoundError
 	switch {
 	case errors.As(err, &pgErr) && pgErr.Code == "AS404":
 		return nil, &AssistantNotFoundError{ID: pgErr.Detail}
+	case errors.As(err, &pgErr) && pgErr.Code == "AST04":
+		return nil, &ThreadNotFoundError{ID: pgErr.Detail}
+	case errors.As(err, &pgErr) && pgErr.Code == "AST09":
+		active, perr := uuid.Parse(pgErr.Detail)
+		if perr != nil {
+			return nil, fmt.Errorf("creating runs: %w", err)
+		}
+		return nil, threadBusy(active)
 	case errors.As(err, &tnf) || errors.Is(err, ErrThreadBusy):
 		return nil, err
 	case err != nil:
 		return nil, fmt.Errorf("creating runs: %w", err)
 	}
 	return out, nil
+}
+
+// newCreateInput gives each run its id and encodes its input; withThreads reports
+// whether any run names a thread.
+func newCreateInput(runs []NewRun) (in createInput, withThreads bool, err error) {
+	n := len(runs)
+	in = createInput{
+		ids: make([]uuid.UUID, n), assistants: make([]string, n), inputs: make([][]byte, n), values: make([]map[string]any, n),
+		priorities: make([]*int32, n), timeouts: make([]int64, n), requestIDs: make([]string, n),
+		threads: make([]string, n), multitask: make([]string, n),
+	}
+	for i, r := range runs {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return in, false, err
+		}
+		input := r.Input
+		if input == nil {
+			input = map[string]any{}
+		}
+		if in.inputs[i], err = jsonenc.Marshal(input); err != nil {
+			return in, false, fmt.Errorf("encoding run input: %w", err)
+		}
+		in.ids[i], in.assistants[i], in.priorities[i], in.values[i] = id, r.AssistantID, r.Priority, input
+		in.timeouts[i], in.requestIDs[i], in.threads[i], in.multitask[i] = r.Timeout.Milliseconds(), r.RequestID, r.ThreadID, string(r.Multitask)
+		withThreads = withThreads || r.ThreadID != ""
+	}
+	return in, withThreads, nil
 }
 
 // createInput holds the runs to create as the columns the insert statement unnests.
@@ -218,6 +243,7 @@ type createInput struct {
 	timeouts   []int64
 	requestIDs []string
 	threads    []string
+	multitask  []string
 }
 
 // dbtx is what insertRuns needs of a pool or a transaction.
@@ -231,15 +257,29 @@ type dbtx interface {
 // (a lock taken and released and a confirming WAL record per row) whether the row can
 // conflict or not, and a run without a request id never can (runs_request_id holds the
 // runs that have one).
-func createStatement(idempotent bool) string {
+//
+// The statement of a batch with runs on threads (onThreads) also joins them to their
+// threads: it locks the batch's threads in (tenant, id) order as every writer of threads
+// does (lockThreads), and applies the multitask policies in the batch's order, as
+// joinThread would run by run: the first run on an idle thread becomes its active run and
+// is queued, the next ones wait in thread_queue (enqueue); a thread that does not exist, a
+// busy thread that rejects a run, or a run that would interrupt a busy thread make the
+// statement raise (agentserver_thread_refuses, migration 26; the first such run of the
+// batch names the reason), which undoes all it wrote. One round trip, where a transaction
+// of insert, lock and writes took five.
+func createStatement(idempotent, onThreads bool) string {
 	onConflict := ""
 	if idempotent {
 		onConflict = `ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING`
 	}
-	return `
+	multitask, multitaskColumn := "", ""
+	if onThreads {
+		multitask, multitaskColumn = ", $12::text[]", ", multitask"
+	}
+	stmt := `
 		WITH input AS (
-			SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[])
-				WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id, ord)
+			SELECT * FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::text[], $8::text[]` + multitask + `)
+				WITH ORDINALITY AS t(id, assistant_id, input, priority, timeout_ms, request_id, thread_id` + multitaskColumn + `, ord)
 		), ins AS (
 			INSERT INTO runs (id, tenant_id, assistant_id, assistant_version, thread_id, seq, state, priority,
 				slot_type, input, max_attempts, timeout_ms, request_id, gpu_memory_bytes, queued_seq)
@@ -258,9 +298,46 @@ func createStatement(idempotent bool) string {
 			-- Only the columns read below (enqueue's among them), not the whole row.
 			RETURNING id, seq, tenant_id, assistant_id, assistant_version, thread_id, priority,
 				slot_type, max_attempts, timeout_ms, create_time
-		), q AS (
+		), `
+	if !onThreads {
+		stmt += `q AS (
 			` + enqueue("ins", "now()") + ` WHERE thread_id IS NULL
-		)
+		)`
+	} else {
+		stmt += `th AS MATERIALIZED (
+			` + lockThreads(`SELECT DISTINCT $1::text AS tenant_id, x.thread_id FROM input x WHERE x.thread_id <> '' ORDER BY 2`,
+			"UPDATE", "th.id, th.active_run_id") + `
+		), d AS MATERIALIZED (
+			-- What each run this statement inserted on a thread does, in the batch's order:
+			-- blocker is the run in its way (the thread's active run, or the batch's first
+			-- run on that thread).
+			SELECT s.*, CASE
+					WHEN NOT s.found THEN 'missing'
+					WHEN s.active_run_id IS NULL AND s.n = 1 THEN 'activate'
+					WHEN s.multitask = 'enqueue' THEN 'wait'
+					WHEN s.multitask = 'interrupt' THEN 'interrupt'
+					ELSE 'busy'
+				END AS action
+			FROM (
+				SELECT ins.id, ins.thread_id, i.ord, i.multitask, th.id IS NOT NULL AS found, th.active_run_id,
+					coalesce(th.active_run_id, first_value(ins.id) OVER w) AS blocker, row_number() OVER w AS n
+				FROM ins JOIN input i ON i.id = ins.id LEFT JOIN th ON th.id = ins.thread_id
+				WHERE ins.thread_id IS NOT NULL
+				WINDOW w AS (PARTITION BY ins.thread_id ORDER BY i.ord)
+			) s
+		), act AS (
+			UPDATE threads t SET active_run_id = d.id, update_time = now()
+			FROM d WHERE d.action = 'activate' AND t.tenant_id = $1 AND t.id = d.thread_id
+		), queued AS (
+			SELECT ins.* FROM ins LEFT JOIN d ON d.id = ins.id WHERE ins.thread_id IS NULL OR d.action = 'activate'
+		), q AS (
+			` + enqueue("queued", "now()") + `
+		), w AS (
+			INSERT INTO thread_queue (run_id, tenant_id, thread_id, seq)
+			SELECT ins.id, ins.tenant_id, ins.thread_id, ins.seq FROM ins JOIN d ON d.id = ins.id WHERE d.action = 'wait'
+		)`
+	}
+	stmt += `
 		-- One notification per slot type however many runs name it: PostgreSQL delivers
 		-- identical notifications of a transaction once. Only what the database chose comes
 		-- back: the rest of a new run is what this call sent or a column default (see
@@ -268,24 +345,42 @@ func createStatement(idempotent bool) string {
 		SELECT id, assistant_version, priority, slot_type, max_attempts, timeout_ms, create_time,
 			pg_notify('` + QueueChannel + `', slot_type) IS NULL
 		FROM ins`
+	if onThreads {
+		// A one-time filter, evaluated before any row is returned: the first refused run,
+		// if any, raises.
+		stmt += `
+		WHERE (SELECT agentserver_thread_refuses(r.action, r.detail) FROM (
+			SELECT d.action, CASE WHEN d.action = 'missing' THEN d.thread_id ELSE d.blocker::text END AS detail
+			FROM d WHERE d.action IN ('missing', 'busy', 'interrupt') ORDER BY d.ord LIMIT 1
+		) r) IS NULL`
+	}
+	return stmt
 }
 
-// createStatements are createStatement's, by idempotent.
-var createStatements = [2]string{createStatement(false), createStatement(true)}
+// createStatements are createStatement's, by idempotent and onThreads.
+var createStatements = [2][2]string{
+	{createStatement(false, false), createStatement(false, true)},
+	{createStatement(true, false), createStatement(true, true)},
+}
 
 // insertRuns inserts the runs in one statement and returns them in input order: an
 // unknown assistant raises AS404 and the statement writes nothing; runs without a thread
-// are queued and the queue NOTIFY is sent in the same statement (runs on a thread are
-// queued by joinThread). A run whose request id was used before comes back as that
-// earlier run.
-func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d RunDefaults) ([]*Run, error) {
-	stmt := createStatements[0]
+// are queued and the queue NOTIFY is sent in the same statement. Runs on a thread join it
+// in the same statement when join is set (createStatement: a refusal raises AST04, AST09
+// or AST10); otherwise they are left for joinThreads. A run whose request id was used
+// before comes back as that earlier run.
+func insertRuns(ctx context.Context, db dbtx, tenant string, in createInput, d RunDefaults, join bool) ([]*Run, error) {
+	idempotent := 0
 	if slices.ContainsFunc(in.requestIDs, func(id string) bool { return id != "" }) {
-		stmt = createStatements[1]
+		idempotent = 1
 	}
-	rows, err := db.Query(ctx, stmt,
-		tenant, in.ids, in.assistants, in.inputs, in.priorities, in.timeouts, in.requestIDs, in.threads,
-		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds())
+	args := []any{tenant, in.ids, in.assistants, in.inputs, in.priorities, in.timeouts, in.requestIDs, in.threads,
+		d.MaxAttempts, d.Timeout.Milliseconds(), d.MaxTimeout.Milliseconds()}
+	stmt := createStatements[idempotent][0]
+	if join {
+		stmt, args = createStatements[idempotent][1], append(args, in.multitask)
+	}
+	rows, err := db.Query(ctx, stmt, args...)
 	if err != nil {
 		return nil, err
 	}

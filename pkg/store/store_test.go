@@ -556,6 +556,74 @@ func (c *countQueries) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.T
 
 func (c *countQueries) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
+// A batch of runs on threads is created and joined to its threads in one statement (it
+// took a transaction of five round trips): idle threads take their first run as active
+// and queue it, the next runs wait behind, busy threads keep enqueued runs waiting. A
+// refused batch is one statement too and stores nothing; a run that interrupts a busy
+// thread still takes a transaction.
+func TestCreateOnThreadsInOneStatement(t *testing.T) {
+	t.Parallel()
+	statements := &countQueries{}
+	st, _ := newStoreAt(t, store.WithQueryTracer(statements))
+	newAssistant(t, st, "a", nil)
+	for _, th := range []string{"idle", "other", "busy"} {
+		_, err := st.CreateThread(t.Context(), tenant, th, nil, nil)
+		require.NoError(t, err)
+	}
+	on := func(thread string, m store.Multitask) store.NewRun {
+		return store.NewRun{AssistantID: "a", ThreadID: thread, Multitask: m}
+	}
+	busy := enqueue(t, st, on("busy", ""))[0]
+	var runs int
+	count := func() int {
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM runs`).Scan(&runs))
+		return runs
+	}
+
+	before := statements.n.Load()
+	b := enqueue(t, st, on("idle", ""), on("busy", store.MultitaskEnqueue), on("idle", store.MultitaskEnqueue), store.NewRun{AssistantID: "a"}, on("other", ""))
+	require.Equal(t, int64(1), statements.n.Load()-before, "one statement")
+	var active []uuid.UUID
+	rows, err := st.Pool().Query(t.Context(), `SELECT active_run_id FROM threads WHERE tenant_id = $1 ORDER BY id`, tenant)
+	require.NoError(t, err)
+	active, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	require.NoError(t, err)
+	require.Equal(t, []uuid.UUID{busy.ID, b[0].ID, b[4].ID}, active, "busy, idle, other")
+	rows, err = st.Pool().Query(t.Context(), `SELECT run_id FROM run_queue ORDER BY seq`)
+	require.NoError(t, err)
+	queued, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	require.NoError(t, err)
+	require.Equal(t, []uuid.UUID{busy.ID, b[0].ID, b[3].ID, b[4].ID}, queued, "active runs and the run without a thread")
+	rows, err = st.Pool().Query(t.Context(), `SELECT run_id FROM thread_queue ORDER BY seq`)
+	require.NoError(t, err)
+	waiting, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	require.NoError(t, err)
+	require.Equal(t, []uuid.UUID{b[1].ID, b[2].ID}, waiting)
+
+	stored := count()
+	before = statements.n.Load()
+	_, err = st.CreateRuns(t.Context(), tenant, []store.NewRun{on("other", store.MultitaskEnqueue), on("idle", store.MultitaskReject)}, defaults)
+	require.ErrorIs(t, err, store.ErrThreadBusy)
+	require.ErrorContains(t, err, b[0].ID.String(), "names the run in the way")
+	require.Equal(t, int64(1), statements.n.Load()-before, "a refusal is one statement")
+	require.Equal(t, stored, count(), "and stores nothing")
+	_, err = st.CreateRuns(t.Context(), tenant, []store.NewRun{on("ghost", store.MultitaskEnqueue), on("idle", store.MultitaskReject)}, defaults)
+	var tnf *store.ThreadNotFoundError
+	require.ErrorAs(t, err, &tnf, "the batch's first refused run names the reason")
+	require.Equal(t, "ghost", tnf.ID)
+	require.Equal(t, stored, count())
+
+	before = statements.n.Load()
+	in := enqueue(t, st, on("other", store.MultitaskInterrupt))
+	require.Greater(t, statements.n.Load()-before, int64(2), "an interrupt takes a transaction")
+	got, err := st.GetRun(t.Context(), tenant, b[4].ID)
+	require.NoError(t, err)
+	require.Equal(t, store.StateCancelled, got.State, "interrupted")
+	th, err := st.GetThread(t.Context(), tenant, "other")
+	require.NoError(t, err)
+	require.Equal(t, in[0].ID, *th.ActiveRunID, "the interrupting run follows")
+}
+
 // Successes of runs on threads end in one statement, as plain ones do: their SUCCEEDED and
 // step_started events are kept on the runs (no run_events rows), and each thread's trigger
 // still runs: the thread's state is the run's output, and its next waiting run becomes

@@ -131,7 +131,9 @@ var joinThreadsLock = lockThreads(`SELECT DISTINCT $1::text AS tenant_id, x.thre
 	"UPDATE", "th.id, th.active_run_id")
 
 // joinThreads applies the multitask policy to the runs this call created on threads, in
-// the batch's order, as joinThread does run by run. It locks every thread of the batch at
+// the batch's order, as joinThread does run by run. The create statement does the same
+// itself (createStatement); this transaction's path serves the batches it refuses with
+// AST10, in which a run interrupts a busy thread. It locks every thread of the batch at
 // once, in id order (two batches that name the same threads in other orders would
 // deadlock locking them run by run), and writes what the policies decide in one round
 // trip: the threads' new active runs and their queue rows, the runs that wait. A batch in
