@@ -10,6 +10,7 @@
 #   git worktree add /tmp/base HEAD~1
 #   bench/ab.sh 3 "$PWD" /tmp/base
 #   AB_BURNDOWN=150000 bench/ab.sh 3 "$PWD" /tmp/base   # burn-down size (default 30,000)
+#   AB_SESSIONS=500 bench/ab.sh 3 "$PWD" /tmp/base      # also the sessions workload on 500 threads
 set -euo pipefail
 pairs=${1:?usage: ab.sh PAIRS TREE...}
 shift
@@ -19,13 +20,13 @@ trap 'rm -f "$out"' EXIT
 for _ in $(seq "$pairs"); do
   for tree in "$@"; do
     GOWORK=off go run ./cmd/benchall --only ours --rounds 1 --sustained-duration 8s \
-      --sustained-max 100000 --burndown ${AB_BURNDOWN:-30000} --rate-duration 5s --repo "$tree" --out "$out" >/dev/null 2>&1
+      --sustained-max 100000 --burndown ${AB_BURNDOWN:-30000} --rate-duration 5s --sessions ${AB_SESSIONS:-0} --repo "$tree" --out "$out" >/dev/null 2>&1
     python3 - "$tree" "$out" <<'PY'
 import json, sys
 tree, path = sys.argv[1], sys.argv[2]
 runs = json.load(open(path))["results"]["ours"]
 line = [tree]
-for w in ("sustained", "sustained_wide", "burndown"):
+for w in ("sustained", "sustained_wide", "burndown", "sessions"):
     if w not in runs:
         continue
     r = runs[w][0]

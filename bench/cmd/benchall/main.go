@@ -59,6 +59,7 @@ type config struct {
 	durable           bool
 	concurrency       int
 	wideConcurrency   int
+	sessions          int
 	sustainedDuration time.Duration
 	sustainedMax      int
 	burndown          int
@@ -84,6 +85,7 @@ func parseFlags(args []string) (config, error) {
 	// 16: River's best of 8, 16 and 32 inserters on the 2-core machine of docs/performance.md
 	// (its twenty-first pass); with 8 our closed loop bounds every batch to ~3 runs.
 	fs.IntVar(&c.wideConcurrency, "wide-concurrency", 16, "concurrent creators of the second sustained workload, run by both systems the same way (0 skips it)")
+	fs.IntVar(&c.sessions, "sessions", 0, "threads of the sessions workload, ours only (River has no threads): --concurrency creators put every run on one of this many threads in turn, multitask enqueue, like the sustained workload otherwise (0 skips it)")
 	fs.DurationVar(&c.sustainedDuration, "sustained-duration", 0, "length of the sustained workload (default 20s, --quick 5s)")
 	fs.IntVar(&c.sustainedMax, "sustained-max", 0, "most jobs the sustained workload creates (default 200,000, --quick 3,000)")
 	fs.IntVar(&c.burndown, "burndown", 0, "jobs of the burn-down (default 100,000, --quick 5,000)")
@@ -125,6 +127,9 @@ func parseFlags(args []string) (config, error) {
 	if c.only != "" && c.only != "river" && c.only != "ours" {
 		return c, fmt.Errorf("--only must be river or ours, got %q", c.only)
 	}
+	if c.sessions < 0 {
+		return c, fmt.Errorf("--sessions must be at least 0 (threads; 0 skips the workload), got %d", c.sessions)
+	}
 	if c.wideConcurrency < 0 || c.concurrency < 1 {
 		return c, fmt.Errorf("--concurrency must be at least 1 and --wide-concurrency at least 0, got %d and %d", c.concurrency, c.wideConcurrency)
 	}
@@ -141,14 +146,21 @@ const (
 	wSustainedWide = "sustained_wide"
 	wBurndown      = "burndown"
 	wLatency       = "latency"
+	// wSessions is the sustained workload on --sessions threads, ours only.
+	wSessions = "sessions"
 )
 
 // workloads are the workloads the configuration runs, in order.
 func (c config) workloads() []string {
-	if c.wideConcurrency == 0 {
-		return []string{wSustained, wBurndown, wLatency}
+	ws := []string{wSustained}
+	if c.wideConcurrency > 0 {
+		ws = append(ws, wSustainedWide)
 	}
-	return []string{wSustained, wSustainedWide, wBurndown, wLatency}
+	ws = append(ws, wBurndown, wLatency)
+	if c.sessions > 0 {
+		ws = append(ws, wSessions)
+	}
+	return ws
 }
 
 // creators is the sustained workload w's concurrent creators.
@@ -294,7 +306,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	all := results{}
 	for round := 1; round <= cfg.rounds; round++ {
 		for _, w := range cfg.workloads() {
-			if cfg.only != "ours" {
+			if cfg.only != "ours" && w != wSessions {
 				logf("round %d/%d: River %s", round, cfg.rounds, w)
 				stmts.reset(ctx)
 				res, err := runRiver(ctx, rc, cfg, w)
@@ -348,6 +360,9 @@ func runOurs(ctx context.Context, srv *server, cfg config, w string) (measure.Re
 	switch w {
 	case wSustained, wSustainedWide:
 		return srv.bench(ctx, "--assistant", "bench-noop", "--concurrency", strconv.Itoa(cfg.creators(w)),
+			"--duration", cfg.sustainedDuration.String(), "--max-runs", strconv.Itoa(cfg.sustainedMax))
+	case wSessions:
+		return srv.bench(ctx, "--assistant", "bench-noop", "--concurrency", strconv.Itoa(cfg.concurrency), "--threads", strconv.Itoa(cfg.sessions),
 			"--duration", cfg.sustainedDuration.String(), "--max-runs", strconv.Itoa(cfg.sustainedMax))
 	case wBurndown:
 		return srv.bench(ctx, "--assistant", "bench-noop", "--burndown", strconv.Itoa(cfg.burndown))
@@ -657,7 +672,7 @@ func metrics(cfg config) []metric {
 	var ms []metric
 	for _, w := range cfg.workloads() {
 		switch w {
-		case wSustained, wSustainedWide:
+		case wSustained, wSustainedWide, wSessions:
 			ms = append(ms,
 				metric{w, "throughput (jobs/s)", "higher", func(r measure.Result) float64 { return r.ThroughputPerS }},
 				metric{w, "create rate (jobs/s)", "higher", func(r measure.Result) float64 { return r.CreateRatePerS }},
@@ -739,6 +754,8 @@ func workloadTitle(w string, cfg config) string {
 	switch w {
 	case wSustained, wSustainedWide:
 		return fmt.Sprintf("sustained: %d creators, 1 job/call, %s", cfg.creators(w), cfg.sustainedDuration)
+	case wSessions:
+		return fmt.Sprintf("sessions: %d creators, %d threads, %s (ours only)", cfg.concurrency, cfg.sessions, cfg.sustainedDuration)
 	case wBurndown:
 		return fmt.Sprintf("burn-down of %d", cfg.burndown)
 	default:
@@ -799,7 +816,7 @@ func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, 
 	doc := map[string]any{
 		"machine": m,
 		"config": map[string]any{
-			"rounds": cfg.rounds, "quick": cfg.quick, "durable": cfg.durable, "concurrency": cfg.concurrency, "wide_concurrency": cfg.wideConcurrency,
+			"rounds": cfg.rounds, "quick": cfg.quick, "durable": cfg.durable, "concurrency": cfg.concurrency, "wide_concurrency": cfg.wideConcurrency, "sessions": cfg.sessions,
 			"sustained_duration_s": cfg.sustainedDuration.Seconds(), "sustained_max": cfg.sustainedMax,
 			"burndown": cfg.burndown, "rate": cfg.rate, "rate_duration_s": cfg.rateDuration.Seconds(), "slots": cfg.slots, "executor": cfg.executor,
 			"workers": cfg.workers,
