@@ -85,7 +85,7 @@ func parseFlags(args []string) (config, error) {
 	// 16: River's best of 8, 16 and 32 inserters on the 2-core machine of docs/performance.md
 	// (its twenty-first pass); with 8 our closed loop bounds every batch to ~3 runs.
 	fs.IntVar(&c.wideConcurrency, "wide-concurrency", 16, "concurrent creators of the second sustained workload, run by both systems the same way (0 skips it)")
-	fs.IntVar(&c.sessions, "sessions", 0, "threads of the sessions workload, ours only (River has no threads): --concurrency creators put every run on one of this many threads in turn, multitask enqueue, like the sustained workload otherwise (0 skips it)")
+	fs.IntVar(&c.sessions, "sessions", 500, "threads of the sessions workload, ours only (River has no threads): --concurrency creators put every run on one of this many threads in turn, multitask enqueue, like the sustained workload otherwise (0 skips it)")
 	fs.DurationVar(&c.sustainedDuration, "sustained-duration", 0, "length of the sustained workload (default 20s, --quick 5s)")
 	fs.IntVar(&c.sustainedMax, "sustained-max", 0, "most jobs the sustained workload creates (default 200,000, --quick 3,000)")
 	fs.IntVar(&c.burndown, "burndown", 0, "jobs of the burn-down (default 100,000, --quick 5,000)")
@@ -157,7 +157,7 @@ func (c config) workloads() []string {
 		ws = append(ws, wSustainedWide)
 	}
 	ws = append(ws, wBurndown, wLatency)
-	if c.sessions > 0 {
+	if c.sessions > 0 && c.only != "river" {
 		ws = append(ws, wSessions)
 	}
 	return ws
