@@ -976,6 +976,79 @@ func TestConcurrentThreadBatchesDoNotDeadlock(t *testing.T) {
 	}
 }
 
+// Creates racing for one idle thread with the reject policy: exactly one becomes its
+// active run, and every other is refused naming it. The create statement reads the
+// thread's active run from the row it locked, the version written by the create it waited
+// for, not from its own older snapshot, which would let two runs be active at once.
+func TestConcurrentRejectsOnAnIdleThreadLetOneIn(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	const rounds, racers = 10, 6
+	for r := range rounds {
+		thread := fmt.Sprintf("t%d", r)
+		_, err := st.CreateThread(t.Context(), tenant, thread, nil, nil)
+		require.NoError(t, err)
+		runs := make([]*store.Run, racers)
+		errs := make([]error, racers)
+		var wg sync.WaitGroup
+		for i := range racers {
+			wg.Go(func() {
+				var out []*store.Run
+				out, errs[i] = st.CreateRuns(t.Context(), tenant, []store.NewRun{{AssistantID: "a", ThreadID: thread}}, defaults)
+				if errs[i] == nil {
+					runs[i] = out[0]
+				}
+			})
+		}
+		wg.Wait()
+		var winner *store.Run
+		for i := range racers {
+			if errs[i] == nil {
+				require.Nil(t, winner, "round %d: a second run was let in", r)
+				winner = runs[i]
+			}
+		}
+		require.NotNil(t, winner, "round %d: one run is let in", r)
+		for i := range racers {
+			if errs[i] != nil {
+				require.ErrorIs(t, errs[i], store.ErrThreadBusy, "round %d", r)
+				require.ErrorContains(t, errs[i], winner.ID.String(), "round %d: names the run in the way", r)
+			}
+		}
+		th, err := st.GetThread(t.Context(), tenant, thread)
+		require.NoError(t, err)
+		require.Equal(t, winner.ID, *th.ActiveRunID)
+		var stored int
+		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM runs WHERE thread_id = $1`, thread).Scan(&stored))
+		require.Equal(t, 1, stored, "round %d: the refused runs are not stored", r)
+	}
+}
+
+// A create retried with its request id returns the run it created the first time, which
+// does not join its thread again (no refusal by itself, no second queue row); a new run
+// of the same batch joins behind it.
+func TestRetriedCreateOnAThreadJoinsOnce(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	newAssistant(t, st, "a", nil)
+	_, err := st.CreateThread(t.Context(), tenant, "t", nil, nil)
+	require.NoError(t, err)
+	first := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: "t", RequestID: "req-1"})[0]
+	again := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: "t", RequestID: "req-1"},
+		store.NewRun{AssistantID: "a", ThreadID: "t", RequestID: "req-2", Multitask: store.MultitaskEnqueue})
+	require.Equal(t, first.ID, again[0].ID, "the earlier run")
+	th, err := st.GetThread(t.Context(), tenant, "t")
+	require.NoError(t, err)
+	require.Equal(t, first.ID, *th.ActiveRunID)
+	var queued, waiting int
+	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT
+		(SELECT count(*) FROM run_queue WHERE run_id = $1),
+		(SELECT count(*) FROM thread_queue WHERE run_id = $2)`, first.ID, again[1].ID).Scan(&queued, &waiting))
+	require.Equal(t, 1, queued, "queued once")
+	require.Equal(t, 1, waiting, "the new run waits behind it")
+}
+
 // Claims, finishes and creates of runs on the same threads, concurrently: all lock
 // threads in (tenant, id) order, so none waits on another in a cycle. Claims locked them
 // in their runs' order (a claim and a create deadlocked about once a second, each costing
