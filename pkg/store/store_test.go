@@ -611,6 +611,8 @@ func TestCreateOnThreadsInOneStatement(t *testing.T) {
 	var tnf *store.ThreadNotFoundError
 	require.ErrorAs(t, err, &tnf, "the batch's first refused run names the reason")
 	require.Equal(t, "ghost", tnf.ID)
+	_, err = st.CreateRuns(t.Context(), tenant, []store.NewRun{on("idle", store.MultitaskReject), on("ghost", store.MultitaskEnqueue)}, defaults)
+	require.ErrorIs(t, err, store.ErrThreadBusy, "the other way round")
 	require.Equal(t, stored, count())
 
 	before = statements.n.Load()
