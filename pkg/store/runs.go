@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -152,11 +153,18 @@ const CancelChannel = "agentserver_cancel"
 // not a decoding of what was stored: values JSON cannot tell apart (an int and a float64)
 // stay as given.
 func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) ([]*Run, error) {
-	in, withThreads, err := newCreateInput(runs)
+	in, err := newCreateInput(runs)
 	if err != nil {
 		return nil, err
 	}
+	return s.createRuns(ctx, tenant, in, runs, d)
+}
+
+// createRuns is CreateRuns of runs whose ids and encoded inputs are in.
+func (s *Store) createRuns(ctx context.Context, tenant string, in createInput, runs []NewRun, d RunDefaults) ([]*Run, error) {
+	withThreads := slices.ContainsFunc(in.threads, func(id string) bool { return id != "" })
 	var out []*Run
+	var err error
 	if !withThreads {
 		out, err = insertRuns(ctx, s.pool, tenant, in, d, false)
 	} else {
@@ -191,10 +199,11 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 		return nil, &ThreadNotFoundError{ID: pgErr.Detail}
 	case errors.As(err, &pgErr) && pgErr.Code == "AST09":
 		active, perr := uuid.Parse(pgErr.Detail)
-		if perr != nil {
+		ord, oerr := strconv.Atoi(pgErr.Hint)
+		if perr != nil || oerr != nil {
 			return nil, fmt.Errorf("creating runs: %w", err)
 		}
-		return nil, threadBusy(active)
+		return nil, &ThreadBusyError{Active: active, Run: ord - 1}
 	case errors.As(err, &tnf) || errors.Is(err, ErrThreadBusy):
 		return nil, err
 	case err != nil:
@@ -203,9 +212,77 @@ func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d 
 	return out, nil
 }
 
-// newCreateInput gives each run its id and encodes its input; withThreads reports
-// whether any run names a thread.
-func newCreateInput(runs []NewRun) (in createInput, withThreads bool, err error) {
+// CreateRunsEach creates runs as CreateRuns does, except that a run refused for a reason
+// of its own (an unknown assistant or thread, a busy thread that rejects it) fails alone:
+// errs[i] is run i's error and out[i] its run otherwise. The refused runs are left out
+// and the others created again together, as many times as refusals come (each refusal
+// names its runs: the assistant's, the thread's, or the one rejected), so every run gets
+// the answer it would get created alone after the runs before it. err is an error of the
+// whole call (the database's), which no run was created by.
+func (s *Store) CreateRunsEach(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) (out []*Run, errs []error, err error) {
+	// Each run keeps its id from one try to the next: a refusal may name a run of the
+	// batch (the one in its way), which must be the run created.
+	all, err := newCreateInput(runs)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, errs = make([]*Run, len(runs)), make([]error, len(runs))
+	left := make([]int, len(runs)) // the indexes of the runs still to create
+	for i := range left {
+		left[i] = i
+	}
+	for len(left) > 0 {
+		batch := make([]NewRun, len(left))
+		for k, i := range left {
+			batch[k] = runs[i]
+		}
+		created, err := s.createRuns(ctx, tenant, all.pick(left), batch, d)
+		if err == nil {
+			for k, i := range left {
+				out[i] = created[k]
+			}
+			return out, errs, nil
+		}
+		refused := refusedRuns(err, batch)
+		if refused == nil {
+			return nil, nil, err
+		}
+		rest := left[:0:0]
+		for k, i := range left {
+			if refused[k] {
+				errs[i] = err
+			} else {
+				rest = append(rest, i)
+			}
+		}
+		left = rest
+	}
+	return out, errs, nil
+}
+
+// refusedRuns reports which runs of batch err refuses (an unknown assistant's, a missing
+// thread's, a rejected run), or nil when err is not one of those.
+func refusedRuns(err error, batch []NewRun) map[int]bool {
+	var anf *AssistantNotFoundError
+	var tnf *ThreadNotFoundError
+	var busy *ThreadBusyError
+	refused := map[int]bool{}
+	for k, r := range batch {
+		switch {
+		case errors.As(err, &anf) && r.AssistantID == anf.ID,
+			errors.As(err, &tnf) && r.ThreadID == tnf.ID,
+			errors.As(err, &busy) && busy.Run == k:
+			refused[k] = true
+		}
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	return refused
+}
+
+// newCreateInput gives each run its id and encodes its input.
+func newCreateInput(runs []NewRun) (in createInput, err error) {
 	n := len(runs)
 	in = createInput{
 		ids: make([]uuid.UUID, n), assistants: make([]string, n), inputs: make([][]byte, n), values: make([]map[string]any, n),
@@ -215,20 +292,30 @@ func newCreateInput(runs []NewRun) (in createInput, withThreads bool, err error)
 	for i, r := range runs {
 		id, err := uuid.NewV7()
 		if err != nil {
-			return in, false, err
+			return in, err
 		}
 		input := r.Input
 		if input == nil {
 			input = map[string]any{}
 		}
 		if in.inputs[i], err = jsonenc.Marshal(input); err != nil {
-			return in, false, fmt.Errorf("encoding run input: %w", err)
+			return in, fmt.Errorf("encoding run input: %w", err)
 		}
 		in.ids[i], in.assistants[i], in.priorities[i], in.values[i] = id, r.AssistantID, r.Priority, input
 		in.timeouts[i], in.requestIDs[i], in.threads[i], in.multitask[i] = r.Timeout.Milliseconds(), r.RequestID, r.ThreadID, string(r.Multitask)
-		withThreads = withThreads || r.ThreadID != ""
 	}
-	return in, withThreads, nil
+	return in, nil
+}
+
+// pick is the runs at indexes of in, in that order.
+func (in createInput) pick(indexes []int) createInput {
+	out := createInput{}
+	for _, i := range indexes {
+		out.ids, out.assistants, out.inputs = append(out.ids, in.ids[i]), append(out.assistants, in.assistants[i]), append(out.inputs, in.inputs[i])
+		out.values, out.priorities, out.timeouts = append(out.values, in.values[i]), append(out.priorities, in.priorities[i]), append(out.timeouts, in.timeouts[i])
+		out.requestIDs, out.threads, out.multitask = append(out.requestIDs, in.requestIDs[i]), append(out.threads, in.threads[i]), append(out.multitask, in.multitask[i])
+	}
+	return out
 }
 
 // createInput holds the runs to create as the columns the insert statement unnests.
@@ -349,8 +436,8 @@ func createStatement(idempotent, onThreads bool) string {
 		// A one-time filter, evaluated before any row is returned: the first refused run,
 		// if any, raises.
 		stmt += `
-		WHERE (SELECT agentserver_thread_refuses(r.action, r.detail) FROM (
-			SELECT d.action, CASE WHEN d.action = 'missing' THEN d.thread_id ELSE d.blocker::text END AS detail
+		WHERE (SELECT agentserver_thread_refuses(r.action, r.detail, r.ord) FROM (
+			SELECT d.action, CASE WHEN d.action = 'missing' THEN d.thread_id ELSE d.blocker::text END AS detail, d.ord
 			FROM d WHERE d.action IN ('missing', 'busy', 'interrupt') ORDER BY d.ord LIMIT 1
 		) r) IS NULL`
 	}

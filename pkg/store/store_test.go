@@ -978,6 +978,80 @@ func TestConcurrentThreadBatchesDoNotDeadlock(t *testing.T) {
 	}
 }
 
+// CreateRunsEach answers every run of a batch on its own: the runs refused for a reason
+// of their own fail alone (an unknown assistant's, a missing thread's, each rejected one
+// with the run in its way), and the others are created together, in one statement a
+// refusal (nine runs, four refusals: five statements, where retrying run by run took ten).
+func TestCreateRunsEachFailsRefusedRunsAlone(t *testing.T) {
+	t.Parallel()
+	statements := &countQueries{}
+	st, _ := newStoreAt(t, store.WithQueryTracer(statements))
+	newAssistant(t, st, "a", nil)
+	for _, th := range []string{"busy", "t"} {
+		_, err := st.CreateThread(t.Context(), tenant, th, nil, nil)
+		require.NoError(t, err)
+	}
+	busy := enqueue(t, st, store.NewRun{AssistantID: "a", ThreadID: "busy"})[0]
+	on := func(thread string, m store.Multitask) store.NewRun {
+		return store.NewRun{AssistantID: "a", ThreadID: thread, Multitask: m}
+	}
+	runs := []store.NewRun{
+		{AssistantID: "a"},
+		{AssistantID: "ghost"},
+		on("busy", store.MultitaskReject),
+		on("nowhere", store.MultitaskEnqueue),
+		on("t", store.MultitaskReject),
+		on("t", store.MultitaskReject),
+		on("nowhere", store.MultitaskReject),
+		{AssistantID: "a"},
+		on("t", store.MultitaskEnqueue),
+	}
+	before := statements.n.Load()
+	out, errs, err := st.CreateRunsEach(t.Context(), tenant, runs, defaults)
+	require.NoError(t, err)
+	require.Equal(t, int64(5), statements.n.Load()-before, "one statement a refusal, then the rest together")
+	for _, i := range []int{0, 4, 7, 8} {
+		require.NoError(t, errs[i], "run %d", i)
+		require.NotNil(t, out[i], "run %d", i)
+		require.Equal(t, runs[i].ThreadID, out[i].ThreadID, "run %d", i)
+	}
+	var anf *store.AssistantNotFoundError
+	require.ErrorAs(t, errs[1], &anf)
+	require.Equal(t, "ghost", anf.ID)
+	var tnf *store.ThreadNotFoundError
+	for _, i := range []int{3, 6} {
+		require.ErrorAs(t, errs[i], &tnf, "run %d", i)
+		require.Equal(t, "nowhere", tnf.ID)
+	}
+	require.ErrorIs(t, errs[2], store.ErrThreadBusy)
+	require.ErrorContains(t, errs[2], busy.ID.String(), "the thread's active run")
+	require.ErrorIs(t, errs[5], store.ErrThreadBusy)
+	require.ErrorContains(t, errs[5], out[4].ID.String(), "the batch's run before it")
+	th, err := st.GetThread(t.Context(), tenant, "t")
+	require.NoError(t, err)
+	require.Equal(t, out[4].ID, *th.ActiveRunID)
+	var stored, waiting int
+	require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM thread_queue WHERE run_id = $1)`,
+		out[8].ID).Scan(&stored, &waiting))
+	require.Equal(t, 5, stored, "the busy thread's run and the four created")
+	require.Equal(t, 1, waiting, "the enqueued run waits")
+
+	// A batch that needs the transaction (an interrupt) answers its rejected run alone too.
+	interrupted := out[4].ID
+	out, errs, err = st.CreateRunsEach(t.Context(), tenant, []store.NewRun{on("t", store.MultitaskInterrupt), on("busy", store.MultitaskReject)}, defaults)
+	require.NoError(t, err)
+	require.NoError(t, errs[0])
+	require.ErrorIs(t, errs[1], store.ErrThreadBusy)
+	require.ErrorContains(t, errs[1], busy.ID.String())
+	th, err = st.GetThread(t.Context(), tenant, "t")
+	require.NoError(t, err)
+	require.NotEqual(t, interrupted, *th.ActiveRunID, "the interrupted run is no longer active")
+	got, err := st.GetRun(t.Context(), tenant, interrupted)
+	require.NoError(t, err)
+	require.Equal(t, store.StateCancelled, got.State)
+	require.NotNil(t, out[0])
+}
+
 // Creates racing for one idle thread with the reject policy: exactly one becomes its
 // active run, and every other is refused naming it. The create statement reads the
 // thread's active run from the row it locked, the version written by the create it waited

@@ -95,14 +95,24 @@ func joinThread(ctx context.Context, tx pgx.Tx, r *Run, policy Multitask) error 
 		_, err := cancelInTx(ctx, tx, r.TenantID, *active)
 		return err
 	default:
-		return threadBusy(*active)
+		return &ThreadBusyError{Active: *active}
 	}
 }
 
-// threadBusy is the error of a run rejected by its thread's active run.
-func threadBusy(active uuid.UUID) error {
-	return fmt.Errorf("%w (runs/%s); wait for it, cancel it, or create the run with multitask \"enqueue\" or \"interrupt\"", ErrThreadBusy, active)
+// ThreadBusyError is ErrThreadBusy for a run created on a thread with the reject policy:
+// Active is the run in its way (the thread's active run, or an earlier run of the same
+// batch on the thread), Run the refused run's index in the batch.
+type ThreadBusyError struct {
+	Active uuid.UUID
+	Run    int
 }
+
+func (e *ThreadBusyError) Error() string {
+	return fmt.Sprintf("%v (runs/%s); wait for it, cancel it, or create the run with multitask \"enqueue\" or \"interrupt\"", ErrThreadBusy, e.Active)
+}
+
+// Is makes errors.Is(err, ErrThreadBusy) true.
+func (e *ThreadBusyError) Is(target error) bool { return target == ErrThreadBusy }
 
 // lockThreads selects and locks threads in (tenant, id) order, as every writer of threads
 // does (creates, claims, finishes): two writers that lock threads in different orders can
@@ -178,7 +188,7 @@ func joinThreads(ctx context.Context, tx pgx.Tx, tenant string, out []*Run, in c
 		case runs[i].Multitask == MultitaskInterrupt:
 			return joinThreadsOneByOne(ctx, tx, out, in, runs)
 		default:
-			return threadBusy(*cur)
+			return &ThreadBusyError{Active: *cur, Run: i}
 		}
 	}
 	write := &pgx.Batch{}
@@ -203,6 +213,10 @@ func joinThreadsOneByOne(ctx context.Context, tx pgx.Tx, out []*Run, in createIn
 	for i, r := range out {
 		if r.ThreadID != "" && r.ID == in.ids[i] {
 			if err := joinThread(ctx, tx, r, runs[i].Multitask); err != nil {
+				var busy *ThreadBusyError
+				if errors.As(err, &busy) {
+					busy.Run = i
+				}
 				return err
 			}
 		}

@@ -2,15 +2,15 @@ package api
 
 import (
 	"context"
-	"errors"
 
 	"github.com/agentserver/agentserver/pkg/store"
 )
 
 // createBatcher groups the inserts of concurrent CreateRun calls into one transaction
-// (a group: a call waits only while the batch before it commits). A batch that fails for
-// a reason specific to one of its runs (an unknown assistant or thread, a busy thread)
-// is retried run by run, so each caller gets the answer its own run deserves.
+// (a group: a call waits only while the batch before it commits). A run refused for a
+// reason of its own (an unknown assistant or thread, a busy thread) fails alone and the
+// others are created together (store.CreateRunsEach), so each caller gets the answer its
+// own run deserves.
 type createBatcher struct {
 	*group[createRequest, *store.Run]
 	store    *store.Store
@@ -52,27 +52,15 @@ func (b *createBatcher) write(tenant string, ps []*pendingCreate) {
 		runs[i] = p.req.run
 	}
 	// The batch outlives any one caller's context: its commit answers all of them.
-	out, err := b.store.CreateRuns(context.Background(), tenant, runs, b.defaults)
-	if err == nil {
-		for i, p := range ps {
+	out, errs, err := b.store.CreateRunsEach(context.Background(), tenant, runs, b.defaults)
+	for i, p := range ps {
+		switch {
+		case err != nil:
+			p.done <- result[*store.Run]{err: err}
+		case errs[i] != nil:
+			p.done <- result[*store.Run]{err: errs[i]}
+		default:
 			p.done <- result[*store.Run]{val: out[i]}
 		}
-		return
 	}
-	if len(ps) > 1 && runSpecific(err) {
-		for _, p := range ps {
-			b.write(tenant, []*pendingCreate{p})
-		}
-		return
-	}
-	for _, p := range ps {
-		p.done <- result[*store.Run]{err: err}
-	}
-}
-
-// runSpecific reports errors caused by one run of a batch rather than by the database.
-func runSpecific(err error) bool {
-	var anf *store.AssistantNotFoundError
-	var tnf *store.ThreadNotFoundError
-	return errors.As(err, &anf) || errors.As(err, &tnf) || errors.Is(err, store.ErrThreadBusy)
 }

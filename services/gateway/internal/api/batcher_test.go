@@ -16,7 +16,7 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // Concurrent creates share transactions, yet each caller gets its own answer: a run of an
-// unknown assistant fails alone, and a repeated request id yields one run.
+// unknown assistant or thread fails alone, and a repeated request id yields one run.
 func TestCreateBatcherIsolatesFailures(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewDatabase(t)
@@ -45,6 +45,8 @@ func TestCreateBatcherIsolatesFailures(t *testing.T) {
 			switch {
 			case i%10 == 3:
 				r.AssistantID = "ghost"
+			case i%10 == 5:
+				r.ThreadID = "nowhere"
 			case i%10 == 7:
 				r.RequestID = "same-request"
 			}
@@ -59,6 +61,9 @@ func TestCreateBatcherIsolatesFailures(t *testing.T) {
 		case 3:
 			var nf *store.AssistantNotFoundError
 			require.ErrorAs(t, a.err, &nf, "run %d", i)
+		case 5:
+			var nf *store.ThreadNotFoundError
+			require.ErrorAs(t, a.err, &nf, "run %d", i)
 		case 7:
 			require.NoError(t, a.err, "run %d", i)
 			shared[a.run.ID] = true
@@ -70,5 +75,5 @@ func TestCreateBatcherIsolatesFailures(t *testing.T) {
 	require.Len(t, shared, 1, "one run for one request id")
 	all, err := st.ListRuns(t.Context(), store.DefaultTenant, store.RunFilter{}, 1000, nil)
 	require.NoError(t, err)
-	require.Len(t, all, n-n/10-n/10+1)
+	require.Len(t, all, n-3*n/10+1)
 }
