@@ -255,6 +255,19 @@ func (s *Store) CreateRunsEach(ctx context.Context, tenant string, runs []NewRun
 				rest = append(rest, i)
 			}
 		}
+		// A run refused because of a run of the batch that is now refused itself (a
+		// concurrent create took their thread between two tries) tries again: the run
+		// named in its error would not exist.
+		for i, e := range errs {
+			var busy *ThreadBusyError
+			if errors.As(e, &busy) {
+				if j := slices.Index(all.ids, busy.Active); j >= 0 && errs[j] != nil {
+					errs[i] = nil
+					rest = append(rest, i)
+				}
+			}
+		}
+		slices.Sort(rest)
 		left = rest
 	}
 	return out, errs, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -556,6 +557,20 @@ func (c *countQueries) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.T
 
 func (c *countQueries) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
+// beforeQueries calls before ahead of each query of a store it traces, with the query's
+// number (from 1).
+type beforeQueries struct {
+	n      atomic.Int64
+	before func(n int64, sql string)
+}
+
+func (b *beforeQueries) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	b.before(b.n.Add(1), data.SQL)
+	return ctx
+}
+
+func (b *beforeQueries) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
 // A batch of runs on threads is created and joined to its threads in one statement (it
 // took a transaction of five round trips): idle threads take their first run as active
 // and queue it, the next runs wait behind, busy threads keep enqueued runs waiting. A
@@ -1050,6 +1065,46 @@ func TestCreateRunsEachFailsRefusedRunsAlone(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, store.StateCancelled, got.State)
 	require.NotNil(t, out[0])
+}
+
+// A run refused because of an earlier run of its batch is tried again when that run is
+// refused in turn: here another client takes the thread between two tries, and both runs
+// are refused naming that client's run, not one that was never created.
+func TestCreateRunsEachTriesAgainWhenTheRunInTheWayIsRefused(t *testing.T) {
+	t.Parallel()
+	var (
+		other *store.Store // another client of the same database
+		taken *store.Run
+		tries int
+	)
+	hook := &beforeQueries{before: func(_ int64, sql string) {
+		if !strings.Contains(sql, "INSERT INTO runs") {
+			return
+		}
+		if tries++; tries == 2 { // after the first try refused the second run
+			out, err := other.CreateRuns(context.Background(), tenant, []store.NewRun{{AssistantID: "a", ThreadID: "t"}}, defaults)
+			if err == nil {
+				taken = out[0]
+			}
+		}
+	}}
+	st, url := newStoreAt(t, store.WithQueryTracer(hook))
+	newAssistant(t, st, "a", nil)
+	_, err := st.CreateThread(t.Context(), tenant, "t", nil, nil)
+	require.NoError(t, err)
+	other, err = store.Open(t.Context(), url)
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	reject := store.NewRun{AssistantID: "a", ThreadID: "t", Multitask: store.MultitaskReject}
+	out, errs, err := st.CreateRunsEach(t.Context(), tenant, []store.NewRun{reject, reject}, defaults)
+	require.NoError(t, err)
+	require.NotNil(t, taken, "the other client took the thread")
+	require.Equal(t, 3, tries, "tried again after its run in the way was refused")
+	for i := range 2 {
+		require.Nil(t, out[i])
+		require.ErrorIs(t, errs[i], store.ErrThreadBusy, "run %d", i)
+		require.ErrorContains(t, errs[i], taken.ID.String(), "run %d names the run that took the thread", i)
+	}
 }
 
 // Creates racing for one idle thread with the reject policy: exactly one becomes its
