@@ -232,11 +232,14 @@ func (s *Store) CreateRunsEach(ctx context.Context, tenant string, runs []NewRun
 		left[i] = i
 	}
 	for len(left) > 0 {
-		batch := make([]NewRun, len(left))
-		for k, i := range left {
-			batch[k] = runs[i]
+		in, batch := all, runs
+		if len(left) < len(runs) { // a try after a refusal
+			in, batch = all.pick(left), make([]NewRun, len(left))
+			for k, i := range left {
+				batch[k] = runs[i]
+			}
 		}
-		created, err := s.createRuns(ctx, tenant, all.pick(left), batch, d)
+		created, err := s.createRuns(ctx, tenant, in, batch, d)
 		if err == nil {
 			for k, i := range left {
 				out[i] = created[k]
