@@ -147,9 +147,11 @@ const CancelChannel = "agentserver_cancel"
 
 // CreateRuns stores runs and enqueues them, all or nothing. A run whose RequestID was
 // used before is not created again: the earlier run is returned in its place. Unknown
-// assistants fail the whole call with *AssistantNotFoundError. Runs without a thread take
-// one autocommit statement; runs on threads also need their threads locked, in a
-// transaction around the same statement. A new run's Input is the map given (nil as {}),
+// assistants fail the whole call with *AssistantNotFoundError, a thread that does not
+// exist with *ThreadNotFoundError, a busy thread that rejects a run with
+// *ThreadBusyError. The call is one autocommit statement, runs on threads joining their
+// threads in it (createStatement); a run that interrupts a busy thread makes it a
+// transaction (joinThreads). A new run's Input is the map given (nil as {}),
 // not a decoding of what was stored: values JSON cannot tell apart (an int and a float64)
 // stay as given.
 func (s *Store) CreateRuns(ctx context.Context, tenant string, runs []NewRun, d RunDefaults) ([]*Run, error) {
