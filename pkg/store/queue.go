@@ -287,7 +287,9 @@ func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, 
 
 // admit drops the candidates that would exceed their assistant's concurrency limit. It
 // locks the load rows of the limited assistants in key order (deadlock-free), so
-// concurrent claimers see each other's admissions.
+// concurrent claimers see each other's admissions: all of them in one statement
+// (admitLock), where a statement per assistant made a claim among k limited assistants
+// k round trips longer.
 func admit(ctx context.Context, tx pgx.Tx, cands []candidate) ([]uuid.UUID, error) {
 	type key struct{ tenant, assistant string }
 	var keys []key
@@ -301,24 +303,24 @@ func admit(ctx context.Context, tx pgx.Tx, cands []candidate) ([]uuid.UUID, erro
 	}
 	allowance := make(map[key]int)
 	if len(keys) > 0 {
-		sort.Slice(keys, func(i, j int) bool {
-			if keys[i].tenant != keys[j].tenant {
-				return keys[i].tenant < keys[j].tenant
-			}
-			return keys[i].assistant < keys[j].assistant
-		})
-		for _, k := range keys {
-			var running, limit int
-			err := tx.QueryRow(ctx, `SELECT running, concurrency_limit FROM assistant_load
-				WHERE tenant_id = $1 AND assistant_id = $2 FOR UPDATE`, k.tenant, k.assistant).Scan(&running, &limit)
-			if errors.Is(err, pgx.ErrNoRows) {
-				allowance[k] = -1 // limit removed meanwhile: unlimited
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("locking load of assistant %s: %w", k.assistant, err)
-			}
+		tenants, assistants := make([]string, len(keys)), make([]string, len(keys))
+		for i, k := range keys {
+			tenants[i], assistants[i] = k.tenant, k.assistant
+			allowance[k] = -1 // no load row (its limit removed meanwhile): unlimited
+		}
+		rows, err := tx.Query(ctx, admitLock, tenants, assistants)
+		if err != nil {
+			return nil, fmt.Errorf("locking the load of %d limited assistants: %w", len(keys), err)
+		}
+		var (
+			k              key
+			running, limit int
+		)
+		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &k.assistant, &running, &limit}, func() error {
 			allowance[k] = max(limit-running, 0)
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("locking the load of %d limited assistants: %w", len(keys), err)
 		}
 	}
 	admitted := make([]uuid.UUID, 0, len(cands))
@@ -335,6 +337,18 @@ func admit(ctx context.Context, tx pgx.Tx, cands []candidate) ([]uuid.UUID, erro
 	}
 	return admitted, nil
 }
+
+// admitLock locks the load rows of the assistants ($1 tenants, $2 assistants, pairs) in
+// (tenant, assistant) order, as finishes lock them, one index probe each, and returns
+// each one's running count and limit; an assistant without a load row is absent.
+const admitLock = `SELECT l.tenant_id, l.assistant_id, l.running, l.concurrency_limit
+	FROM (SELECT DISTINCT x.tenant_id, x.assistant_id FROM unnest($1::text[], $2::text[]) AS x(tenant_id, assistant_id)
+		ORDER BY 1, 2) k
+	CROSS JOIN LATERAL (
+		SELECT a.tenant_id, a.assistant_id, a.running, a.concurrency_limit FROM assistant_load a
+		WHERE a.tenant_id = k.tenant_id AND a.assistant_id = k.assistant_id
+		FOR UPDATE
+	) l`
 
 // scanClaim reads a row of claimStatement: the columns of Claim.Run it fills, then the
 // flow, config, state to start from (checkpoint, else the thread's state merged with the

@@ -327,6 +327,38 @@ func BenchmarkClaimLatencyBehindLimit(b *testing.B) {
 	})
 }
 
+// BenchmarkClaimAmongLimited measures one ClaimRuns call that takes a run of each of k
+// assistants with a concurrency limit (a limit they do not reach): the claim locks the k
+// load rows to admit them.
+func BenchmarkClaimAmongLimited(b *testing.B) {
+	for _, k := range []int{1, 20} {
+		b.Run(fmt.Sprintf("assistants=%d", k), func(b *testing.B) {
+			st := benchStore(b)
+			ctx := b.Context()
+			var batch []store.NewRun
+			for i := range k {
+				id := fmt.Sprintf("limited-%d", i)
+				_, err := st.CreateAssistant(ctx, &store.Assistant{
+					TenantID: store.DefaultTenant, ID: id, SlotType: "cpu", ConcurrencyLimit: 1_000_000,
+					Flow: "executors:\n  - name: noop\n    command: [\"true\"]\n",
+				})
+				require.NoError(b, err)
+				batch = append(batch, runsOf(id, 1)...)
+			}
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				_, err := st.CreateRuns(ctx, store.DefaultTenant, batch, benchRunDefaults)
+				require.NoError(b, err)
+				b.StartTimer()
+				if claims := claimOne(ctx, b, st, k); len(claims) != k {
+					b.Fatalf("claimed %d runs, want %d", len(claims), k)
+				}
+			}
+		})
+	}
+}
+
 // atDepths runs bench as the sub-benchmarks name=0, 10k, 100k and 1M of b, each with a
 // fresh store, the depth given; 1M only when -bench names it (building it takes about a
 // minute and a half).

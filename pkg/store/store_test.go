@@ -212,6 +212,39 @@ func TestConcurrencyLimitAcrossClaimers(t *testing.T) {
 	require.Equal(t, "limited", more[0].Run.AssistantID)
 }
 
+// A claim among limited assistants locks all their load rows in one statement: claiming
+// the runs of four limited assistants takes as many statements as claiming one's (it took
+// one more per assistant), and each assistant's limit still holds.
+func TestLimitedClaimLocksTheLoadsInOneStatement(t *testing.T) {
+	t.Parallel()
+	statements := &countQueries{}
+	st, _ := newStoreAt(t, store.WithQueryTracer(statements))
+	claimOf := func(assistants ...string) (int64, []*store.Claim) {
+		t.Helper()
+		var batch []store.NewRun
+		for _, a := range assistants {
+			newAssistant(t, st, a, func(a *store.Assistant) { a.ConcurrencyLimit = 2 })
+			for range 3 {
+				batch = append(batch, store.NewRun{AssistantID: a})
+			}
+		}
+		enqueue(t, st, batch...)
+		before := statements.n.Load()
+		cs := claim(t, st, "w", "cpu", 100)
+		return statements.n.Load() - before, cs
+	}
+	require.Empty(t, claim(t, st, "w", "cpu", 1), "nothing queued yet (opens the claim's connection)")
+	one, cs := claimOf("x")
+	require.Len(t, cs, 2, "the limit")
+	four, cs := claimOf("y1", "y2", "y3", "y4")
+	require.Equal(t, one, four, "statements of a claim among one limited assistant and among four")
+	byAssistant := map[string]int{}
+	for _, c := range cs {
+		byAssistant[c.Run.AssistantID]++
+	}
+	require.Equal(t, map[string]int{"y1": 2, "y2": 2, "y3": 2, "y4": 2}, byAssistant, "each at its limit")
+}
+
 // A worker whose lease was taken over cannot write: results, checkpoints and events
 // carrying the old epoch are refused.
 func TestFencingRefusesStaleEpoch(t *testing.T) {
