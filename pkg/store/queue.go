@@ -508,11 +508,21 @@ type finishRow struct {
 	cancelRequested      bool
 	tenant, assistant    string
 	thread               string
+	limited              bool
 }
 
 // finishThreadsLock locks the threads of the runs $1 (lockThreads), for the writes of a
 // finish, whose triggers update them.
 var finishThreadsLock = lockThreads(threadsOfRuns("$1"), "NO KEY UPDATE", "1")
+
+// finishLoadsLock locks the load rows of the assistants of the limited runs among $1 in
+// key order, the database's (ORDER BY), as claims lock them (admitLock): the writes of a
+// finish fire the load trigger, which updates them.
+const finishLoadsLock = `SELECT l.tenant_id FROM assistant_load l
+	WHERE (l.tenant_id, l.assistant_id) IN (
+		SELECT x.tenant_id, x.assistant_id FROM runs x WHERE x.id = ANY($1) AND x.limited)
+	ORDER BY l.tenant_id, l.assistant_id
+	FOR UPDATE OF l`
 
 func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
 	res := make([]FinishResult, len(ps))
@@ -584,14 +594,14 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 	return pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
 		lock := &pgx.Batch{}
 		for _, i := range order {
-			lock.Queue(`SELECT attempt, max_attempts, cancel_requested, tenant_id, assistant_id, coalesce(thread_id, '')
+			lock.Queue(`SELECT attempt, max_attempts, cancel_requested, tenant_id, assistant_id, coalesce(thread_id, ''), limited
 				FROM runs WHERE id = $1 AND epoch = $2 AND state = 2 FOR UPDATE`, ps[i].RunID, ps[i].Epoch)
 		}
 		br := tx.SendBatch(ctx, lock)
 		var rows []finishRow
 		for _, i := range order {
 			r := finishRow{i: i}
-			err := br.QueryRow().Scan(&r.attempt, &r.maxAttempts, &r.cancelRequested, &r.tenant, &r.assistant, &r.thread)
+			err := br.QueryRow().Scan(&r.attempt, &r.maxAttempts, &r.cancelRequested, &r.tenant, &r.assistant, &r.thread, &r.limited)
 			if errors.Is(err, pgx.ErrNoRows) {
 				errs[i] = ErrStaleEpoch
 				continue
@@ -617,14 +627,24 @@ func (s *Store) finishLocked(ctx context.Context, ps []FinishParams, states [][]
 		// lock threads: left to the triggers, they were locked in the writes' (assistant,
 		// thread) order, and a finish of runs of two assistants deadlocked with a create
 		// naming their threads (ten times in 10 s, a second each).
-		var onThreads []uuid.UUID
+		// Then the load rows of the limited runs' assistants, in the database's key order
+		// as claims and the successes' statement lock them (left to the triggers, in the
+		// writes' order, sorted here by bytes, which a collation other than C orders
+		// otherwise).
+		var onThreads, limited []uuid.UUID
 		for _, r := range rows {
 			if r.thread != "" {
 				onThreads = append(onThreads, ps[r.i].RunID)
 			}
+			if r.limited {
+				limited = append(limited, ps[r.i].RunID)
+			}
 		}
 		if len(onThreads) > 0 {
 			write.Queue(finishThreadsLock, onThreads)
+		}
+		if len(limited) > 0 {
+			write.Queue(finishLoadsLock, limited)
 		}
 		for _, r := range rows {
 			for k, e := range ps[r.i].Events {
@@ -800,13 +820,7 @@ func finishSuccessStatement(kind int, events bool) string {
 		// An InitPlan: the threads are locked before the first run is updated.
 		which = "AND r.thread_id IS NOT NULL AND NOT r.limited AND (SELECT count(*) FROM tl) >= 0"
 	case successLimited:
-		lock = `lk AS (
-			SELECT l.tenant_id FROM assistant_load l
-			WHERE (l.tenant_id, l.assistant_id) IN (
-				SELECT x.tenant_id, x.assistant_id FROM runs x WHERE x.id = ANY($1) AND x.limited)
-			ORDER BY l.tenant_id, l.assistant_id
-			FOR UPDATE OF l
-		), `
+		lock = `lk AS (` + finishLoadsLock + `), `
 		// An InitPlan: the load rows are locked before the first run is updated.
 		which = "AND r.thread_id IS NULL AND r.limited AND (SELECT count(*) FROM lk) >= 0"
 	}
