@@ -51,13 +51,6 @@ type ClaimParams struct {
 	MaxGPUMemory *int64
 }
 
-type candidate struct {
-	id        uuid.UUID
-	tenant    string
-	assistant string
-	limited   bool
-}
-
 // ClaimRuns claims up to p.Limit runnable runs of p.SlotType for a worker, in priority
 // then submission order, and gives each a lease with a new fencing epoch. Runs of
 // assistants at their concurrency limit are skipped; the limit holds with any number of
@@ -73,13 +66,14 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 	}
 	// A candidate scan sees the load of the limited assistants as of its snapshot: a claim
 	// that commits meanwhile can fill an assistant whose runs the scan then chose, and
-	// admit (which locks the load rows and reads them current) drops them. A claim that
-	// got nothing that way scans once more, with a fresh snapshot that skips the now
-	// saturated assistant and reaches the runs behind it: under load a claimer could
-	// otherwise come back empty while other assistants' runs wait.
-	claims, dropped, err := s.claimLimited(ctx, p)
-	if err == nil && len(claims) == 0 && dropped {
-		claims, _, err = s.claimLimited(ctx, p)
+	// the admission (which locks the load rows and reads them current) drops them. A claim
+	// that got nothing scans once more, with a fresh snapshot that skips the now saturated
+	// assistant and reaches the runs behind it: under load a claimer could otherwise come
+	// back empty while other assistants' runs wait. (It cannot tell that case from an
+	// empty queue: an empty claim costs a second statement.)
+	claims, err := s.claimLimited(ctx, p)
+	if err == nil && len(claims) == 0 {
+		claims, err = s.claimLimited(ctx, p)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("claiming %s runs for worker %s: %w", p.SlotType, p.WorkerID, err)
@@ -87,56 +81,37 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 	return claims, nil
 }
 
-// claimLimited claims up to p.Limit runs in one transaction when some assistant has a
-// concurrency limit. dropped reports candidates that admit refused for their assistant's
-// limit.
-func (s *Store) claimLimited(ctx context.Context, p ClaimParams) (claims []*Claim, dropped bool, err error) {
-	err = pgx.BeginFunc(ctx, s.hot, func(tx pgx.Tx) error {
-		// The function (migration 15) walks run_queue_claim in order for the runs of
-		// assistants without a limit, and takes from run_queue_limited, per limited
-		// assistant, at most what its limit allows: a saturated assistant's backlog is not
-		// read. Its plans are pinned to those ordered index scans.
-		rows, err := tx.Query(ctx, `SELECT run_id, tenant_id, assistant_id, limited
-			FROM agentserver_claim_candidates_limited($1, $2, $3)`, p.SlotType, p.Limit, p.MaxGPUMemory)
-		if err != nil {
-			return err
-		}
-		var cands []candidate
-		for rows.Next() {
-			var c candidate
-			if err := rows.Scan(&c.id, &c.tenant, &c.assistant, &c.limited); err != nil {
-				rows.Close()
-				return err
-			}
-			cands = append(cands, c)
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		admitted, err := admit(ctx, tx, cands)
-		if err != nil {
-			return err
-		}
-		dropped = len(admitted) < len(cands)
-		if len(admitted) == 0 {
-			return nil
-		}
-		var limited []uuid.UUID
-		for _, c := range cands {
-			if c.limited {
-				limited = append(limited, c.id)
-			}
-		}
-		rows, err = tx.Query(ctx, claimStatement("", "ANY($1)", "coalesce(r.id = ANY($4), false)"),
-			admitted, p.WorkerID, p.LeaseTTL.Milliseconds(), limited)
-		if err != nil {
-			return err
-		}
-		claims, err = collect(rows, scanClaim)
-		return err
-	})
-	return claims, dropped, err
+// claimLimited claims up to p.Limit runs in one statement when some assistant has a
+// concurrency limit: the candidates (migration 15's function walks run_queue_claim in
+// order for the runs of assistants without a limit, and takes from run_queue_limited, per
+// limited assistant, at most what its limit allows: a saturated assistant's backlog is not
+// read; its plans are pinned to those ordered index scans), then the admission — the load
+// rows of the limited assistants among them locked in key order (loadsLock) and read
+// current, and each assistant's candidates admitted in claim order up to limit - running
+// (an assistant whose load row is gone lost its limit meanwhile: all admitted) — then the
+// claim of the admitted runs. It was a transaction of five round trips or more (a lock
+// statement per limited assistant until the twenty-fourth pass of docs/performance.md).
+func (s *Store) claimLimited(ctx context.Context, p ClaimParams) ([]*Claim, error) {
+	rows, err := s.hot.Query(ctx, claimLimitedStatement, p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, scanClaim)
 }
+
+// claimLimitedStatement is claimLimited's statement ($1 slot type, $2 worker, $3 lease in
+// milliseconds, $4 limit, $5 most GPU memory).
+var claimLimitedStatement = claimStatement(`cand AS MATERIALIZED (
+			SELECT c.run_id, c.tenant_id, c.assistant_id, c.limited, row_number() OVER () AS ord
+			FROM agentserver_claim_candidates_limited($1, $4, $5) AS c
+		), lk AS MATERIALIZED (
+			`+loadsLock(`SELECT DISTINCT c.tenant_id, c.assistant_id FROM cand c WHERE c.limited ORDER BY 1, 2`)+`
+		), adm AS MATERIALIZED (
+			SELECT c.run_id FROM (
+				SELECT c.*, row_number() OVER (PARTITION BY c.tenant_id, c.assistant_id ORDER BY c.ord) AS n FROM cand c
+			) c LEFT JOIN lk ON lk.tenant_id = c.tenant_id AND lk.assistant_id = c.assistant_id
+			WHERE NOT c.limited OR lk.tenant_id IS NULL OR c.n <= lk.concurrency_limit - lk.running
+		),`, "ANY(ARRAY(SELECT run_id FROM adm))", "coalesce(r.id = ANY(ARRAY(SELECT run_id FROM cand WHERE limited)), false)")
 
 // vacuumQueue is VacuumQueue's statement.
 const vacuumQueue = `VACUUM (SKIP_LOCKED, PARALLEL 0) run_queue, run_leases`
@@ -285,70 +260,19 @@ func (s *Store) claimFast(ctx context.Context, p ClaimParams) (claims []*Claim, 
 	return nil, none, nil
 }
 
-// admit drops the candidates that would exceed their assistant's concurrency limit. It
-// locks the load rows of the limited assistants in key order (deadlock-free), so
-// concurrent claimers see each other's admissions: all of them in one statement
-// (admitLock), where a statement per assistant made a claim among k limited assistants
-// k round trips longer.
-func admit(ctx context.Context, tx pgx.Tx, cands []candidate) ([]uuid.UUID, error) {
-	type key struct{ tenant, assistant string }
-	var keys []key
-	seen := make(map[key]bool)
-	for _, c := range cands {
-		k := key{c.tenant, c.assistant}
-		if c.limited && !seen[k] {
-			seen[k] = true
-			keys = append(keys, k)
-		}
-	}
-	allowance := make(map[key]int)
-	if len(keys) > 0 {
-		tenants, assistants := make([]string, len(keys)), make([]string, len(keys))
-		for i, k := range keys {
-			tenants[i], assistants[i] = k.tenant, k.assistant
-			allowance[k] = -1 // no load row (its limit removed meanwhile): unlimited
-		}
-		rows, err := tx.Query(ctx, admitLock, tenants, assistants)
-		if err != nil {
-			return nil, fmt.Errorf("locking the load of %d limited assistants: %w", len(keys), err)
-		}
-		var (
-			k              key
-			running, limit int
-		)
-		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &k.assistant, &running, &limit}, func() error {
-			allowance[k] = max(limit-running, 0)
-			return nil
-		}); err != nil {
-			return nil, fmt.Errorf("locking the load of %d limited assistants: %w", len(keys), err)
-		}
-	}
-	admitted := make([]uuid.UUID, 0, len(cands))
-	for _, c := range cands {
-		if c.limited {
-			k := key{c.tenant, c.assistant}
-			if a := allowance[k]; a == 0 {
-				continue
-			} else if a > 0 {
-				allowance[k] = a - 1
-			}
-		}
-		admitted = append(admitted, c.id)
-	}
-	return admitted, nil
+// loadsLock locks the load rows of the assistants keys names (a query of (tenant_id,
+// assistant_id), distinct and in that order) in keys' order, as every writer of those
+// rows orders them (in the database: a sort in Go, by bytes, would disagree with a
+// collation other than C), one index probe each, and returns each one's row; an assistant
+// without a load row is absent.
+func loadsLock(keys string) string {
+	return `SELECT l.tenant_id, l.assistant_id, l.running, l.concurrency_limit FROM (` + keys + `) k
+		CROSS JOIN LATERAL (
+			SELECT a.tenant_id, a.assistant_id, a.running, a.concurrency_limit FROM assistant_load a
+			WHERE a.tenant_id = k.tenant_id AND a.assistant_id = k.assistant_id
+			FOR UPDATE
+		) l`
 }
-
-// admitLock locks the load rows of the assistants ($1 tenants, $2 assistants, pairs) in
-// (tenant, assistant) order, as finishes lock them, one index probe each, and returns
-// each one's running count and limit; an assistant without a load row is absent.
-const admitLock = `SELECT l.tenant_id, l.assistant_id, l.running, l.concurrency_limit
-	FROM (SELECT DISTINCT x.tenant_id, x.assistant_id FROM unnest($1::text[], $2::text[]) AS x(tenant_id, assistant_id)
-		ORDER BY 1, 2) k
-	CROSS JOIN LATERAL (
-		SELECT a.tenant_id, a.assistant_id, a.running, a.concurrency_limit FROM assistant_load a
-		WHERE a.tenant_id = k.tenant_id AND a.assistant_id = k.assistant_id
-		FOR UPDATE
-	) l`
 
 // scanClaim reads a row of claimStatement: the columns of Claim.Run it fills, then the
 // flow, config, state to start from (checkpoint, else the thread's state merged with the
@@ -516,7 +440,7 @@ type finishRow struct {
 var finishThreadsLock = lockThreads(threadsOfRuns("$1"), "NO KEY UPDATE", "1")
 
 // finishLoadsLock locks the load rows of the assistants of the limited runs among $1 in
-// key order, the database's (ORDER BY), as claims lock them (admitLock): the writes of a
+// key order, the database's (ORDER BY), as claims lock them (loadsLock): the writes of a
 // finish fire the load trigger, which updates them.
 const finishLoadsLock = `SELECT l.tenant_id FROM assistant_load l
 	WHERE (l.tenant_id, l.assistant_id) IN (

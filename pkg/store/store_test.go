@@ -212,10 +212,12 @@ func TestConcurrencyLimitAcrossClaimers(t *testing.T) {
 	require.Equal(t, "limited", more[0].Run.AssistantID)
 }
 
-// A claim among limited assistants locks all their load rows in one statement: claiming
-// the runs of four limited assistants takes as many statements as claiming one's (it took
-// one more per assistant), and each assistant's limit still holds.
-func TestLimitedClaimLocksTheLoadsInOneStatement(t *testing.T) {
+// A claim while limits exist is one statement after the fast path's two (which find that
+// limits exist): candidates, the admission — the load rows of all their limited
+// assistants locked at once — and the claim. It was a transaction with a lock statement
+// per limited assistant: claiming the runs of four took three statements more than one's.
+// Each assistant's limit still holds.
+func TestClaimAmongLimitedAssistantsIsOneStatement(t *testing.T) {
 	t.Parallel()
 	statements := &countQueries{}
 	st, _ := newStoreAt(t, store.WithQueryTracer(statements))
@@ -236,6 +238,7 @@ func TestLimitedClaimLocksTheLoadsInOneStatement(t *testing.T) {
 	require.Empty(t, claim(t, st, "w", "cpu", 1), "nothing queued yet (opens the claim's connection)")
 	one, cs := claimOf("x")
 	require.Len(t, cs, 2, "the limit")
+	require.Equal(t, int64(3), one, "the fast path's claim and its look for limits, then the limited claim")
 	four, cs := claimOf("y1", "y2", "y3", "y4")
 	require.Equal(t, one, four, "statements of a claim among one limited assistant and among four")
 	byAssistant := map[string]int{}
