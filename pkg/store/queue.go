@@ -725,7 +725,7 @@ func keptStep(events []Event) string {
 //   - successLimited, runs claimed under a concurrency limit, whose updates fire the load
 //     trigger: that updates their assistants' assistant_load rows one run at a time, in the
 //     order the runs are updated (by id), so the statement first locks those rows in key
-//     order, as claims (admit) and the general path do, and two batches never wait on each
+//     order (finishLoadsLock), as claims and the general path do, and two batches never wait on each
 //     other's load rows in opposite orders (a deadlock with another writer is still
 //     retried);
 //   - successOnThread, runs on threads claimed without a limit, whose updates fire the
