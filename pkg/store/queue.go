@@ -439,14 +439,11 @@ type finishRow struct {
 // finish, whose triggers update them.
 var finishThreadsLock = lockThreads(threadsOfRuns("$1"), "NO KEY UPDATE", "1")
 
-// finishLoadsLock locks the load rows of the assistants of the limited runs among $1 in
-// key order, the database's (ORDER BY), as claims lock them (loadsLock): the writes of a
-// finish fire the load trigger, which updates them.
-const finishLoadsLock = `SELECT l.tenant_id FROM assistant_load l
-	WHERE (l.tenant_id, l.assistant_id) IN (
-		SELECT x.tenant_id, x.assistant_id FROM runs x WHERE x.id = ANY($1) AND x.limited)
-	ORDER BY l.tenant_id, l.assistant_id
-	FOR UPDATE OF l`
+// finishLoadsLock locks the load rows of the assistants of the limited runs among $1
+// (loadsLock, as claims lock them): the writes of a finish fire the load trigger, which
+// updates them.
+var finishLoadsLock = loadsLock(`SELECT DISTINCT x.tenant_id, x.assistant_id FROM runs x
+	WHERE x.id = ANY($1) AND x.limited ORDER BY 1, 2`)
 
 func (s *Store) FinishRuns(ctx context.Context, ps []FinishParams) ([]FinishResult, []error, error) {
 	res := make([]FinishResult, len(ps))
