@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -84,13 +85,24 @@ func Open(ctx context.Context, url string, opts ...OpenOption) (*Store, error) {
 	if cfg.MaxConns < 16 {
 		cfg.MaxConns = 16
 	}
-	cfg.AfterConnect = registerUUID
+	durable := durableCommits(cfg.ConnConfig)
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		if err := registerUUID(ctx, conn); err != nil {
+			return err
+		}
+		return durable(ctx, conn)
+	}
 	// Reads and writes as raw system calls: see package rawio (~15 % of the all-in-one
 	// server's CPU went to the runtime's monitor and its hand-offs around them).
 	cfg.ConnConfig.DialFunc = rawio.Dial(cfg.ConnConfig.DialFunc)
 	cfg.ConnConfig.Tracer = o.tracer
 	hotCfg := cfg.Copy()
-	hotCfg.AfterConnect = hotConnect
+	hotCfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		if err := hotConnect(ctx, conn); err != nil {
+			return err
+		}
+		return durable(ctx, conn)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to database: %w", err)
@@ -159,6 +171,38 @@ func hotConnect(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("preparing a connection of the claim and finish path: %w", err)
 	}
 	return nil
+}
+
+// durableCommit turns synchronous commit on for the session when the server's default
+// leaves it off, and leaves any stronger setting (remote_write, remote_apply, or on with
+// synchronous standbys) as it is.
+const durableCommit = `SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'`
+
+// durableCommits returns what each new connection runs so that every write agentserver
+// acknowledges (a created run, a claim, a result) is in the write-ahead log before the
+// answer leaves: with synchronous_commit off, a database crash loses the commits of the
+// last moments (up to three times wal_writer_delay) that clients were already told about.
+// A database URL (or PGOPTIONS) that sets synchronous_commit itself (…?synchronous_commit=off,
+// options=-c synchronous_commit=off) is taken as the operator's choice and kept.
+//
+// It also costs less on a server with synchronous_commit off: each such commit wakes the
+// WAL writer with a signal (PostgreSQL 15 asks it to write whenever its last flush lags
+// behind a full page, which it does until wal_writer_flush_after), where a synchronous
+// commit writes its own WAL. On the benchmark's PostgreSQL (fsync off) PostgreSQL's CPU
+// per run fell 6–11 % against the load client's (docs/performance.md, twenty-fifth pass).
+//
+// A session setting, not a startup parameter, which PgBouncer refuses (hotSettings).
+func durableCommits(cfg *pgx.ConnConfig) func(context.Context, *pgx.Conn) error {
+	_, set := cfg.RuntimeParams["synchronous_commit"]
+	if set || strings.Contains(cfg.RuntimeParams["options"], "synchronous_commit") {
+		return func(context.Context, *pgx.Conn) error { return nil }
+	}
+	return func(ctx context.Context, conn *pgx.Conn) error {
+		if _, err := conn.Exec(ctx, durableCommit); err != nil {
+			return fmt.Errorf("turning synchronous commit on: %w", err)
+		}
+		return nil
+	}
 }
 
 // Migrate applies every pending migration. Several processes may call it at once: a
