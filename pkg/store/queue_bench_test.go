@@ -137,26 +137,18 @@ func BenchmarkEnqueue(b *testing.B) {
 		})
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "runs/s")
 	})
-	b.Run("batch3", func(b *testing.B) {
-		st := benchStore(b)
-		batch := newRuns(3)
-		for b.Loop() {
-			if _, err := st.CreateRuns(b.Context(), store.DefaultTenant, batch, benchRunDefaults); err != nil {
-				b.Fatal(err)
+	for _, n := range []int{3, 1000} {
+		b.Run(fmt.Sprintf("batch%d", n), func(b *testing.B) {
+			st := benchStore(b)
+			batch := newRuns(n)
+			for b.Loop() {
+				if _, err := st.CreateRuns(b.Context(), store.DefaultTenant, batch, benchRunDefaults); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-		b.ReportMetric(float64(b.N*3)/b.Elapsed().Seconds(), "runs/s")
-	})
-	b.Run("batch1000", func(b *testing.B) {
-		st := benchStore(b)
-		batch := newRuns(1000)
-		for b.Loop() {
-			if _, err := st.CreateRuns(b.Context(), store.DefaultTenant, batch, benchRunDefaults); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "runs/s")
-	})
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "runs/s")
+		})
+	}
 }
 
 // BenchmarkEnqueueOnThreads measures CreateRuns of runs on threads, batch runs per call
