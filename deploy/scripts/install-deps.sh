@@ -4,7 +4,9 @@
 #   - PostgreSQL server binaries (initdb, postgres): `agentserver dev` without
 #     DATABASE_URL and every test package that needs a database start a private
 #     server from them (pkg/pgserver);
-#   - python3: the example executors.
+#   - python3: the example executors;
+#   - PgBouncer: the store's test through a real transaction-mode pool
+#     (pkg/pgtest.PgBouncer; Debian installs it in /usr/sbin).
 # The server binaries are found as pkg/pgserver finds them: $PG_BINDIR, then
 # `pg_config --bindir`, then /usr/lib/postgresql/*/bin, then initdb on $PATH.
 #
@@ -50,9 +52,15 @@ if ! command -v python3 >/dev/null 2>&1; then
 	missing+=(python3)
 	packages+=(python3)
 fi
+# has_pgbouncer: on PATH, or where Debian's package puts it (/usr/sbin is not on every PATH).
+has_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]]; }
+if ! has_pgbouncer; then
+	missing+=(PgBouncer)
+	packages+=(pgbouncer)
+fi
 
 if ((${#packages[@]} == 0)); then
-	echo "install-deps: all present (PostgreSQL server in $(pg_bindir), $(python3 --version 2>&1))"
+	echo "install-deps: all present (PostgreSQL server in $(pg_bindir), $(python3 --version 2>&1), PgBouncer)"
 	exit 0
 fi
 
@@ -72,7 +80,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends "${packages[@]}"
 
-if ! dir="$(pg_bindir)" || ! command -v python3 >/dev/null 2>&1; then
+if ! dir="$(pg_bindir)" || ! command -v python3 >/dev/null 2>&1 || ! has_pgbouncer; then
 	echo "install-deps: still missing something after installing ${packages[*]}" >&2
 	exit 1
 fi

@@ -1,0 +1,146 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// PgBouncer starts a PgBouncer (Debian's package, installed by `make deps`) in front of
+// the database of dbURL, a URL NewDatabase returned, and returns the same URL through it.
+// poolMode is PgBouncer's pool_mode ("transaction", "session"); poolSize its
+// default_pool_size, the server connections it shares among its clients. PgBouncer trusts
+// every client (auth_type trust) and refuses to run as root: as root it runs as the OS
+// user postgres, as the tests' PostgreSQL does. It is stopped when the test ends.
+//
+// With AGENTSERVER_TEST_DATABASE_URL set the test is skipped: that server's
+// authentication is not known here.
+func PgBouncer(t testing.TB, dbURL, poolMode string, poolSize int) string {
+	t.Helper()
+	if os.Getenv(EnvDatabaseURL) != "" {
+		t.Skipf("pgtest: %s is set: PgBouncer would need that server's authentication", EnvDatabaseURL)
+	}
+	bin, err := pgbouncerBinary()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatalf("pgtest: parsing %s: %v", redact(dbURL), err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("pgtest: finding a free port for PgBouncer: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		if cred, err = credentialOf("postgres"); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "agentserver-pgbouncer-*")
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	db := u.Path[1:]
+	ini := fmt.Sprintf(`[databases]
+%s = host=%s port=%s dbname=%s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = trust
+auth_file = %s
+pool_mode = %s
+default_pool_size = %d
+max_client_conn = 500
+logfile = %s
+`, db, u.Hostname(), u.Port(), db, port, filepath.Join(dir, "users.txt"), poolMode, poolSize, filepath.Join(dir, "pgbouncer.log"))
+	files := map[string]string{"pgbouncer.ini": ini, "users.txt": fmt.Sprintf("%q \"\"\n", u.User.Username())}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+	}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+	}
+
+	cmd := exec.Command(bin, "-q", filepath.Join(dir, "pgbouncer.ini"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("pgtest: starting PgBouncer: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			t.Fatalf("pgtest: PgBouncer exited (%v); its log:\n%s", err, log)
+		case <-ctx.Done():
+			t.Fatalf("pgtest: PgBouncer did not listen on %s within 10 s", addr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	u.Host = addr
+	return u.String()
+}
+
+// pgbouncerBinary finds pgbouncer on PATH or where Debian's package puts it.
+func pgbouncerBinary() (string, error) {
+	if p, err := exec.LookPath("pgbouncer"); err == nil {
+		return p, nil
+	}
+	const debian = "/usr/sbin/pgbouncer"
+	if _, err := os.Stat(debian); err == nil {
+		return debian, nil
+	}
+	return "", errors.New("pgbouncer is not installed: run `make deps` (as root it installs Debian's pgbouncer package)")
+}
+
+// credentialOf is the OS user name's uid and gid, for a child that must not run as root.
+func credentialOf(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("running as root, so PgBouncer must run as OS user %s, which cannot be looked up: %w", name, err)
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("parsing uid %q of OS user %s: %w", u.Uid, name, err)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("parsing gid %q of OS user %s: %w", u.Gid, name, err)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
