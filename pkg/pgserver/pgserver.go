@@ -187,6 +187,22 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
+// ChildProcess returns, for a helper that refuses to run as root as postgres does (a
+// test's PgBouncer), the attributes postgres starts with — the OS user runAs ("postgres"
+// when empty) when this process is root, its own process group, on Linux a parent-death
+// signal — and a function that hands a file or directory to that user (a no-op when not
+// root).
+func ChildProcess(runAs string) (*syscall.SysProcAttr, func(path string) error, error) {
+	if runAs == "" {
+		runAs = "postgres"
+	}
+	id, err := lookupIdentity(runAs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return procAttr(id), func(path string) error { return chownTo(path, id) }, nil
+}
+
 // Port returns the TCP port the server listens on, on 127.0.0.1.
 func (s *Server) Port() int { return s.port }
 

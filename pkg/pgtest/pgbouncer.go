@@ -8,12 +8,12 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agentserver/agentserver/pkg/pgserver"
 )
 
 // PgBouncer starts a PgBouncer (Debian's package, installed by `make deps`) in front of
@@ -21,7 +21,8 @@ import (
 // poolMode is PgBouncer's pool_mode ("transaction", "session"); poolSize its
 // default_pool_size, the server connections it shares among its clients. PgBouncer trusts
 // every client (auth_type trust) and refuses to run as root: as root it runs as the OS
-// user postgres, as the tests' PostgreSQL does. It is stopped when the test ends.
+// user postgres, as the tests' PostgreSQL does (pgserver.ChildProcess). It is stopped
+// when the test ends.
 //
 // With AGENTSERVER_TEST_DATABASE_URL set the test is skipped: that server's
 // authentication is not known here.
@@ -45,11 +46,9 @@ func PgBouncer(t testing.TB, dbURL, poolMode string, poolSize int) string {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		if cred, err = credentialOf("postgres"); err != nil {
-			t.Fatalf("pgtest: %v", err)
-		}
+	attr, handOver, err := pgserver.ChildProcess("")
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
 	}
 	dir, err := os.MkdirTemp("", "agentserver-pgbouncer-*")
 	if err != nil {
@@ -77,14 +76,12 @@ logfile = %s
 			t.Fatalf("pgtest: %v", err)
 		}
 	}
-	if cred != nil {
-		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			t.Fatalf("pgtest: %v", err)
-		}
+	if err := handOver(dir); err != nil {
+		t.Fatalf("pgtest: %v", err)
 	}
 
 	cmd := exec.Command(bin, "-q", filepath.Join(dir, "pgbouncer.ini"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("pgtest: starting PgBouncer: %v", err)
 	}
@@ -126,21 +123,4 @@ func pgbouncerBinary() (string, error) {
 		return debian, nil
 	}
 	return "", errors.New("pgbouncer is not installed: run `make deps` (as root it installs Debian's pgbouncer package)")
-}
-
-// credentialOf is the OS user name's uid and gid, for a child that must not run as root.
-func credentialOf(name string) (*syscall.Credential, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil, fmt.Errorf("running as root, so PgBouncer must run as OS user %s, which cannot be looked up: %w", name, err)
-	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("parsing uid %q of OS user %s: %w", u.Uid, name, err)
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("parsing gid %q of OS user %s: %w", u.Gid, name, err)
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
