@@ -23,7 +23,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,6 +32,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/agentserver/agentserver/pkg/childproc"
 )
 
 // Superuser is the name of the cluster's superuser, created by initdb.
@@ -446,22 +447,18 @@ func filteredEnv() []string {
 }
 
 // runChild starts cmd from an OS thread that stays locked until the child has
-// exited, then closes done: the parent-death signal fires when the thread that
-// forked the child exits, and the Go runtime ends threads that a goroutine
-// exits while locked, which might be the one that forked.
+// exited (childproc: the parent-death signal fires when the thread that forked the
+// child exits), then sets *waitErr and closes done.
 func runChild(cmd *exec.Cmd, waitErr *error, done chan<- struct{}) error {
-	started := make(chan error, 1)
+	exited, err := childproc.Start(cmd)
+	if err != nil {
+		return err
+	}
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine, after the child
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		*waitErr = cmd.Wait()
+		*waitErr = <-exited
 		close(done)
 	}()
-	return <-started
+	return nil
 }
 
 func initdb(ctx context.Context, binDir, dataDir string, ephemeral bool, id *osIdentity, logger *slog.Logger) error {

@@ -9,7 +9,8 @@ import "syscall"
 // would wait for clients that are never going to disconnect.
 //
 // The kernel sends it when the parent *thread* exits, so children are
-// started from an OS thread that stays locked until they exit (see launch).
+// started from an OS thread that stays locked until they exit (runChild, package
+// childproc).
 func setPdeathsig(attr *syscall.SysProcAttr) {
 	attr.Pdeathsig = syscall.SIGINT
 }

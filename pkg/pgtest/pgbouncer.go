@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentserver/agentserver/pkg/childproc"
 	"github.com/agentserver/agentserver/pkg/pgserver"
 )
 
@@ -83,11 +84,12 @@ logfile = %s
 
 	cmd := exec.Command(bin, "-q", filepath.Join(dir, "pgbouncer.ini"))
 	cmd.SysProcAttr = attr
-	if err := cmd.Start(); err != nil {
+	// From a thread of its own (childproc): its parent-death signal must not come with
+	// the end of a thread that a stopped PostgreSQL's start locked.
+	exited, err := childproc.Start(cmd)
+	if err != nil {
 		t.Fatalf("pgtest: starting PgBouncer: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited

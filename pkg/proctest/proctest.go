@@ -44,6 +44,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentserver/agentserver/pkg/childproc"
 )
 
 const (
@@ -174,7 +176,10 @@ func (p *Process) Start() {
 	cmd.Env = p.spec.Env
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// From a thread of its own (childproc): the death signal must come with the test
+	// binary's end, not with the end of a thread that some other start locked.
+	waited, err := childproc.Start(cmd)
+	if err != nil {
 		f.Close()
 		require.NoError(p.t, err, "starting %s", p.spec.Name)
 	}
@@ -183,7 +188,7 @@ func (p *Process) Start() {
 	p.cmd, p.exited, p.state = cmd, exited, nil
 	p.mu.Unlock()
 	go func() {
-		_ = cmd.Wait()
+		<-waited
 		f.Close()
 		p.mu.Lock()
 		p.state = cmd.ProcessState

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/agentserver/agentserver/pkg/childproc"
 )
 
 // ConsulVersion is the Consul version the tests are written against.
@@ -148,11 +150,14 @@ func startOnce(ctx context.Context, bin string) (*Agent, error) {
 	)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	a.cmd.SysProcAttr = sysProcAttr()
-	if err := a.cmd.Start(); err != nil {
+	// From a thread of its own (childproc): the death signal must come with the test
+	// binary's end, not with the end of a thread that some other start locked.
+	waited, err := childproc.Start(a.cmd)
+	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
 	go func() {
-		_ = a.cmd.Wait()
+		<-waited
 		close(a.exited)
 	}()
 	if err := a.waitReady(ctx); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/agentserver/agentserver/pkg/childproc"
 	"github.com/agentserver/agentserver/pkg/flow"
 )
 
@@ -135,7 +136,10 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(cgroupFD.Fd())
 	}
-	err = cmd.Start()
+	// From a thread of its own (childproc): the kernel sends Pdeathsig when the thread that
+	// forked exits, and a process that also runs a PostgreSQL (the all-in-one server) ends
+	// the thread that started it when it stops it.
+	waited, err := childproc.Start(cmd)
 	closeAll(inR, outW, errW) // the child holds its own copies
 	if cgroupFD != nil {
 		cgroupFD.Close()
@@ -169,7 +173,7 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 	r.out = bufio.NewReaderSize(newTrackedReader(r.probe, "stdout"), 64<<10)
 	r.interrupt = func() { _ = r.stdout.SetReadDeadline(time.Unix(1, 0)) }
 	go func() {
-		_ = cmd.Wait()
+		<-waited
 		r.exitState = cmd.ProcessState
 		// Whatever the replica left running in its group dies with it: no orphans.
 		_ = syscall.Kill(-r.pid, syscall.SIGKILL)
