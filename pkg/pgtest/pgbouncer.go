@@ -1,7 +1,7 @@
 package pgtest
 
 import (
-	"context"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,13 +42,6 @@ func PgBouncer(t testing.TB, dbURL, poolMode string, poolSize int) string {
 	if err != nil {
 		t.Fatalf("pgtest: parsing %s: %v", redact(dbURL), err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pgtest: finding a free port for PgBouncer: %v", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
 	attr, handOver, err := pgserver.ChildProcess("")
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -58,7 +52,22 @@ func PgBouncer(t testing.TB, dbURL, poolMode string, poolSize int) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	db := u.Path[1:]
-	ini := fmt.Sprintf(`[databases]
+	write := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+	}
+	write("users.txt", fmt.Sprintf("%q \"\"\n", u.User.Username()))
+	// A free port can be taken between its look-up and PgBouncer's bind: then PgBouncer
+	// exits saying so, and starts again on another (as pgserver does for PostgreSQL).
+	for attempt := 1; ; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("pgtest: finding a free port for PgBouncer: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		write("pgbouncer.ini", fmt.Sprintf(`[databases]
 %s = host=%s port=%s dbname=%s
 
 [pgbouncer]
@@ -71,49 +80,62 @@ pool_mode = %s
 default_pool_size = %d
 max_client_conn = 500
 logfile = %s
-`, db, u.Hostname(), u.Port(), db, port, filepath.Join(dir, "users.txt"), poolMode, poolSize, filepath.Join(dir, "pgbouncer.log"))
-	files := map[string]string{"pgbouncer.ini": ini, "users.txt": fmt.Sprintf("%q \"\"\n", u.User.Username())}
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+`, db, u.Hostname(), u.Port(), db, port, filepath.Join(dir, "users.txt"), poolMode, poolSize, filepath.Join(dir, "pgbouncer.log")))
+		if err := handOver(dir); err != nil {
 			t.Fatalf("pgtest: %v", err)
 		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		log, err := startPgBouncer(t, bin, attr, dir, addr)
+		if err == nil {
+			u.Host = addr
+			return u.String()
+		}
+		if attempt < 5 && bytes.Contains(log, []byte("in use")) {
+			continue
+		}
+		t.Fatalf("pgtest: %v; its log:\n%s", err, log)
 	}
-	if err := handOver(dir); err != nil {
-		t.Fatalf("pgtest: %v", err)
-	}
+}
 
+// startPgBouncer starts PgBouncer with dir's pgbouncer.ini and waits until its log says
+// it listens on addr (a connection to addr could reach whatever took the port); it is
+// stopped when the test ends. When it does not listen, the error says why and log is its
+// log.
+func startPgBouncer(t testing.TB, bin string, attr *syscall.SysProcAttr, dir, addr string) (log []byte, err error) {
+	logFile := filepath.Join(dir, "pgbouncer.log")
+	_ = os.Remove(logFile) // a previous attempt's
 	cmd := exec.Command(bin, "-q", filepath.Join(dir, "pgbouncer.ini"))
 	cmd.SysProcAttr = attr
 	// From a thread of its own (childproc): its parent-death signal must not come with
 	// the end of a thread that a stopped PostgreSQL's start locked.
 	exited, err := childproc.Start(cmd)
 	if err != nil {
-		t.Fatalf("pgtest: starting PgBouncer: %v", err)
+		return nil, fmt.Errorf("starting PgBouncer: %w", err)
 	}
+	gone := false // its exit read already
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-exited
+		if !gone {
+			<-exited
+		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	listening := []byte("listening on " + addr + "\n")
+	deadline := time.After(10 * time.Second)
 	for {
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c.Close()
-			break
+		log, _ = os.ReadFile(logFile)
+		if bytes.Contains(log, listening) {
+			return log, nil
 		}
 		select {
 		case err := <-exited:
-			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-			t.Fatalf("pgtest: PgBouncer exited (%v); its log:\n%s", err, log)
-		case <-ctx.Done():
-			t.Fatalf("pgtest: PgBouncer did not listen on %s within 10 s", addr)
+			gone = true
+			log, _ = os.ReadFile(logFile)
+			return log, fmt.Errorf("PgBouncer exited (%v)", err)
+		case <-deadline:
+			return log, fmt.Errorf("PgBouncer did not listen on %s within 10 s", addr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	u.Host = addr
-	return u.String()
 }
 
 // pgbouncerBinary finds pgbouncer on PATH or where Debian's package puts it.
