@@ -58,6 +58,9 @@ func PgBouncer(t testing.TB, dbURL, poolMode string, poolSize int) string {
 		}
 	}
 	write("users.txt", fmt.Sprintf("%q \"\"\n", u.User.Username()))
+	if err := handOver(dir); err != nil { // PgBouncer writes its log there
+		t.Fatalf("pgtest: %v", err)
+	}
 	// A free port can be taken between its look-up and PgBouncer's bind: then PgBouncer
 	// exits saying so, and starts again on another (as pgserver does for PostgreSQL).
 	for attempt := 1; ; attempt++ {
@@ -81,9 +84,6 @@ default_pool_size = %d
 max_client_conn = 500
 logfile = %s
 `, db, u.Hostname(), u.Port(), db, port, filepath.Join(dir, "users.txt"), poolMode, poolSize, filepath.Join(dir, "pgbouncer.log")))
-		if err := handOver(dir); err != nil {
-			t.Fatalf("pgtest: %v", err)
-		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		log, err := startPgBouncer(t, bin, attr, dir, addr)
 		if err == nil {
