@@ -164,12 +164,22 @@ func claimStatement(cte, ids, limited string) string {
 				-- (runningEvent, migration 14). A run claimed before had its previous
 				-- one written out when it was queued again.
 				running_seq = nextval('run_events_seq_seq')
-			-- By id, not by joining d: the planner cannot estimate d's rows and would
-			-- hash-join a scan of all runs. d still runs (a data-modifying CTE always
-			-- does), and the chosen queue rows are locked by this statement or transaction.
+			-- The runs whose queue rows d deleted, not every candidate: the candidate
+			-- scan is a volatile function, whose queries see what committed after this
+			-- statement's snapshot, and d (of this snapshot) cannot delete a queue row
+			-- newer than it (a run a result promoted on its thread meanwhile). Updating
+			-- every candidate claimed such a run and left its queue row behind; the next
+			-- claim chose that row, and its update of the run, RUNNING by then, waited
+			-- for the first claim and then locked the run without claiming it: a finish
+			-- of the run waited for that claim, which waited for a thread (locked by a
+			-- create waiting for the finish's threads): a deadlock (about one run of
+			-- TestClaimsAndThreadCreatesDoNotDeadlock in 30). A candidate left alone stays
+			-- queued; its queue row is unlocked when this statement ends.
+			-- By id (an index probe each), not by joining d: the planner cannot estimate
+			-- d's rows and would hash-join a scan of all runs.
 			-- Only a QUEUED run is claimed: a queue row left behind by a run that ended
 			-- meanwhile (cancelled as it was promoted on its thread) is just deleted.
-			WHERE r.id ` + match + ` AND r.state = 1
+			WHERE r.id = ANY(ARRAY(SELECT run_id FROM d)) AND r.state = 1
 			-- Only the columns read below: the whole row (36 columns, its input among
 			-- them) kept for every claimed run cost ~7 % of a claim of 240 runs.
 			RETURNING r.tenant_id, r.id, r.assistant_id, r.assistant_version, r.thread_id, r.state,
@@ -187,10 +197,9 @@ func claimStatement(cte, ids, limited string) string {
 			FROM u
 		), t AS MATERIALIZED (
 			-- The threads' states are read locked, which reads their latest committed
-			-- versions: the candidate scan is a volatile function, whose queries see what
-			-- committed after this statement's snapshot, so it can claim a run that a result
-			-- promoted meanwhile; the state that result wrote is then newer than the
-			-- snapshot, which would give the run its thread's state from before the result.
+			-- versions, and keeps them until the claim commits: a state written after
+			-- this statement's snapshot (by a write of the thread itself) is the one the
+			-- run starts from.
 			-- Locked in (tenant, id) order, as creates lock them (lockThreads): in another
 			-- order a claim and a create deadlocked on two threads (a second lost each time).
 			` + lockThreads(`SELECT DISTINCT tenant_id, thread_id FROM u WHERE thread_id IS NOT NULL ORDER BY tenant_id, thread_id`,
