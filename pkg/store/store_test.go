@@ -1221,6 +1221,9 @@ func TestRetriedCreateOnAThreadJoinsOnce(t *testing.T) {
 // in their runs' order (a claim and a create deadlocked about once a second, each costing
 // both a second: 56 runs claimed in 20 s instead of ~29,000), and finishes in their
 // writes' (assistant, thread) order (with runs of two assistants, ten deadlocks in 10 s).
+// A claim could also lock a RUNNING run it did not claim, which closed a cycle with that
+// run's finish and a create about once in 30 runs of this test
+// (TestClaimLeavesQueueRowsNewerThanItsSnapshot).
 func TestClaimsAndThreadCreatesDoNotDeadlock(t *testing.T) {
 	t.Parallel()
 	st := newStore(t)
