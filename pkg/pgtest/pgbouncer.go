@@ -16,6 +16,7 @@ import (
 
 	"github.com/agentserver/agentserver/pkg/childproc"
 	"github.com/agentserver/agentserver/pkg/pgserver"
+	"github.com/agentserver/agentserver/pkg/proctest"
 )
 
 // PgBouncer starts a PgBouncer (Debian's package, installed by `make deps`) in front of
@@ -64,12 +65,7 @@ func PgBouncer(t testing.TB, dbURL, poolMode string, poolSize int) string {
 	// A free port can be taken between its look-up and PgBouncer's bind: then PgBouncer
 	// exits saying so, and starts again on another (as pgserver does for PostgreSQL).
 	for attempt := 1; ; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("pgtest: finding a free port for PgBouncer: %v", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		port := proctest.FreePort(t)
 		write("pgbouncer.ini", fmt.Sprintf(`[databases]
 %s = host=%s port=%s dbname=%s
 
