@@ -12,7 +12,7 @@ import (
 // under sustained load (perf of benchall's sustained workload): the request path
 // allocates per run (protobuf messages, pgx rows, JSON) while the live heap stays small
 // (tens of MB), so the collector ran very often. At 400 the heap may grow to five times
-// the live heap before a collection; docs/performance.md has the measurement.
+// the live heap before a collection; docs/performance-history.md has the measurement.
 const GCPercent = 400
 
 // ApplyGCPercent sets the garbage collector's target to GCPercent unless the GOGC

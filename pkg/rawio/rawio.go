@@ -7,7 +7,7 @@
 // receiving process), often for longer than that on a busy machine; every entry also wakes
 // a sleeping monitor, which then polls at its shortest period again. Under load the
 // monitor's wake-ups and the hand-offs were ~15 % of the all-in-one server's CPU (perf,
-// docs/performance.md, fifteenth pass). The sockets are non-blocking, so a raw call never
+// docs/performance-history.md, fifteenth pass). The sockets are non-blocking, so a raw call never
 // waits: when the kernel would block, the goroutine parks on the network poller as usual,
 // and deadlines work as they do for the wrapped connection.
 //

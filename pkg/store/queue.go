@@ -90,7 +90,7 @@ func (s *Store) ClaimRuns(ctx context.Context, p ClaimParams) ([]*Claim, error) 
 // current, and each assistant's candidates admitted in claim order up to limit - running
 // (an assistant whose load row is gone lost its limit meanwhile: all admitted) — then the
 // claim of the admitted runs. It was a transaction of five round trips or more (a lock
-// statement per limited assistant until the twenty-fourth pass of docs/performance.md).
+// statement per limited assistant until the twenty-fourth pass of docs/performance-history.md).
 func (s *Store) claimLimited(ctx context.Context, p ClaimParams) ([]*Claim, error) {
 	rows, err := s.hot.Query(ctx, claimLimitedStatement, p.SlotType, p.WorkerID, p.LeaseTTL.Milliseconds(), p.Limit, p.MaxGPUMemory)
 	if err != nil {

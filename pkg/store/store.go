@@ -189,7 +189,7 @@ const durableCommit = `SELECT set_config('synchronous_commit', 'on', false) WHER
 // WAL writer with a signal (PostgreSQL 15 asks it to write whenever its last flush lags
 // behind a full page, which it does until wal_writer_flush_after), where a synchronous
 // commit writes its own WAL. On the benchmark's PostgreSQL (fsync off) PostgreSQL's CPU
-// per run fell 4–14 % against the load client's (docs/performance.md, twenty-fifth pass).
+// per run fell 4–14 % against the load client's (docs/performance-history.md, twenty-fifth pass).
 //
 // A session setting, not a startup parameter, which PgBouncer refuses (hotSettings).
 func durableCommits(cfg *pgx.ConnConfig) func(context.Context, *pgx.Conn) error {

@@ -82,7 +82,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.out, "out", filepath.Join(os.TempDir(), "agentserver-bench.json"), "JSON file of every result")
 	fs.BoolVar(&c.durable, "durable", false, "run PostgreSQL with fsync and synchronous_commit on (default: off, as the tests' PostgreSQL)")
 	fs.IntVar(&c.concurrency, "concurrency", 8, "concurrent creators of the sustained workload")
-	// 16: River's best of 8, 16 and 32 inserters on the 2-core machine of docs/performance.md
+	// 16: River's best of 8, 16 and 32 inserters on the 2-core machine of docs/performance-history.md
 	// (its twenty-first pass); with 8 our closed loop bounds every batch to ~3 runs.
 	fs.IntVar(&c.wideConcurrency, "wide-concurrency", 16, "concurrent creators of the second sustained workload, run by both systems the same way (0 skips it)")
 	fs.IntVar(&c.sessions, "sessions", 500, "threads of the sessions workload, ours only (River has no threads): --concurrency creators put every run on one of this many threads in turn, multitask enqueue, like the sustained workload otherwise (0 skips it)")
@@ -92,7 +92,7 @@ func parseFlags(args []string) (config, error) {
 	fs.Float64Var(&c.rate, "rate", 500, "offered rate of the latency workload, jobs/s")
 	fs.DurationVar(&c.rateDuration, "rate-duration", 0, "length of the latency workload (default 20s, --quick 5s)")
 	// 500 slots: up to 500 runs in flight, as River's 500 workers allow up to 500 jobs
-	// (thirteenth pass of docs/performance.md; 256 before, 64 until the seventh, which
+	// (thirteenth pass of docs/performance-history.md; 256 before, 64 until the seventh, which
 	// capped our claim and result batches where River's are not).
 	fs.StringVar(&c.slots, "slots", "cpu=500", "WORKER_SLOTS of each worker of the all-in-one server")
 	fs.IntVar(&c.workers, "workers", 1, "worker-agents in the all-in-one server (AGENTSERVER_WORKERS), each with --slots")
@@ -856,7 +856,7 @@ type statement struct {
 	PlanMS      float64 `json:"plan_ms"` // total planning time (track_planning)
 	// JITMS is the total time spent compiling the statement (PostgreSQL 15's jit_*_time
 	// columns): a plan priced above jit_above_cost is compiled at every execution, which
-	// a deep queue can cause in statements that read a few rows (docs/performance.md).
+	// a deep queue can cause in statements that read a few rows (docs/performance-history.md).
 	JITMS float64 `json:"jit_ms"`
 	Rows  int64   `json:"rows"`
 	// WALBytesPerJob is the WAL the statement wrote over the workload, per job.

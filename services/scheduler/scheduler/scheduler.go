@@ -558,7 +558,7 @@ func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed in
 // the free slots (a backlog) keeps it too, since resting then only idles the claim stage.
 // A rate over a window, not the last claim's size: a claim of a few runs after a stall
 // must not lengthen the next rest (that fed on itself at 500 runs/s: p99 3.3 → 4.4–14 ms).
-// Sustained load, 8 creators (docs/performance.md, fifteenth pass): a 4 ms cooldown
+// Sustained load, 8 creators (docs/performance-history.md, fifteenth pass): a 4 ms cooldown
 // instead of 1 ms cost PostgreSQL 18 % less per run.
 const (
 	rateWindow   = 100 * time.Millisecond

@@ -136,7 +136,7 @@ func (s *session) leasesSince(t time.Time) []store.Lease {
 // the wait. handleResults then drops the entries (and frees the slots of the results not
 // released). Both wake the dispatcher only when a freed slot may have runs waiting for
 // it (wakes): a wake-up per result made the dispatcher claim in smaller, more frequent
-// statements (docs/performance.md, twenty-first pass).
+// statements (docs/performance-history.md, twenty-first pass).
 func (s *session) release(ms []*schedulerv1.ConnectRequest) {
 	wake := false
 	s.mu.Lock()

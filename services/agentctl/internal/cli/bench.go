@@ -143,7 +143,7 @@ backends and the server's executor processes), and of agentctl itself.`,
 			// The load client shares the machine with what it measures: no retry support
 			// on its connection and the services' garbage-collector target (GOGC=400
 			// unless GOGC is set) cut its CPU per call against the server's by ~8 %
-			// (bench/ab.sh, 5 interleaved pairs: docs/performance.md,
+			// (bench/ab.sh, 5 interleaved pairs: docs/performance-history.md,
 			// twenty-second pass).
 			a.noRetry = true
 			config.ApplyGCPercent()

@@ -80,7 +80,7 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 // (pkg/rawio), as the gateway's own connections do: a Go program that makes many calls
 // (`agentctl bench` above all) otherwise spends a large share of its CPU in the runtime's
 // system-call hand-offs and monitor wake-ups (the load client's CPU per run, against the
-// server's, −16 to −20 % under sustained load; docs/performance.md, seventeenth pass).
+// server's, −16 to −20 % under sustained load; docs/performance-history.md, seventeenth pass).
 // It returns nil, leaving
 // gRPC's own dialer, for a target other than host:port (a scheme, a Unix socket) and when
 // an HTTPS proxy applies to the target, since gRPC goes through the proxy only with its own
