@@ -566,6 +566,20 @@ type RunKey struct {
 // GetRuns reads runs in one statement, from the primary (as GetRun): the result holds
 // the runs found, by key; a key of no run (or of another tenant's run) is absent.
 func (s *Store) GetRuns(ctx context.Context, keys []RunKey) (map[RunKey]*Run, error) {
+	if len(keys) == 1 {
+		// One run (a lone waiter's polls): GetRun's statement, whose generic plan PostgreSQL
+		// keeps after five calls. `id = ANY($1)` with one id is planned afresh at every call
+		// instead — its custom plan (one row) always costs less than the generic one (ten)
+		// — ~70 µs of planning on an idle server against ~40 of execution.
+		r, err := s.GetRun(ctx, keys[0].Tenant, keys[0].ID)
+		if errors.Is(err, ErrNotFound) {
+			return map[RunKey]*Run{}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return map[RunKey]*Run{keys[0]: r}, nil
+	}
 	ids := make([]uuid.UUID, len(keys))
 	for i, k := range keys {
 		ids[i] = k.ID

@@ -382,6 +382,18 @@ func TestGetRunsReadsTheRunsAskedFor(t *testing.T) {
 	none, err := st.GetRuns(t.Context(), nil)
 	require.NoError(t, err)
 	require.Empty(t, none)
+
+	// One key takes a statement of its own (GetRun's): the same answers.
+	for _, k := range keys {
+		got, err := st.GetRuns(t.Context(), []store.RunKey{k})
+		require.NoError(t, err)
+		if one, err := st.GetRun(t.Context(), k.Tenant, k.ID); errors.Is(err, store.ErrNotFound) {
+			require.Empty(t, got, "run %v", k)
+		} else {
+			require.NoError(t, err)
+			require.Equal(t, map[store.RunKey]*store.Run{k: one}, got)
+		}
+	}
 }
 
 func TestCancel(t *testing.T) {
