@@ -437,3 +437,35 @@ func BenchmarkClaimAndVacuum(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadOneRun measures the gateway's grouped reads when a batch holds one run (a
+// lone WaitRun or StreamRunEvents poller): GetRuns and ListEventsOfRuns of one queued run
+// among 20,000, with statistics taken. Their statements over arrays were planned afresh at
+// every call with one run in them.
+func BenchmarkReadOneRun(b *testing.B) {
+	st := benchStore(b)
+	var run *store.Run
+	for range 20 {
+		created, err := st.CreateRuns(b.Context(), store.DefaultTenant, newRuns(1000), benchRunDefaults)
+		require.NoError(b, err)
+		run = created[0]
+	}
+	_, err := st.Pool().Exec(b.Context(), `ANALYZE runs`)
+	require.NoError(b, err)
+	b.Run("GetRuns", func(b *testing.B) {
+		keys := []store.RunKey{{Tenant: store.DefaultTenant, ID: run.ID}}
+		for b.Loop() {
+			if got, err := st.GetRuns(b.Context(), keys); err != nil || len(got) != 1 {
+				b.Fatal(got, err)
+			}
+		}
+	})
+	b.Run("ListEventsOfRuns", func(b *testing.B) {
+		after := []store.RunEventsAfter{{Tenant: store.DefaultTenant, ID: run.ID}}
+		for b.Loop() {
+			if got, err := st.ListEventsOfRuns(b.Context(), after, 500); err != nil || len(got[0]) != 1 {
+				b.Fatal(got, err)
+			}
+		}
+	})
+}

@@ -1494,6 +1494,8 @@ func runEventLogMergesTheEventsKeptOnTheRun(t *testing.T, limit int32) {
 		{Tenant: tenant, ID: runs[3].ID}, {Tenant: "other-tenant", ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[0].Seq}}, 100)
 	require.NoError(t, err)
 	require.Equal(t, [][]store.RunEvent{evs, other, nil, evs[1:]}, many)
+	requireEventsOfOneRunEach(t, st, []store.RunEventsAfter{{Tenant: tenant, ID: run.ID},
+		{Tenant: tenant, ID: runs[3].ID}, {Tenant: "other-tenant", ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[0].Seq}}, 100, many)
 
 	if limit > 0 {
 		var running int
@@ -1587,6 +1589,18 @@ func TestRequeuedRunsKeepTheRunningEventOfEveryClaim(t *testing.T) {
 	many, err = st.ListEventsOfRuns(ctx, []store.RunEventsAfter{{Tenant: tenant, ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[9].Seq}}, 2)
 	require.NoError(t, err)
 	require.Equal(t, [][]store.RunEvent{evs[:2], evs[10:]}, many)
+	requireEventsOfOneRunEach(t, st, []store.RunEventsAfter{{Tenant: tenant, ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[9].Seq}}, 2, many)
+}
+
+// requireEventsOfOneRunEach checks that ListEventsOfRuns of each run alone (a statement of
+// its own: ListRunEvents') answers what it answered for that run among the others (want).
+func requireEventsOfOneRunEach(t *testing.T, st *store.Store, runs []store.RunEventsAfter, limit int, want [][]store.RunEvent) {
+	t.Helper()
+	for i, r := range runs {
+		one, err := st.ListEventsOfRuns(t.Context(), []store.RunEventsAfter{r}, limit)
+		require.NoError(t, err)
+		require.Equal(t, want[i:i+1], one, "run %d alone", i)
+	}
 }
 
 // CreateRuns returns each new run as GetRun reads it back: built from what it sent and what
