@@ -332,8 +332,10 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	summary := summarize(all, cfg)
 	printTable(os.Stdout, machine, cfg, summary)
+	goals := targets(summary, cfg)
+	printTargets(os.Stdout, goals)
 	stmts.print(os.Stdout)
-	if err := writeJSON(cfg.out, machine, cfg, all, summary, stmts, time.Since(began)); err != nil {
+	if err := writeJSON(cfg.out, machine, cfg, all, summary, goals, stmts, time.Since(began)); err != nil {
 		return err
 	}
 	fmt.Printf("\nall results: %s (took %s)\n", cfg.out, time.Since(began).Round(time.Second))
@@ -812,7 +814,7 @@ func fmtStat(s stat) string {
 	return fmt.Sprintf("%s [%s–%s]", f(s.Median), f(s.Min), f(s.Max))
 }
 
-func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, stmts *statements, took time.Duration) error {
+func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, goals []target, stmts *statements, took time.Duration) error {
 	doc := map[string]any{
 		"machine": m,
 		"config": map[string]any{
@@ -823,6 +825,7 @@ func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, 
 			"river":   map[string]any{"version": "v0.51.2", "max_workers": 500, "fetch_cooldown_ms": 2, "fetch_poll_interval_ms": 20},
 		},
 		"summary": rows,
+		"targets": goals,
 		"results": all,
 		"took_s":  took.Seconds(),
 	}
