@@ -45,9 +45,10 @@ check-generate:
 ## lint: buf lint, gofmt and go vet over every module.
 lint:
 	go tool buf lint
-	@out=$$(gofmt -l $(MODULES) deploy); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $(MODULES) deploy bench); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet $(addprefix github.com/agentserver/agentserver/,$(addsuffix /...,$(MODULES)))
 	cd deploy && GOWORK=off go vet ./...
+	cd bench && GOWORK=off go vet ./...
 
 ## test: everything CI runs.
 test: deps consul check-generate lint test-go test-deploy
@@ -59,6 +60,7 @@ test-deploy:
 	cd deploy && GOWORK=off go test ./...
 	cd examples/noop && GOWORK=off go test ./...
 	cd examples/pipeline/go && GOWORK=off go test ./...
+	cd bench && GOWORK=off go test ./...
 
 ## bench: agentserver against River on the same PostgreSQL (BENCH_FLAGS=--quick for ~1 minute).
 bench: build
