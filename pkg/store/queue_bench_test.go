@@ -438,34 +438,40 @@ func BenchmarkClaimAndVacuum(b *testing.B) {
 	}
 }
 
-// BenchmarkReadOneRun measures the gateway's grouped reads when a batch holds one run (a
-// lone WaitRun or StreamRunEvents poller): GetRuns and ListEventsOfRuns of one queued run
-// among 20,000, with statistics taken. Their statements over arrays were planned afresh at
-// every call with one run in them.
-func BenchmarkReadOneRun(b *testing.B) {
+// BenchmarkGroupedReads measures the gateway's grouped reads of runs (WaitRun, GetRun) and
+// of their events (StreamRunEvents) for batches of 1 and 4 queued runs among 20,000, with
+// statistics taken: a lone poller reads one, a few pollers a few. Their statements over
+// arrays were planned afresh at every call for batches of fewer than ten runs.
+func BenchmarkGroupedReads(b *testing.B) {
 	st := benchStore(b)
-	var run *store.Run
+	var runs []*store.Run
 	for range 20 {
 		created, err := st.CreateRuns(b.Context(), store.DefaultTenant, newRuns(1000), benchRunDefaults)
 		require.NoError(b, err)
-		run = created[0]
+		runs = created
 	}
 	_, err := st.Pool().Exec(b.Context(), `ANALYZE runs`)
 	require.NoError(b, err)
-	b.Run("GetRuns", func(b *testing.B) {
-		keys := []store.RunKey{{Tenant: store.DefaultTenant, ID: run.ID}}
-		for b.Loop() {
-			if got, err := st.GetRuns(b.Context(), keys); err != nil || len(got) != 1 {
-				b.Fatal(got, err)
-			}
+	for _, n := range []int{1, 4} {
+		keys := make([]store.RunKey, n)
+		after := make([]store.RunEventsAfter, n)
+		for i, r := range runs[:n] {
+			keys[i] = store.RunKey{Tenant: store.DefaultTenant, ID: r.ID}
+			after[i] = store.RunEventsAfter{Tenant: store.DefaultTenant, ID: r.ID}
 		}
-	})
-	b.Run("ListEventsOfRuns", func(b *testing.B) {
-		after := []store.RunEventsAfter{{Tenant: store.DefaultTenant, ID: run.ID}}
-		for b.Loop() {
-			if got, err := st.ListEventsOfRuns(b.Context(), after, 500); err != nil || len(got[0]) != 1 {
-				b.Fatal(got, err)
+		b.Run(fmt.Sprintf("GetRuns/n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if got, err := st.GetRuns(b.Context(), keys); err != nil || len(got) != n {
+					b.Fatal(got, err)
+				}
 			}
-		}
-	})
+		})
+		b.Run(fmt.Sprintf("ListEventsOfRuns/n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if got, err := st.ListEventsOfRuns(b.Context(), after, 500); err != nil || len(got) != n || len(got[n-1]) != 1 {
+					b.Fatal(got, err)
+				}
+			}
+		})
+	}
 }

@@ -383,7 +383,7 @@ func TestGetRunsReadsTheRunsAskedFor(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, none)
 
-	// One key takes a statement of its own (GetRun's): the same answers.
+	// Each key alone (a lone waiter's batch): the same answers as GetRun's.
 	for _, k := range keys {
 		got, err := st.GetRuns(t.Context(), []store.RunKey{k})
 		require.NoError(t, err)
@@ -1592,8 +1592,8 @@ func TestRequeuedRunsKeepTheRunningEventOfEveryClaim(t *testing.T) {
 	requireEventsOfOneRunEach(t, st, []store.RunEventsAfter{{Tenant: tenant, ID: run.ID}, {Tenant: tenant, ID: run.ID, AfterSeq: evs[9].Seq}}, 2, many)
 }
 
-// requireEventsOfOneRunEach checks that ListEventsOfRuns of each run alone (a statement of
-// its own: ListRunEvents') answers what it answered for that run among the others (want).
+// requireEventsOfOneRunEach checks that ListEventsOfRuns of each run alone (a lone stream's
+// batch) answers what it answered for that run among the others (want).
 func requireEventsOfOneRunEach(t *testing.T, st *store.Store, runs []store.RunEventsAfter, limit int, want [][]store.RunEvent) {
 	t.Helper()
 	for i, r := range runs {
