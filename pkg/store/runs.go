@@ -563,6 +563,15 @@ type RunKey struct {
 	ID     uuid.UUID
 }
 
+// getRunsStatement is GetRuns' statement. The ids reach the planner as an InitPlan's value
+// ((SELECT $1)), not as the array itself: a custom plan sized to an array of fewer than ten
+// ids costs less than the generic plan, which guesses ten, so PostgreSQL planned the
+// statement afresh at every call (~70 µs on an idle server for a lone waiter's id, more
+// than its execution). Hidden, both cost the same and the generic plan, an index probe per
+// id, is kept from the sixth call whatever the batch's size (BenchmarkGroupedReads,
+// TestGroupedReadsKeepTheirGenericPlans).
+const getRunsStatement = `SELECT ` + runColumns + ` FROM runs WHERE id = ANY((SELECT $1::uuid[])::uuid[])`
+
 // GetRuns reads runs in one statement, from the primary (as GetRun): the result holds
 // the runs found, by key; a key of no run (or of another tenant's run) is absent.
 func (s *Store) GetRuns(ctx context.Context, keys []RunKey) (map[RunKey]*Run, error) {
@@ -570,13 +579,7 @@ func (s *Store) GetRuns(ctx context.Context, keys []RunKey) (map[RunKey]*Run, er
 	for i, k := range keys {
 		ids[i] = k.ID
 	}
-	// The ids reach the planner as an InitPlan's value ((SELECT $1)), not as the array
-	// itself: a custom plan sized to an array of fewer than ten ids costs less than the
-	// generic plan, which guesses ten, so PostgreSQL planned this statement afresh at every
-	// call (~70 µs on an idle server for a lone waiter's id, more than its execution). Hidden, both
-	// cost the same and the generic plan, an index probe per id, is kept from the sixth
-	// call whatever the batch's size (BenchmarkGroupedReads).
-	rows, err := s.pool.Query(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ANY((SELECT $1::uuid[])::uuid[])`, ids)
+	rows, err := s.pool.Query(ctx, getRunsStatement, ids)
 	if err != nil {
 		return nil, fmt.Errorf("reading %d runs: %w", len(keys), err)
 	}
