@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,7 +39,7 @@ func TestGroupedReadsKeepTheirGenericPlans(t *testing.T) {
 	}{
 		"GetRuns": {getRunsStatement, func(n int) []any { return []any{ids[:n]} }},
 		"ListEventsOfRuns": {eventsOfRunsStatement, func(n int) []any {
-			return []any{ids[:n], repeat("default", n), make([]int64, n), 100}
+			return []any{ids[:n], slices.Repeat([]string{"default"}, n), make([]int64, n), 100}
 		}},
 	}
 	for name, st := range statements {
@@ -65,12 +66,4 @@ func TestGroupedReadsKeepTheirGenericPlans(t *testing.T) {
 		`EXPLAIN (COSTS OFF)`, getRunsStatement, "{"+ids[0].String()+"}"), "\n")
 	require.Regexp(t, `Index Scan (using runs_pkey on runs|on runs_pkey)\n\s+Index Cond: \(id = ANY \(\$0\)\)`, plan)
 	require.NotContains(t, plan, "Seq Scan", plan)
-}
-
-func repeat(s string, n int) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = s
-	}
-	return out
 }
