@@ -18,6 +18,8 @@ const (
 	MaxMaxSteps = 10000
 	// MaxReplicas is the largest replicas count an executor may ask for.
 	MaxReplicas = 64
+	// MaxConcurrency is the largest concurrency an executor may declare.
+	MaxConcurrency = 1024
 )
 
 // Flow is a parsed, validated flow. Values returned by Parse are valid; a Flow built by hand is
@@ -44,6 +46,10 @@ type Executor struct {
 	// Replicas is the most processes the worker runs for this executor; 0 means elastic (up to
 	// the worker's concurrency, started on demand).
 	Replicas int
+	// Concurrency is how many requests one replica takes at once: 1 (the default, protocol
+	// v1's one request at a time) or more for an executor that answers requests in any
+	// order, each by its id (an optional v1 extension; docs/executor-protocol.md).
+	Concurrency int
 	// Resources are the per-replica resource limits.
 	Resources Resources
 	// Env is added to the worker's environment for every replica (nil when unset).
@@ -57,6 +63,10 @@ type Executor struct {
 
 // Elastic reports whether the executor's replica count is left to the worker.
 func (e Executor) Elastic() bool { return e.Replicas == 0 }
+
+// RequestsPerReplica is how many requests one replica takes at once (Concurrency, 1 when
+// unset).
+func (e Executor) RequestsPerReplica() int { return max(e.Concurrency, 1) }
 
 // Resources are per-replica limits.
 type Resources struct {

@@ -13,7 +13,7 @@ func FuzzParse(f *testing.F) {
 	for _, seed := range []string{
 		fullFlow,
 		"executors:\n  - name: echo\n    command: [python3, examples/echo/echo.py]\n",
-		"max_steps: 3\nexecutors: [{name: a, command: [x], replicas: 2, resources: {memory: 1.5Gi}, env: {A: b}, workdir: w, slot: cpu}]\nsteps: [{name: s, executor: a, map: items, next: s}]\n",
+		"max_steps: 3\nexecutors: [{name: a, command: [x], replicas: 2, concurrency: 4, resources: {memory: 1.5Gi}, env: {A: b}, workdir: w, slot: cpu}]\nsteps: [{name: s, executor: a, map: items, next: s}]\n",
 		"executors: &a [*a]\n",
 		"x: &s {a: 1}\nexecutors: [{name: a, command: [x]}]\nsteps: [*s, *s]\n",
 		"",
@@ -72,7 +72,7 @@ func FuzzParse(f *testing.F) {
 			if len(e.Command) == 0 || e.Command[0] == "" {
 				t.Fatalf("executor %q has no program", e.Name)
 			}
-			if e.Replicas < 0 || e.Replicas > flow.MaxReplicas || e.Resources.Memory < 0 {
+			if e.Replicas < 0 || e.Replicas > flow.MaxReplicas || e.Concurrency < 0 || e.Concurrency > flow.MaxConcurrency || e.Resources.Memory < 0 {
 				t.Fatalf("executor %q out of range: %+v", e.Name, e)
 			}
 		}

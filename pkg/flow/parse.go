@@ -373,7 +373,7 @@ func (p *parser) flow(root *yaml.Node) *Flow {
 	return f
 }
 
-var executorFields = []string{"name", "command", "replicas", "resources", "env", "workdir", "slot"}
+var executorFields = []string{"name", "command", "replicas", "concurrency", "resources", "env", "workdir", "slot"}
 
 // executor validates one executor; nameNode is set when the name is a string (valid or not).
 func (p *parser) executor(n *yaml.Node, path string) (ex Executor, nameNode *yaml.Node, ok bool) {
@@ -409,6 +409,10 @@ func (p *parser) executor(n *yaml.Node, path string) (ex Executor, nameNode *yam
 
 	if e, found := fields["replicas"]; found && !isNull(e.value) {
 		ex.Replicas, _ = p.intRange(e.value, path+".replicas", 1, MaxReplicas)
+	}
+
+	if e, found := fields["concurrency"]; found && !isNull(e.value) {
+		ex.Concurrency, _ = p.intRange(e.value, path+".concurrency", 1, MaxConcurrency)
 	}
 
 	if e, found := fields["resources"]; found && !isNull(e.value) {

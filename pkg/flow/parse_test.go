@@ -18,6 +18,7 @@ executors:
   - name: document-processor
     command: ["python3", "processor.py", "--fast"]
     replicas: 3
+    concurrency: 8
     resources: {memory: 2Gi}
     env: {MODE: fast, THREADS: 4, DEBUG: true}
     workdir: sub/dir
@@ -44,13 +45,14 @@ func TestParseFullFlow(t *testing.T) {
 		Executors: []flow.Executor{
 			{Name: "splitter", Command: []string{"python3", "split.py"}},
 			{
-				Name:      "document-processor",
-				Command:   []string{"python3", "processor.py", "--fast"},
-				Replicas:  3,
-				Resources: flow.Resources{Memory: 2 << 30},
-				Env:       map[string]string{"MODE": "fast", "THREADS": "4", "DEBUG": "true"},
-				Workdir:   "sub/dir",
-				Slot:      "gpu",
+				Name:        "document-processor",
+				Command:     []string{"python3", "processor.py", "--fast"},
+				Replicas:    3,
+				Concurrency: 8,
+				Resources:   flow.Resources{Memory: 2 << 30},
+				Env:         map[string]string{"MODE": "fast", "THREADS": "4", "DEBUG": "true"},
+				Workdir:     "sub/dir",
+				Slot:        "gpu",
 			},
 			{Name: "reducer", Command: []string{"./reduce"}},
 		},
@@ -198,7 +200,7 @@ func TestParseRules(t *testing.T) {
 		{"executors empty", "executors: []\n", []problem{{1, 12, "executors", "must be a non-empty list of executors"}}},
 		{"executors mapping", "executors: {name: a}\n", []problem{{1, 12, "executors", "must be a non-empty list of executors"}}},
 		{"executor scalar", "executors: [a]\n", []problem{{1, 13, "executors[0]", "must be a mapping"}}},
-		{"executor unknown field", "executors:\n  - name: a\n    command: [x]\n    comand: [y]\n", []problem{{4, 5, "executors[0].comand", "unknown field (allowed: name, command, replicas, resources, env, workdir, slot)"}}},
+		{"executor unknown field", "executors:\n  - name: a\n    command: [x]\n    comand: [y]\n", []problem{{4, 5, "executors[0].comand", "unknown field (allowed: name, command, replicas, concurrency, resources, env, workdir, slot)"}}},
 
 		{"name missing", "executors:\n  - command: [x]\n", []problem{{2, 5, "executors[0].name", "is required"}}},
 		{"name not string", "executors:\n  - name: [a]\n    command: [x]\n", []problem{{2, 11, "executors[0].name", "must be a string"}}},
@@ -219,6 +221,10 @@ func TestParseRules(t *testing.T) {
 		{"replicas too many", one + "    replicas: 65\n", []problem{{4, 15, "executors[0].replicas", "between 1 and 64"}}},
 		{"replicas negative", one + "    replicas: -1\n", []problem{{4, 15, "executors[0].replicas", "between 1 and 64"}}},
 		{"replicas string", one + "    replicas: three\n", []problem{{4, 15, "executors[0].replicas", "between 1 and 64"}}},
+
+		{"concurrency zero", one + "    concurrency: 0\n", []problem{{4, 18, "executors[0].concurrency", "must be an integer between 1 and 1024"}}},
+		{"concurrency too many", one + "    concurrency: 1025\n", []problem{{4, 18, "executors[0].concurrency", "between 1 and 1024"}}},
+		{"concurrency string", one + "    concurrency: many\n", []problem{{4, 18, "executors[0].concurrency", "between 1 and 1024"}}},
 
 		{"resources scalar", one + "    resources: 2Gi\n", []problem{{4, 16, "executors[0].resources", "must be a mapping"}}},
 		{"resources unknown", one + "    resources: {cpu: 2}\n", []problem{{4, 17, "executors[0].resources.cpu", "unknown field (allowed: memory)"}}},

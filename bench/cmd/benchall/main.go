@@ -71,6 +71,7 @@ type config struct {
 	keep              bool
 	statements        bool
 	executor          string
+	execConcurrency   int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -99,6 +100,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.only, "only", "", "run only river or only ours")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (PostgreSQL data, logs)")
 	fs.StringVar(&c.executor, "executor", "c", "no-op executor of our runs: c (examples/noop/c/noop.c, built with cc) or go (examples/noop, whose Go runtime costs ~30 µs of CPU per run)")
+	fs.IntVar(&c.execConcurrency, "executor-concurrency", 1, "concurrency of the no-op executor in our flow: the requests one executor process takes at once (1: protocol v1's one at a time)")
 	fs.BoolVar(&c.statements, "statements", false, "load pg_stat_statements and print, per workload, the statements each job costs (adds a little overhead to both systems)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -132,6 +134,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.wideConcurrency < 0 || c.concurrency < 1 {
 		return c, fmt.Errorf("--concurrency must be at least 1 and --wide-concurrency at least 0, got %d and %d", c.concurrency, c.wideConcurrency)
+	}
+	if c.execConcurrency < 1 || c.execConcurrency > 1024 {
+		return c, fmt.Errorf("--executor-concurrency must be between 1 and 1024, got %d", c.execConcurrency)
 	}
 	if c.executor != "c" && c.executor != "go" {
 		return c, fmt.Errorf("--executor must be c or go, got %q", c.executor)
@@ -285,7 +290,11 @@ func run(ctx context.Context, cfg config) (err error) {
 		defer func() { err = errors.Join(err, srv.stop()) }()
 		srv.pids = fmt.Sprintf("agentserver=%d,postgres=%d", srv.cmd.Process.Pid, pg.PID())
 		flow := filepath.Join(dir, "noop-flow.yaml")
-		if err := os.WriteFile(flow, []byte(fmt.Sprintf("executors:\n  - name: noop\n    command: [%q]\n", bins.noop)), 0o644); err != nil {
+		flowYAML := fmt.Sprintf("executors:\n  - name: noop\n    command: [%q]\n", bins.noop)
+		if cfg.execConcurrency > 1 {
+			flowYAML += fmt.Sprintf("    concurrency: %d\n", cfg.execConcurrency)
+		}
+		if err := os.WriteFile(flow, []byte(flowYAML), 0o644); err != nil {
 			return err
 		}
 		// Every workload of ours runs on bench-noop, whose executor processes the warm-up

@@ -272,19 +272,23 @@ func (m *Manager) pool(f *flow.Flow, flowKey string, def flow.Executor, extraEnv
 	key := m.poolKey(f, flowKey, def, extraEnv)
 	p := m.pools[key]
 	if p == nil {
-		limit := def.Replicas
-		if limit == 0 {
-			limit = m.cfg.MaxConcurrency
+		// An elastic executor gets as many replicas as the worker's slots need: one per
+		// slot, or one per concurrency requests.
+		per := def.RequestsPerReplica()
+		replicas := def.Replicas
+		if replicas == 0 {
+			replicas = (m.cfg.MaxConcurrency + per - 1) / per
 		}
 		p = &pool{
 			m:        m,
 			def:      def,
 			flowKey:  flowKey,
 			extraEnv: slices.Clone(extraEnv),
-			limit:    limit,
-			sem:      make(chan struct{}, limit),
+			limit:    replicas * per,
+			per:      per,
+			sem:      make(chan struct{}, replicas*per),
 			live:     map[*replica]struct{}{},
-			used:     make([]bool, limit),
+			used:     make([]bool, replicas),
 		}
 		m.pools[key] = p
 	}
@@ -300,9 +304,17 @@ type pool struct {
 	def      flow.Executor
 	flowKey  string
 	extraEnv []string
-	limit    int
+	// limit is the most requests in flight: replicas × per.
+	limit int
+	// per is the requests one replica takes at once (the executor's concurrency): above 1
+	// the replicas are shared (mux.go) and idle holds none of them.
+	per int
 	// sem holds one token per request in flight: at most limit at once.
 	sem chan struct{}
+	// starting, while shared replicas start (startingN of them), is closed when a start
+	// ends: requests that find every replica full or starting wait for it (guarded by mu).
+	starting  chan struct{}
+	startingN int
 
 	mu     sync.Mutex
 	idle   []*replica // most recently used last
@@ -343,7 +355,26 @@ func (p *pool) acquire(ctx context.Context, run string, sink func(string)) (*rep
 			<-p.sem
 			return nil, ErrClosed
 		}
-		if n := len(p.idle); n > 0 {
+		if p.per > 1 {
+			// The live replica of the lowest index with room: requests gather on few
+			// replicas, so that each write and read carries several. One that broke (a
+			// failed write) is let go: its reader ends what it holds.
+			var pick *replica
+			for r := range p.live {
+				if r.isBroken() {
+					p.forgetLocked(r)
+					continue
+				}
+				if r.load < p.per && (pick == nil || r.index < pick.index) {
+					pick = r
+				}
+			}
+			if pick != nil {
+				pick.load++
+				p.mu.Unlock()
+				return pick, nil
+			}
+		} else if n := len(p.idle); n > 0 {
 			r := p.idle[n-1]
 			p.idle = p.idle[:n-1]
 			p.mu.Unlock()
@@ -357,16 +388,44 @@ func (p *pool) acquire(ctx context.Context, run string, sink func(string)) (*rep
 		// Fewer than limit replicas are live (we hold a token and none is idle), so an index
 		// is free.
 		index := slices.Index(p.used, false)
+		if index < 0 && p.starting != nil {
+			// Every replica is full or starting (shared replicas): wait for a start to end,
+			// then look again.
+			started := p.starting
+			p.mu.Unlock()
+			select {
+			case <-started:
+				continue
+			case <-ctx.Done():
+				<-p.sem
+				return nil, context.Cause(ctx)
+			}
+		}
 		if index < 0 {
 			p.mu.Unlock()
 			<-p.sem
 			return nil, errors.New("no free replica index (bug: pool accounting)")
 		}
 		p.used[index] = true
+		if p.per > 1 {
+			if p.startingN++; p.starting == nil {
+				p.starting = make(chan struct{})
+			}
+		}
 		p.mu.Unlock()
 
-		r, err := startReplica(&p.m.cfg, p.m.logger, p.def, index, p.env(index, run), sink)
+		if p.per > 1 {
+			sink = nil // a shared replica's stderr belongs to no one request
+		}
+		r, err := startReplica(&p.m.cfg, p.m.logger, p.def, index, p.env(index, run), sink, p.per > 1)
 		p.mu.Lock()
+		if p.per > 1 {
+			close(p.starting)
+			p.starting = nil
+			if p.startingN--; p.startingN > 0 {
+				p.starting = make(chan struct{})
+			}
+		}
 		if err != nil {
 			p.used[index] = false
 			p.mu.Unlock()
@@ -381,6 +440,10 @@ func (p *pool) acquire(ctx context.Context, run string, sink func(string)) (*rep
 			return nil, ErrClosed
 		}
 		p.live[r] = struct{}{}
+		if p.per > 1 {
+			r.load = 1
+			r.startMux(func() { p.releaseMux(r) }, func() { p.forget(r) })
+		}
 		p.mu.Unlock()
 		p.m.logger.Debug("executor replica started", "flow", p.flowKey, "executor", p.def.Name,
 			"replica", index, "pid", r.pid, "run", run)
@@ -422,6 +485,37 @@ func (p *pool) put(r *replica) {
 	<-p.sem
 }
 
+// releaseMux gives back one request's hold of a shared replica.
+func (p *pool) releaseMux(r *replica) {
+	p.mu.Lock()
+	if r.load--; r.load == 0 {
+		r.lastUsed = time.Now()
+	}
+	p.mu.Unlock()
+	<-p.sem
+}
+
+// putMux ends a request on a shared replica. An abandoned one keeps its hold until the
+// executor answers it (readMux releases it). A replica left holding abandoned requests
+// only is killed, which releases them: it answers nobody, and what it still works on
+// (perhaps hung) must not take a place of the pool forever.
+func (p *pool) putMux(r *replica, abandoned bool) {
+	if !abandoned {
+		p.releaseMux(r)
+	}
+	p.mu.Lock()
+	n := r.abandonedRequests()
+	only := n > 0 && r.load == n
+	if only {
+		// Out of the pool before anyone else can take it.
+		p.forgetLocked(r)
+	}
+	p.mu.Unlock()
+	if only {
+		r.kill()
+	}
+}
+
 // discard forgets a replica and kills it.
 func (p *pool) discard(r *replica) {
 	p.forget(r)
@@ -430,11 +524,15 @@ func (p *pool) discard(r *replica) {
 
 func (p *pool) forget(r *replica) {
 	p.mu.Lock()
+	p.forgetLocked(r)
+	p.mu.Unlock()
+}
+
+func (p *pool) forgetLocked(r *replica) {
 	if _, ok := p.live[r]; ok {
 		delete(p.live, r)
 		p.used[r.index] = false
 	}
-	p.mu.Unlock()
 }
 
 // expire removes and returns the idle replicas last used before cutoff, and dead ones.
@@ -442,6 +540,16 @@ func (p *pool) expire(cutoff time.Time) []*replica {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var victims []*replica
+	if p.per > 1 {
+		for r := range p.live {
+			if r.load == 0 && (r.lastUsed.Before(cutoff) || r.hasExited()) {
+				victims = append(victims, r)
+				delete(p.live, r)
+				p.used[r.index] = false
+			}
+		}
+		return victims
+	}
 	keep := p.idle[:0]
 	for _, r := range p.idle {
 		if r.lastUsed.Before(cutoff) || r.hasExited() {

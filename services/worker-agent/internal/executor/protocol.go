@@ -124,23 +124,36 @@ func (e *protocolError) Error() string {
 // parseMessage decodes one stdout line answering request id. It returns the event data for an
 // event (never nil) or the reply for a final message.
 func parseMessage(line []byte, id string) (data map[string]any, rep *reply, err error) {
+	got, data, rep, err := parseAnyMessage(line)
+	if (err == nil || got != "") && got != id {
+		return nil, nil, &protocolError{what: fmt.Sprintf("message answers id %q, but the request in flight is %q", got, id), line: line}
+	}
+	return data, rep, err
+}
+
+// parseAnyMessage decodes one stdout line and returns the request id it answers, and the
+// event data for an event (never nil) or the reply for a final message.
+func parseAnyMessage(line []byte) (id string, data map[string]any, rep *reply, err error) {
 	var m message
 	trimmed := bytes.TrimSpace(line)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, nil, &protocolError{what: "output is not a JSON object", line: line}
+		return "", nil, nil, &protocolError{what: "output is not a JSON object", line: line}
 	}
 	if !m.decode(trimmed) {
 		m = message{}
 		if err := json.Unmarshal(trimmed, &m); err != nil {
-			return nil, nil, &protocolError{what: fmt.Sprintf("output is not a protocol v1 message (%v)", err), line: line}
+			return "", nil, nil, &protocolError{what: fmt.Sprintf("output is not a protocol v1 message (%v)", err), line: line}
 		}
 	}
 	if m.ID == nil {
-		return nil, nil, &protocolError{what: "message has no id", line: line}
+		return "", nil, nil, &protocolError{what: "message has no id", line: line}
 	}
-	if *m.ID != id {
-		return nil, nil, &protocolError{what: fmt.Sprintf("message answers id %q, but the request in flight is %q", *m.ID, id), line: line}
-	}
+	data, rep, err = m.interpret(line)
+	return *m.ID, data, rep, err
+}
+
+// interpret turns a decoded message with an id into event data or a reply.
+func (m *message) interpret(line []byte) (data map[string]any, rep *reply, err error) {
 	switch m.Type {
 	case typeEvent:
 		data = map[string]any{}

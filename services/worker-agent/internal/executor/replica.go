@@ -76,12 +76,19 @@ type replica struct {
 	logBytes int64
 	logShut  bool
 	tail     []string
+	// mux is set on a replica that takes several requests at once (mux.go).
+	mux *muxState
+
 	lastUsed time.Time // guarded by the owning pool's mu
+	// load is the requests a shared replica holds (pool.per > 1), guarded by the pool's mu:
+	// handed out by acquire and not yet released, abandoned ones included.
+	load int
 }
 
 // startReplica starts one executor process with the given environment.
 // Its stderr goes to sink from the first line on.
-func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int, env []string, sink func(string)) (*replica, error) {
+// A shared replica (one that takes several requests at once, mux.go) has no sink.
+func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int, env []string, sink func(string), shared bool) (*replica, error) {
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("creating stdin pipe: %w", err)
@@ -170,6 +177,9 @@ func startReplica(cfg *Config, logger *slog.Logger, def flow.Executor, index int
 		probe:      newOneShot(outR),
 		sink:       sink,
 	}
+	if shared {
+		r.mux = &muxState{calls: map[string]*muxCall{}, abandoned: map[string]bool{}}
+	}
 	r.out = bufio.NewReaderSize(newTrackedReader(r.probe, "stdout"), 64<<10)
 	r.interrupt = func() { _ = r.stdout.SetReadDeadline(time.Unix(1, 0)) }
 	go func() {
@@ -242,7 +252,10 @@ func (r *replica) logLine(line string) {
 		sink(line)
 		return
 	}
-	if idle {
+	switch {
+	case r.mux != nil:
+		r.logger.Info("executor stderr", "executor", r.executor, "replica", r.index, "pid", r.pid, "line", line)
+	case idle:
 		r.logger.Debug("executor stderr while idle", "executor", r.executor, "replica", r.index, "pid", r.pid, "line", line)
 	}
 }
@@ -464,6 +477,12 @@ func (r *replica) hasExited() bool {
 	default:
 		return false
 	}
+}
+
+func (r *replica) isBroken() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.broken
 }
 
 func (r *replica) markBroken() {

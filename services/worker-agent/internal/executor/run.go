@@ -362,7 +362,6 @@ func (rs *runState) call(ctx context.Context, p *pool, step flow.Step, state, it
 		}
 		return nil, &failure{msg: fmt.Sprintf("starting executor %q: %v", name, err)}
 	}
-	defer p.put(r)
 	req := &request{
 		Type:    "step",
 		ID:      "req-" + strconv.FormatUint(rs.m.seq.Add(1), 10),
@@ -376,7 +375,14 @@ func (rs *runState) call(ctx context.Context, p *pool, step flow.Step, state, it
 		Resume:  rs.resume,
 		Epoch:   rs.spec.Epoch,
 	}
-	return r.call(ctx, req, func(data map[string]any) { rs.g.event(step.Name, data) })
+	onEvent := func(data map[string]any) { rs.g.event(step.Name, data) }
+	if r.mux != nil {
+		rep, abandoned, err := r.callMux(ctx, req, onEvent)
+		p.putMux(r, abandoned)
+		return rep, err
+	}
+	defer p.put(r)
+	return r.call(ctx, req, onEvent)
 }
 
 // mapStep fans step out over the items of state[step.Map].
