@@ -100,7 +100,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.only, "only", "", "run only river or only ours")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (PostgreSQL data, logs)")
 	fs.StringVar(&c.executor, "executor", "c", "no-op executor of our runs: c (examples/noop/c/noop.c, built with cc) or go (examples/noop, whose Go runtime costs ~30 µs of CPU per run)")
-	fs.IntVar(&c.execConcurrency, "executor-concurrency", 1, "concurrency of the no-op executor in our flow: the requests one executor process takes at once (1: protocol v1's one at a time)")
+	// 64: the no-op executor takes any number of requests at once (concurrency in the flow,
+	// docs/executor-protocol.md), so that a burst of them is one write each way; with 500
+	// slots, 8 processes. 1 measures protocol v1's one request at a time per process.
+	fs.IntVar(&c.execConcurrency, "executor-concurrency", 64, "concurrency of the no-op executor in our flow: the requests one executor process takes at once (1: one at a time)")
 	fs.BoolVar(&c.statements, "statements", false, "load pg_stat_statements and print, per workload, the statements each job costs (adds a little overhead to both systems)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -775,8 +778,8 @@ func workloadTitle(w string, cfg config) string {
 }
 
 func printTable(w io.Writer, m machineInfo, cfg config, rows []row) {
-	fmt.Fprintf(w, "\nagentserver (%s no-op executor) vs River v0.51.2 (fetch cooldown 2ms, poll 20ms, 500 workers), same PostgreSQL, %d round(s)\n",
-		executorName(cfg.executor), cfg.rounds)
+	fmt.Fprintf(w, "\nagentserver (%s no-op executor, concurrency %d) vs River v0.51.2 (fetch cooldown 2ms, poll 20ms, 500 workers), same PostgreSQL, %d round(s)\n",
+		executorName(cfg.executor), cfg.execConcurrency, cfg.rounds)
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %.1f GiB, PostgreSQL %s (durable=%v), %s; single-row INSERT commits: %.0f/s from %d connections\n\n",
 		m.CPUs, m.CPUModel, m.MemoryGiB, m.PostgreSQL, cfg.durable, m.Go, m.InsertCommitsPerS, cfg.concurrency)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -829,7 +832,7 @@ func writeJSON(path string, m machineInfo, cfg config, all results, rows []row, 
 		"config": map[string]any{
 			"rounds": cfg.rounds, "quick": cfg.quick, "durable": cfg.durable, "concurrency": cfg.concurrency, "wide_concurrency": cfg.wideConcurrency, "sessions": cfg.sessions,
 			"sustained_duration_s": cfg.sustainedDuration.Seconds(), "sustained_max": cfg.sustainedMax,
-			"burndown": cfg.burndown, "rate": cfg.rate, "rate_duration_s": cfg.rateDuration.Seconds(), "slots": cfg.slots, "executor": cfg.executor,
+			"burndown": cfg.burndown, "rate": cfg.rate, "rate_duration_s": cfg.rateDuration.Seconds(), "slots": cfg.slots, "executor": cfg.executor, "executor_concurrency": cfg.execConcurrency,
 			"workers": cfg.workers,
 			"river":   map[string]any{"version": "v0.51.2", "max_workers": 500, "fetch_cooldown_ms": 2, "fetch_poll_interval_ms": 20},
 		},

@@ -6,7 +6,9 @@
  * because a Go process spends, per request, runtime work of its own (a blocking read of
  * stdin hands the thread back and forth with the scheduler; futex wake-ups, sysmon): with
  * 64 replicas that was ~30 µs of CPU per run, a sixth of a burn-down's CPU, none of it
- * agentserver's. Here a request costs a read and a write.
+ * agentserver's. Here a request costs a read and a write, and a burst of requests (an
+ * executor of `concurrency` above 1 gets them without waiting) one read and one write:
+ * every request a read brought is answered, in order, in one write.
  *
  * It copies the values of "id" and "state" (or "item") verbatim and does not validate the
  * rest of the line: the worker only sends well-formed JSON. A line that is not a JSON
