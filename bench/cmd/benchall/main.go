@@ -301,11 +301,11 @@ func run(ctx context.Context, cfg config) (err error) {
 			return err
 		}
 		// Every workload of ours runs on bench-noop, whose executor processes the warm-up
-		// starts: one per slot (a burn-down claims every slot at once), so that no workload
-		// measures executor start-up (the worker pools replicas per assistant and flow, so
-		// the burn-down's hold and release keep them).
+		// starts: one per slot, or per --executor-concurrency slots (a burn-down claims every
+		// slot at once), so that no workload measures executor start-up (the worker pools
+		// replicas per assistant and flow, so the burn-down's hold and release keep them).
 		warm := max(2000, 4*totalSlots(cfg))
-		logf("warming up (starts the executor processes: %d runs, one process per slot)", warm)
+		logf("warming up (starts the executor processes: %d runs, one process per %d slot(s))", warm, cfg.execConcurrency)
 		if _, err := srv.bench(ctx, "--flow", flow, "--assistant-id", "bench-noop", "--concurrency", strconv.Itoa(cfg.concurrency),
 			"--duration", "2s", "--max-runs", "1000"); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
