@@ -32,6 +32,12 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // returns a flow file that runs it; without a Go toolchain it falls back to the Python twin.
 func noopFlow(tb testing.TB) string {
 	tb.Helper()
+	return noopFlowWith(tb, "")
+}
+
+// noopFlowWith is noopFlow with extra lines for the executor (e.g. its concurrency).
+func noopFlowWith(tb testing.TB, extra string) string {
+	tb.Helper()
 	root, err := filepath.Abs("../../../..")
 	require.NoError(tb, err)
 	src := filepath.Join(root, "examples", "noop")
@@ -46,7 +52,7 @@ func noopFlow(tb testing.TB) string {
 		command = fmt.Sprintf("[\"python3\", %q]", filepath.Join(src, "noop.py"))
 	}
 	flow := filepath.Join(dir, "flow.yaml")
-	require.NoError(tb, os.WriteFile(flow, []byte("executors:\n  - name: noop\n    command: "+command+"\n"), 0o644))
+	require.NoError(tb, os.WriteFile(flow, []byte("executors:\n  - name: noop\n    command: "+command+"\n"+extra), 0o644))
 	return flow
 }
 
@@ -191,6 +197,12 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 		requireSane(t, r, 300)
 		// Held until all were queued: the burn-down starts from a full queue.
 		require.LessOrEqual(t, r.Completed, 300)
+		require.Positive(t, r.Completed)
+	})
+	t.Run("burndown through executors of concurrency 4", func(t *testing.T) {
+		// The 8 slots' runs share 2 executor processes, 4 requests in flight on each.
+		r, _ := runBench(t, addr, "--flow", noopFlowWith(t, "    concurrency: 4\n"), "--burndown", "300", "--batch-size", "100")
+		requireSane(t, r, 300)
 		require.Positive(t, r.Completed)
 	})
 	t.Run("burndown of an existing assistant", func(t *testing.T) {
