@@ -191,8 +191,8 @@ func (r *replica) readMux() {
 	for {
 		line, _, err := readLine(r.out, r.cfg.MaxLineBytes, false)
 		if errors.Is(err, errLineTooLong) {
-			r.failMux(r.protocolFailure(&protocolError{
-				what: fmt.Sprintf("output line longer than %d bytes", r.cfg.MaxLineBytes), line: line}))
+			r.breachMux(&protocolError{
+				what: fmt.Sprintf("output line longer than %d bytes", r.cfg.MaxLineBytes), line: line})
 			return
 		}
 		if err != nil {
@@ -201,7 +201,7 @@ func (r *replica) readMux() {
 		}
 		id, event, rep, perr := parseAnyMessage(line)
 		if perr != nil {
-			r.failMux(r.protocolFailure(perr))
+			r.breachMux(perr)
 			return
 		}
 		r.mu.Lock()
@@ -219,14 +219,14 @@ func (r *replica) readMux() {
 				continue
 			}
 			r.mu.Unlock()
-			r.failMux(r.protocolFailure(&protocolError{
-				what: fmt.Sprintf("message answers id %q, which is not a request in flight", id), line: line}))
+			r.breachMux(&protocolError{
+				what: fmt.Sprintf("message answers id %q, which is not a request in flight", id), line: line})
 			return
 		}
 		if c.bytes += int64(len(line)) + 1; c.bytes > r.cfg.MaxStepOutputBytes {
 			r.mu.Unlock()
-			r.failMux(r.protocolFailure(&protocolError{
-				what: fmt.Sprintf("more than %d bytes of output for one request", r.cfg.MaxStepOutputBytes)}))
+			r.breachMux(&protocolError{
+				what: fmt.Sprintf("more than %d bytes of output for one request", r.cfg.MaxStepOutputBytes)})
 			return
 		}
 		c.msgs = append(c.msgs, muxMsg{event: event, rep: rep})
@@ -263,6 +263,19 @@ func (r *replica) muxOutputEnded(err error) error {
 		return &failure{msg: fmt.Sprintf("executor %q: no answer within %s of a failed request write", r.executor, r.cfg.ExitGrace), retryable: true}
 	}
 	return &failure{msg: fmt.Sprintf("executor %q: reading stdout: %v", r.executor, err)}
+}
+
+// breachMux fails the replica for breaking the protocol; with no request in flight
+// (output while idle) nobody hears of it but the worker's log.
+func (r *replica) breachMux(err error) {
+	r.mu.Lock()
+	idle := len(r.mux.calls) == 0
+	r.mu.Unlock()
+	if idle {
+		r.logger.Warn("executor broke protocol v1 while idle; replacing it",
+			"executor", r.executor, "replica", r.index, "pid", r.pid, "err", err.Error())
+	}
+	r.failMux(r.protocolFailure(err))
 }
 
 // failMux ends every request in flight with err, releases the abandoned ones, tells the

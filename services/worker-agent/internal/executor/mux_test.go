@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentserver/agentserver/pkg/flow"
@@ -31,7 +33,9 @@ func runAll(t *testing.T, m *executor.Manager, f *flow.Flow, states []map[string
 	for i, st := range states {
 		recs[i] = &recorder{}
 		wg.Go(func() {
-			outs[i], _ = runCtx(t.Context(), t, m, f, st, recs[i], func(s *executor.RunSpec) { s.RunName = fmt.Sprintf("runs/r%d", i) })
+			outs[i] = m.Run(t.Context(), executor.RunSpec{
+				RunName: fmt.Sprintf("runs/r%d", i), Attempt: 1, FlowKey: "assistants/test@1", Flow: f, State: st,
+			}, recs[i].callbacks())
 		})
 	}
 	wg.Wait()
@@ -236,4 +240,61 @@ func TestConcurrentExecutorMapStep(t *testing.T) {
 		pids[res["pid"].(float64)] = true
 	}
 	require.Len(t, pids, 1)
+}
+
+// Many runs at once over two shared replicas, a third of them cancelled while in flight:
+// every run ends, each with its own answer or its cancellation, and later runs still find
+// room (abandoned requests give their places back when answered).
+func TestConcurrentExecutorUnderCancellations(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, executor.Config{})
+	f := concurrentStep(t, "    replicas: 2\n    concurrency: 8\n")
+	var wg sync.WaitGroup
+	for i := range 120 {
+		wg.Go(func() {
+			name := fmt.Sprintf("runs/c%d", i)
+			ctx, cancel := context.WithCancelCause(t.Context())
+			defer cancel(nil)
+			seconds := float64(i%7) * 0.01
+			if i%3 == 0 {
+				time.AfterFunc(time.Duration(seconds*float64(time.Second)/2), func() { cancel(executor.ErrCancelled) })
+			}
+			out, rec := runCtx(ctx, t, m, f, map[string]any{"action": "sleep", "seconds": seconds}, &recorder{},
+				func(s *executor.RunSpec) { s.RunName = name })
+			switch out.Kind {
+			case executor.OutcomeSucceeded:
+				assert.Equal(t, name, out.State["run"], "its own answer")
+				for _, e := range rec.events {
+					assert.Equal(t, name, e.data["run"], "its own events")
+				}
+			case executor.OutcomeCancelled:
+				assert.Zero(t, i%3, "run %d was not cancelled", i)
+			default:
+				t.Errorf("run %d: %v %s", i, out.Kind, out.Error)
+			}
+		})
+	}
+	wg.Wait()
+	out, _ := run(t, m, f, map[string]any{"action": "ok"})
+	require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
+}
+
+// Output that answers nothing while no request is in flight replaces the replica, with a
+// warning in the worker's log.
+func TestConcurrentExecutorStrayOutputWhileIdle(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	m := newManager(t, executor.Config{Logger: slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, nil))})
+	f := concurrentStep(t, "    replicas: 1\n    concurrency: 2\n")
+	first, _ := run(t, m, f, map[string]any{"action": "stray_later"})
+	require.Equal(t, executor.OutcomeSucceeded, first.Kind, first.Error)
+	requireGone(t, pidOf(t, first))
+	logMu.Lock()
+	require.Contains(t, logs.String(), `msg="executor broke protocol v1 while idle; replacing it"`)
+	require.Contains(t, logs.String(), `message answers id \"stray\", which is not a request in flight`)
+	logMu.Unlock()
+	after, _ := run(t, m, f, nil)
+	require.Equal(t, executor.OutcomeSucceeded, after.Kind, after.Error)
+	require.NotEqual(t, pidOf(t, first), pidOf(t, after))
 }

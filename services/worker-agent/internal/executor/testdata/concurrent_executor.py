@@ -51,6 +51,10 @@ def handle(req):
         for i in range(3):
             send({"type": "event", "id": rid, "data": {"run": req["run"], "n": i}})
         send({"type": "result", "id": rid, "state": {"pid": PID, "run": req["run"], "seen": seen}})
+    elif action == "sleep":
+        time.sleep(state["seconds"])
+        send({"type": "event", "id": rid, "data": {"run": req["run"]}})
+        send({"type": "result", "id": rid, "state": {"pid": PID, "run": req["run"]}})
     elif action == "await":
         # Answers once the file state["file"] exists.
         send({"type": "event", "id": rid, "data": {"waiting": True}})
@@ -69,6 +73,11 @@ def handle(req):
     elif action == "stranger":
         # Answers a request that was never sent.
         send({"type": "result", "id": "nobody-sent-this", "state": {}})
+    elif action == "stray_later":
+        # Answers, then (idle by then) writes a line that answers nothing.
+        send({"type": "result", "id": rid, "state": {"pid": PID}})
+        time.sleep(0.1)
+        send({"type": "result", "id": "stray", "state": {}})
     elif action == "stderr":
         print(f"a line from {rid}", file=sys.stderr, flush=True)
         send({"type": "result", "id": rid, "state": {"pid": PID}})
