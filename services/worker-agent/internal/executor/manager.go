@@ -1,6 +1,7 @@
 // Package executor runs the flow of a run on a worker through executor processes that speak
 // executor protocol v1 (JSON lines on stdin/stdout, one request at a time per replica;
-// DESIGN.md §6).
+// DESIGN.md §6), or, for an executor whose flow declares `concurrency: N`, N at once,
+// answered by id (mux.go).
 //
 // It owns the executor replicas (long-lived processes, each in its own process group, pooled per
 // flow and executor, reused across steps and runs, started on demand, expired when idle, killed
