@@ -545,8 +545,7 @@ func (p *pool) expire(cutoff time.Time) []*replica {
 		for r := range p.live {
 			if r.load == 0 && (r.lastUsed.Before(cutoff) || r.hasExited()) {
 				victims = append(victims, r)
-				delete(p.live, r)
-				p.used[r.index] = false
+				p.forgetLocked(r)
 			}
 		}
 		return victims
@@ -555,8 +554,7 @@ func (p *pool) expire(cutoff time.Time) []*replica {
 	for _, r := range p.idle {
 		if r.lastUsed.Before(cutoff) || r.hasExited() {
 			victims = append(victims, r)
-			delete(p.live, r)
-			p.used[r.index] = false
+			p.forgetLocked(r)
 			continue
 		}
 		keep = append(keep, r)

@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"syscall"
-	"time"
 )
 
 // A replica of an executor whose flow declares `concurrency: N` above 1 takes up to N
@@ -57,6 +54,14 @@ type muxCall struct {
 	signal chan struct{}
 }
 
+// wake tells the call's caller that it has something to read (once is enough).
+func (c *muxCall) wake() {
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
 type muxMsg struct {
 	event map[string]any
 	rep   *reply
@@ -80,7 +85,7 @@ func (r *replica) abandonedRequests() int {
 // when ctx ended first; abandoned reports that the request was still unanswered then (its
 // place on the replica is released when the answer comes or the replica dies).
 func (r *replica) callMux(ctx context.Context, req *request, onEvent func(map[string]any)) (rep *reply, abandoned bool, err error) {
-	line := append(req.appendJSON(make([]byte, 0, 256+len(req.State)+len(req.Config)+len(req.Item)+len(req.Resume))), '\n')
+	line := req.line()
 	c := &muxCall{signal: make(chan struct{}, 1)}
 	m := r.mux
 	r.mu.Lock()
@@ -196,7 +201,8 @@ func (r *replica) readMux() {
 			return
 		}
 		if err != nil {
-			r.failMux(r.muxOutputEnded(err))
+			// No request's context ends this read, and no request's write is waited for.
+			r.failMux(r.outputEnded(context.Background(), err, nil))
 			return
 		}
 		id, event, rep, perr := parseAnyMessage(line)
@@ -234,35 +240,8 @@ func (r *replica) readMux() {
 			delete(m.calls, id)
 		}
 		r.mu.Unlock()
-		select {
-		case c.signal <- struct{}{}:
-		default:
-		}
+		c.wake()
 	}
-}
-
-// muxOutputEnded explains why stdout ended (err: its end, or the read deadline an exit or
-// a failed write set), leaving the replica killed.
-func (r *replica) muxOutputEnded(err error) error {
-	if errors.Is(err, io.EOF) {
-		// stdout closed: the process is probably exiting; give it a moment.
-		select {
-		case <-r.exited:
-		case <-time.After(r.cfg.ExitGrace):
-		}
-	}
-	if r.hasExited() {
-		r.markBroken()
-		return r.exitFailure()
-	}
-	r.kill()
-	switch {
-	case errors.Is(err, io.EOF):
-		return &failure{msg: fmt.Sprintf("executor %q closed its stdout", r.executor)}
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return &failure{msg: fmt.Sprintf("executor %q: no answer within %s of a failed request write", r.executor, r.cfg.ExitGrace), retryable: true}
-	}
-	return &failure{msg: fmt.Sprintf("executor %q: reading stdout: %v", r.executor, err)}
 }
 
 // breachMux fails the replica for breaking the protocol; with no request in flight
@@ -298,10 +277,7 @@ func (r *replica) failMux(err error) {
 	// start a fresh replica.
 	m.onFail()
 	for _, c := range calls {
-		select {
-		case c.signal <- struct{}{}:
-		default:
-		}
+		c.wake()
 	}
 	for range abandoned {
 		m.release()

@@ -70,6 +70,11 @@ func (req *request) appendJSON(b []byte) []byte {
 	return append(b, '}')
 }
 
+// line is req as the line written to the executor's stdin, newline included.
+func (req *request) line() []byte {
+	return append(req.appendJSON(make([]byte, 0, 256+len(req.State)+len(req.Config)+len(req.Item)+len(req.Resume))), '\n')
+}
+
 func appendRaw(b []byte, raw json.RawMessage) []byte {
 	if raw == nil {
 		return append(b, "null"...)

@@ -609,7 +609,7 @@ func (r *replica) writeRequest(buf []byte) (written <-chan error, err error) {
 // then killed). (A goroutine per replica used to read stdout and hand each line over a
 // channel: two goroutine wake-ups per answer instead of one.)
 func (r *replica) call(ctx context.Context, req *request, onEvent func(map[string]any)) (*reply, error) {
-	buf := append(req.appendJSON(make([]byte, 0, 256+len(req.State)+len(req.Config)+len(req.Item)+len(req.Resume))), '\n')
+	buf := req.line()
 
 	written, writeErr := r.writeRequest(buf)
 	if writeErr != nil {
