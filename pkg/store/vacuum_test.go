@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentserver/agentserver/pkg/store"
@@ -49,9 +50,10 @@ func noOlderSnapshots(t *testing.T, st *store.Store) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		var n int
-		require.NoError(t, st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL`).Scan(&n))
-		return n == 0
+		err := st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL`).Scan(&n)
+		// assert, not require: the condition runs on a goroutine of its own.
+		return assert.NoError(t, err) && n == 0
 	}, 30*time.Second, 10*time.Millisecond, "a backend of this database still holds a snapshot")
 }
 
