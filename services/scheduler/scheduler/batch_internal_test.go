@@ -147,31 +147,31 @@ func TestReleaseFreesSlotsOfArrivedResults(t *testing.T) {
 	result := func(id uuid.UUID, epoch int64) *schedulerv1.ConnectRequest {
 		return &schedulerv1.ConnectRequest{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(id), Epoch: epoch}}}
 	}
-	require.Empty(t, sess.freeSlots())
+	require.Empty(t, sess.freeSlots(nil))
 
 	sess.release([]*schedulerv1.ConnectRequest{result(a, 2), eventMsg(), {Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: "bad"}}}})
-	require.Empty(t, sess.freeSlots(), "another claim's result frees nothing")
+	require.Empty(t, sess.freeSlots(nil), "another claim's result frees nothing")
 	require.Empty(t, sess.srv.wake, "nothing freed, the dispatcher is not woken")
 
 	sess.claimed("cpu", 1, 1)
 	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
-	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots())
+	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(nil))
 	require.Len(t, sess.srv.wake, 1, "the last cpu claim took all it asked for: runs may be waiting, the dispatcher is woken")
 	require.Equal(t, int32(2), sess.runs[a].attempt, "the entry stays for handleResults")
 
 	<-sess.srv.wake
 	sess.release([]*schedulerv1.ConnectRequest{result(a, 3)})
-	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(), "released once")
+	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(nil), "released once")
 	require.Empty(t, sess.srv.wake)
 
 	sess.claimed("cpu", 1, 0)
 	sess.release([]*schedulerv1.ConnectRequest{result(b, 1)})
-	require.Equal(t, map[string]int{"cpu": 2}, sess.freeSlots())
+	require.Equal(t, map[string]int{"cpu": 2}, sess.freeSlots(nil))
 	require.Empty(t, sess.srv.wake, "the last cpu claim emptied the queue: no wake-up")
 
 	sess.claimed("gpu", 1, 0)
 	sess.release([]*schedulerv1.ConnectRequest{result(g, 1)})
-	require.Equal(t, map[string]int{"cpu": 2, "gpu": 1}, sess.freeSlots())
+	require.Equal(t, map[string]int{"cpu": 2, "gpu": 1}, sess.freeSlots(nil))
 	require.Len(t, sess.srv.wake, 1, "a freed GPU always wakes the dispatcher")
 }
 
@@ -187,7 +187,7 @@ func TestSlotsFreedAfterTheDispatcherReadsThemWakeIt(t *testing.T) {
 		spare: map[string]bool{},
 	}
 	sess.claimed("cpu", 2, 1) // an earlier claim emptied the queue
-	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots())
+	require.Equal(t, map[string]int{"cpu": 1}, sess.freeSlots(nil))
 	sess.release([]*schedulerv1.ConnectRequest{{Msg: &schedulerv1.ConnectRequest_Result{Result: &schedulerv1.RunResult{Run: runName(a), Epoch: 1}}}})
 	require.Len(t, sess.srv.wake, 1)
 }

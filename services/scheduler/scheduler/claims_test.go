@@ -134,44 +134,88 @@ func TestOneClaimPerAnnouncedRunAcrossWorkers(t *testing.T) {
 // was skipped because another worker's claim in the same dispatch had.
 func TestResultsOnAFleetWithNothingQueuedCostNoClaim(t *testing.T) {
 	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute })
-	createAssistants(t, st, map[string]string{"a": "cpu-results"})
+	createAssistants(t, st, map[string]string{"a": "cpu-results", "probe": "cpu-results-probe"})
 	var workers []*standInWorker
 	for _, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
 		workers = append(workers, connectStandIn(t, addr, &schedulerv1.Register{WorkerId: id, Slots: slots("cpu-results", 10)}))
 	}
+	probe := connectStandIn(t, addr, &schedulerv1.Register{WorkerId: "probe", Slots: slots("cpu-results-probe", 1)})
 	waitListening(t, st)
-	var got []*schedulerv1.Assignment
-	for i := range 20 {
-		queueRuns(t, st, "a", 1)
-		require.Eventually(t, func() bool {
-			got = got[:0]
-			for _, w := range workers {
-				got = append(got, w.assignments()...)
-			}
-			return len(got) == i+1
-		}, 10*time.Second, time.Millisecond)
-	}
+	queueOneByOne(t, st, "a", 20, workers)
+	// The last claim's assignment reaches its worker before that dispatch has marked every
+	// session's claim: results sent meanwhile would wake one more. A run of another type,
+	// claimed by a later dispatch, shows that it has ended.
+	queueOneByOne(t, st, "probe", 1, []*standInWorker{probe})
 	found0, empty0 := claimsCounted(t, "cpu-results")
 
-	acked := 0
-	for _, w := range workers {
-		for _, a := range w.assignments() {
-			w.succeed(t, a)
-			acked++
-			require.Eventually(t, func() bool {
-				n := 0
-				for _, w := range workers {
-					runs, _ := w.acked()
-					n += len(runs)
-				}
-				return n == acked
-			}, 10*time.Second, time.Millisecond)
-		}
-	}
+	succeedAll(t, workers)
 
 	found, empty := claimsCounted(t, "cpu-results")
 	require.Equal(t, found0, found)
 	require.LessOrEqual(t, empty-empty0, 1, "no claim woken by results whose slots nothing waits for")
+}
+
+// A dispatch woken for one slot type leaves the workers' other slot types as they were:
+// their last claims emptied the queue, so results freeing their slots still cost no claim.
+func TestAnotherSlotTypesRunsLeaveResultsClaimFree(t *testing.T) {
+	st, addr := startScheduler(t, func(c *scheduler.Config) { c.PollInterval = time.Minute })
+	createAssistants(t, st, map[string]string{"a": "cpu-mixed-a", "b": "cpu-mixed-b"})
+	var workers []*standInWorker
+	for _, id := range []string{"m1", "m2", "m3"} {
+		workers = append(workers, connectStandIn(t, addr, &schedulerv1.Register{WorkerId: id, Slots: slots("cpu-mixed-a", 10, "cpu-mixed-b", 10)}))
+	}
+	waitListening(t, st)
+	queueOneByOne(t, st, "a", 6, workers)
+	queueOneByOne(t, st, "b", 1, workers) // a dispatch for cpu-mixed-b only, after the last of cpu-mixed-a
+	found0, empty0 := claimsCounted(t, "cpu-mixed-a")
+
+	succeedAll(t, workers)
+
+	found, empty := claimsCounted(t, "cpu-mixed-a")
+	require.Equal(t, found0, found)
+	require.Equal(t, empty0, empty, "no claim of cpu-mixed-a woken by its results after a dispatch for cpu-mixed-b")
+}
+
+// fleetAssignments returns every assignment the workers have received.
+func fleetAssignments(workers []*standInWorker) []*schedulerv1.Assignment {
+	var out []*schedulerv1.Assignment
+	for _, w := range workers {
+		out = append(out, w.assignments()...)
+	}
+	return out
+}
+
+// queueOneByOne queues n runs of assistant one at a time, each after the one before
+// reached one of the workers.
+func queueOneByOne(t *testing.T, st *store.Store, assistant string, n int, workers []*standInWorker) {
+	t.Helper()
+	before := len(fleetAssignments(workers))
+	for i := range n {
+		queueRuns(t, st, assistant, 1)
+		require.Eventually(t, func() bool { return len(fleetAssignments(workers)) == before+i+1 }, 10*time.Second, time.Millisecond)
+	}
+}
+
+// succeedAll sends the success of every assignment the workers hold, one at a time, each
+// after the one before was acknowledged.
+func succeedAll(t *testing.T, workers []*standInWorker) {
+	t.Helper()
+	acked := func() int {
+		n := 0
+		for _, w := range workers {
+			runs, _ := w.acked()
+			n += len(runs)
+		}
+		return n
+	}
+	want := acked()
+	for _, w := range workers {
+		for _, a := range w.assignments() {
+			w.succeed(t, a)
+			want++
+			require.Eventually(t, func() bool { return acked() == want }, 10*time.Second, time.Millisecond)
+		}
+	}
 }
 
 // Every GPU is its own claim, largest free memory first; a claim that finds no run for a

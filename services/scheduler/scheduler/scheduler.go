@@ -504,12 +504,9 @@ func (s *Server) dispatch(ctx context.Context, only map[string]bool) (claimed in
 			// Its claims could not be renewed: they would only expire and be requeued.
 			continue
 		}
-		for slotType, free := range sess.freeSlots() {
+		for slotType, free := range sess.freeSlots(only) {
 			if ctx.Err() != nil {
 				return
-			}
-			if only != nil && !only[slotType] {
-				continue
 			}
 			if exhausted[slotType] {
 				// This session's free slots of that type have nothing to take either.

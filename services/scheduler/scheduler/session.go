@@ -91,11 +91,14 @@ func (s *session) live() bool {
 	return time.Since(s.lastHeartbeat()) < s.srv.cfg.LeaseTTL-s.srv.cfg.HeartbeatInterval
 }
 
-// freeSlots returns the free slots by type, by the scheduler's own count of what it
-// assigned: the worker's reports lag behind assignments, so they are never trusted to
-// grant more. The dispatcher claims for them next: a slot of those types freed from now
-// on wakes it again (spare is cleared for them until claimed records the claim).
-func (s *session) freeSlots() map[string]int {
+// freeSlots returns the free slots by type, of the types in only (every type when only
+// is nil), by the scheduler's own count of what it assigned: the worker's reports lag
+// behind assignments, so they are never trusted to grant more. The dispatcher claims for
+// them next: a slot of those types freed from now on wakes it again (spare is cleared for
+// them until claimed records the claim). The other types keep their spare mark: a
+// dispatch woken for one slot type makes no claim for another, and a freed slot of a
+// type whose last claim emptied the queue still needs no wake-up.
+func (s *session) freeSlots(only map[string]bool) map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
@@ -109,6 +112,9 @@ func (s *session) freeSlots() map[string]int {
 	}
 	free := make(map[string]int)
 	for t, total := range s.slots {
+		if only != nil && !only[t] {
+			continue
+		}
 		if n := total - used[t]; n > 0 {
 			free[t] = int(n)
 			s.spare[t] = false
