@@ -98,22 +98,11 @@ func TestOneClaimPerAnnouncedRunAcrossWorkers(t *testing.T) {
 	for _, id := range []string{"w1", "w2", "w3", "w4", "w5"} {
 		workers = append(workers, connectStandIn(t, addr, &schedulerv1.Register{WorkerId: id, Slots: slots("cpu-fleet", 10)}))
 	}
-	assigned := func() int {
-		n := 0
-		for _, w := range workers {
-			n += len(w.assignments())
-		}
-		return n
-	}
 	waitListening(t, st)
-	queueRuns(t, st, "a", 1)
-	require.Eventually(t, func() bool { return assigned() == 1 }, 10*time.Second, 10*time.Millisecond)
+	queueOneByOne(t, st, "a", 1, workers)
 	found0, empty0 := claimsCounted(t, "cpu-fleet")
 
-	for i := range 10 {
-		queueRuns(t, st, "a", 1)
-		require.Eventually(t, func() bool { return assigned() == i+2 }, 10*time.Second, time.Millisecond)
-	}
+	queueOneByOne(t, st, "a", 10, workers)
 
 	found, empty := claimsCounted(t, "cpu-fleet")
 	require.Equal(t, 10, found-found0, "each run one claim")

@@ -62,11 +62,7 @@ func TestConcurrentExecutorTakesSeveralRequests(t *testing.T) {
 	var logMu sync.Mutex
 	m := newManager(t, executor.Config{MaxConcurrency: 8, Logger: slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, nil))})
 	f := concurrentStep(t, "    replicas: 1\n    concurrency: 4\n")
-	states := make([]map[string]any, 4)
-	for i := range states {
-		states[i] = map[string]any{"action": "gather", "n": 4}
-	}
-	outs, recs := runAll(t, m, f, states)
+	outs, recs := runAll(t, m, f, gathering(4, 4))
 	pids := map[int]bool{}
 	for i, out := range outs {
 		require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
@@ -94,6 +90,16 @@ func TestConcurrentExecutorTakesSeveralRequests(t *testing.T) {
 	}, waitFor, 5e6)
 }
 
+// gathering is the states of runs runs that each wait until n requests are in flight on
+// their process (concurrent_executor.py's "gather").
+func gathering(runs, n int) []map[string]any {
+	states := make([]map[string]any, runs)
+	for i := range states {
+		states[i] = map[string]any{"action": "gather", "n": n}
+	}
+	return states
+}
+
 type lockedWriter struct {
 	b  *bytes.Buffer
 	mu *sync.Mutex
@@ -111,11 +117,7 @@ func TestConcurrentExecutorElasticReplicas(t *testing.T) {
 	t.Parallel()
 	m := newManager(t, executor.Config{MaxConcurrency: 8})
 	f := concurrentStep(t, "    concurrency: 4\n")
-	states := make([]map[string]any, 8)
-	for i := range states {
-		states[i] = map[string]any{"action": "gather", "n": 4}
-	}
-	outs, _ := runAll(t, m, f, states)
+	outs, _ := runAll(t, m, f, gathering(8, 4))
 	perPID := map[int]int{}
 	for _, out := range outs {
 		require.Equal(t, executor.OutcomeSucceeded, out.Kind, out.Error)
