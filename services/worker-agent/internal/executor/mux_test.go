@@ -33,9 +33,7 @@ func runAll(t *testing.T, m *executor.Manager, f *flow.Flow, states []map[string
 	for i, st := range states {
 		recs[i] = &recorder{}
 		wg.Go(func() {
-			outs[i] = m.Run(t.Context(), executor.RunSpec{
-				RunName: fmt.Sprintf("runs/r%d", i), Attempt: 1, FlowKey: "assistants/test@1", Flow: f, State: st,
-			}, recs[i].callbacks())
+			outs[i], _ = runCtx(t.Context(), t, m, f, st, recs[i], func(s *executor.RunSpec) { s.RunName = fmt.Sprintf("runs/r%d", i) })
 		})
 	}
 	wg.Wait()
