@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	gatewayv1 "github.com/agentserver/agentserver/gen/agentserver/gateway/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
 	"github.com/agentserver/agentserver/pkg/config"
 )
@@ -126,7 +127,11 @@ Latencies come from the runs' own create_time, start_time and end_time (the serv
 collected with ListRuns after the runs have finished; while they run, one WaitRun at a time
 follows the newest run, at most one run every 100 ms, so watching costs the server almost
 nothing. Throughput is the runs that SUCCEEDED divided by the time from the first
-create_time (burn-down: the release) to the last end_time.
+create_time (burn-down: the release) to the last end_time. Beside the create calls' own
+latency ("create call", measured here) the report gives the answering gateway's time in its
+handlers ("gateway handler", from its GatewayStatsService: the unary calls of its last
+minute, at most 65,536, nearly all of them the creates under load): the difference is the
+transport both ways and this client.
 
 With --threads N every run is created on one of N new threads in turn (multitask
 "enqueue": a thread's runs run one at a time, in order), as sessions' turns are.
@@ -343,6 +348,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 	}
 	wall := time.Since(creating)
 	after := b.sampler.read()
+	gateway := b.gatewayLatency(ctx)
 	stopProgress()
 
 	runs, err := b.collect(ctx, time.Now().Add(b.opts.drainTimeout))
@@ -350,6 +356,7 @@ func (b *benchRun) run(ctx context.Context, cmd *cobra.Command) error {
 		return err
 	}
 	report := b.report(runs, release)
+	report.GatewayMS = gateway
 	if before.groupsErr == nil && after.groupsErr == nil {
 		report.CPU = cpuUsage(before.groups, after.groups, wall.Seconds(), report.Completed)
 		if before.machineErr == nil && after.machineErr == nil {
@@ -809,4 +816,27 @@ func (b *benchRun) showProgress() func() {
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { close(stop); <-done }) }
+}
+
+// gatewayLatency reads the answering gateway's latency of its own unary calls; nil when it
+// does not answer (an older gateway, or one behind a proxy that does not pass the internal
+// service): the report then goes without it.
+func (b *benchRun) gatewayLatency(ctx context.Context) *GatewayLatency {
+	stats, err := client(b.a, gatewayv1.NewGatewayStatsServiceClient)
+	if err != nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := stats.GetLatency(cctx, &gatewayv1.GetLatencyRequest{})
+	if err != nil || resp.GetCount() == 0 {
+		return nil
+	}
+	return &GatewayLatency{
+		WindowS: resp.GetWindow().AsDuration().Seconds(),
+		P50:     ms(resp.GetP50().AsDuration()),
+		P95:     ms(resp.GetP95().AsDuration()),
+		P99:     ms(resp.GetP99().AsDuration()),
+		N:       resp.GetCount(),
+	}
 }

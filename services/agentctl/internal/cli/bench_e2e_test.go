@@ -191,6 +191,13 @@ func TestBenchAgainstAllInOne(t *testing.T) {
 		r, _ := runBench(t, addr, "--flow", flow, "--rate", "50", "--duration", "1s")
 		requireSane(t, r, 50)
 		require.Equal(t, 50.0, r.OfferedRatePerS)
+		// The gateway's own latency of the unary calls of its last minute: this bench's
+		// creates among them.
+		g := r.GatewayMS
+		require.NotNil(t, g, "the gateway's GetLatency answered")
+		require.Equal(t, 60.0, g.WindowS)
+		require.GreaterOrEqual(t, g.N, int64(r.Created))
+		require.True(t, 0 < g.P50 && g.P50 <= g.P95 && g.P95 <= g.P99, "%+v", g)
 	})
 	t.Run("burndown", func(t *testing.T) {
 		r, _ := runBench(t, addr, "--flow", flow, "--burndown", "300", "--batch-size", "100")

@@ -119,6 +119,14 @@ func TestBenchReportJSONShape(t *testing.T) {
 	require.Equal(t, "postgres", cpu["name"])
 	require.Equal(t, 1.5, cpu["cpu_s"])
 	require.Equal(t, map[string]any{"cpus": 2.0, "busy_s": 1.8, "busy_cores": 0.18, "per_run_us": 200000.0}, m["machine"])
+	require.NotContains(t, m, "gateway_ms", "absent when the gateway did not answer")
+
+	r.GatewayMS = &GatewayLatency{WindowS: 60, P50: 0.5, P95: 1.5, P99: 2.25, N: 65536}
+	b, err = json.Marshal(r)
+	require.NoError(t, err)
+	m = nil
+	require.NoError(t, json.Unmarshal(b, &m))
+	require.Equal(t, map[string]any{"window_s": 60.0, "p50": 0.5, "p95": 1.5, "p99": 2.25, "n": 65536.0}, m["gateway_ms"])
 }
 
 func TestParseProcStat(t *testing.T) {
@@ -292,8 +300,13 @@ func TestBenchReportText(t *testing.T) {
 	}
 	var out strings.Builder
 	require.NoError(t, r.printText(&out))
+	require.NotContains(t, out.String(), "gateway handler")
+	r.GatewayMS = &GatewayLatency{WindowS: 60, P50: 0.5, P95: 1.5, P99: 2.25, N: 10003}
+	out.Reset()
+	require.NoError(t, r.printText(&out))
 	for _, want := range []string{
 		"workload:    500 runs/s offered for 20s, one CreateRun per run\n",
+		"gateway handler   0.50  1.50  2.25   -      10003\n",
 		"runs:        10000 created, 9999 completed, 1 errors\n",
 		"throughput:  499.9 runs/s over 20s (server clock)\n",
 		"enqueue→start     2.50  4.00  6.25   30.00  10000\n",
