@@ -133,8 +133,8 @@ type BenchReport struct {
 	CreateCallMS Percentiles `json:"create_call_ms"`
 	// GatewayMS is the answering gateway's own time for the unary calls it served (its
 	// GatewayStatsService, read before the runs are listed): beside CreateCallMS it splits
-	// a create call between the gateway's handler and the transport both ways. Absent when
-	// the gateway did not answer.
+	// a create call between the gateway's handler and the transport both ways. Absent for
+	// a burn-down and when the gateway did not answer.
 	GatewayMS *GatewayLatency `json:"gateway_ms,omitempty"`
 	// Errors counts failed calls (per run they would have created), runs that ended other
 	// than SUCCEEDED and runs that did not finish in time; ErrorKinds breaks it down.
