@@ -37,6 +37,8 @@ FROM gcr.io/distroless/static-debian12:nonroot AS runtime
 LABEL org.opencontainers.image.title="agentserver-gateway" \
       org.opencontainers.image.description="agentserver public API gateway (REST :8080, gRPC :9090)"
 COPY --from=build /out/gateway /usr/local/bin/gateway
-EXPOSE 8080 9090
+# /healthz, /readyz and /metrics (the API calls' latency histogram) on the admin port.
+ENV GATEWAY_ADMIN_ADDR=:9094
+EXPOSE 8080 9090 9094
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/gateway"]

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -23,7 +24,16 @@ type Server struct {
 }
 
 // Listen binds addr. ready reports why the service is not ready (nil when it is).
-func Listen(addr string, ready func(context.Context) error, log *slog.Logger) (*Server, error) {
+// /metrics serves the process's default registry (the Go runtime's metrics and the
+// package-level ones) and collectors, which belong to this server alone: several
+// services in one process (the all-in-one, tests) each serve their own.
+func Listen(addr string, ready func(context.Context) error, log *slog.Logger, collectors ...prometheus.Collector) (*Server, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering the admin endpoint's metrics: %w", err)
+		}
+	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening for the admin endpoint on %s (port taken? change the admin address): %w", addr, err)
@@ -41,7 +51,11 @@ func Listen(addr string, ready func(context.Context) error, log *slog.Logger) (*
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.Handler())
+	// A collector that cannot read its source (the database, say) reports the error in
+	// the log and leaves its metrics out; the rest are still served.
+	mux.Handle("GET /metrics", promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(
+		prometheus.Gatherers{prometheus.DefaultGatherer, reg},
+		promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, ErrorHandling: promhttp.ContinueOnError})))
 	return &Server{lis: lis, http: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, log: log}, nil
 }
 
@@ -61,3 +75,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// slogErrorLog is promhttp's error log on a slog.Logger.
+type slogErrorLog struct{ log *slog.Logger }
+
+func (l slogErrorLog) Println(v ...any) { l.log.Warn("serving /metrics", "err", fmt.Sprint(v...)) }

@@ -80,7 +80,10 @@ func Bind(set *config.Set, cfg *Config) {
 // Addrs are where a running server listens.
 type Addrs struct {
 	HTTP, GRPC, Scheduler net.Addr
-	DatabaseURL           string
+	// GatewayAdmin and SchedulerAdmin serve /healthz, /readyz and /metrics; nil unless
+	// Gateway.AdminAddr and Scheduler.AdminAddr are set.
+	GatewayAdmin, SchedulerAdmin net.Addr
+	DatabaseURL                  string
 }
 
 // Run starts everything, calls ready (if not nil) once every service listens, and runs
@@ -153,7 +156,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Addrs)) e
 		workersGroup.Go(func() error { return w.Run(workerCtx) })
 	}
 	if ready != nil {
-		ready(Addrs{HTTP: gw.HTTPAddr(), GRPC: gw.GRPCAddr(), Scheduler: sched.Addr(), DatabaseURL: dbURL})
+		ready(Addrs{HTTP: gw.HTTPAddr(), GRPC: gw.GRPCAddr(), Scheduler: sched.Addr(), DatabaseURL: dbURL,
+			GatewayAdmin: gw.AdminAddr(), SchedulerAdmin: sched.AdminAddr()})
 	}
 	log.Info("agentserver is up", "rest", gw.HTTPAddr().String(), "grpc", gw.GRPCAddr().String(), "workers", cfg.Workers, "slots", cfg.Worker.Slots)
 

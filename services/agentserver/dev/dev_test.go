@@ -26,9 +26,10 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // server is an all-in-one agentserver started on free loopback ports.
 type server struct {
-	base string
-	http *http.Client
-	stop func()
+	base  string
+	http  *http.Client
+	stop  func()
+	addrs dev.Addrs
 }
 
 func repoRoot(t *testing.T) string {
@@ -47,7 +48,7 @@ func startServer(t *testing.T) *server {
 
 // startServerOn starts an all-in-one on an existing database; stop (also run at cleanup)
 // shuts it down cleanly.
-func startServerOn(t *testing.T, dbURL string) *server {
+func startServerOn(t *testing.T, dbURL string, mods ...func(*dev.Config)) *server {
 	t.Helper()
 	cfg := dev.Defaults()
 	cfg.DatabaseURL = dbURL
@@ -57,6 +58,9 @@ func startServerOn(t *testing.T, dbURL string) *server {
 	cfg.Worker.Slots = "cpu=4"
 	cfg.Worker.WorkDir = repoRoot(t)
 	cfg.Worker.DrainGrace = 5 * time.Second
+	for _, mod := range mods {
+		mod(&cfg)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan dev.Addrs, 1)
@@ -86,7 +90,7 @@ func startServerOn(t *testing.T, dbURL string) *server {
 		})
 	}
 	t.Cleanup(stop)
-	return &server{base: "http://" + a.HTTP.String(), http: &http.Client{Timeout: 2 * time.Minute}, stop: stop}
+	return &server{base: "http://" + a.HTTP.String(), http: &http.Client{Timeout: 2 * time.Minute}, stop: stop, addrs: a}
 }
 
 // call sends a JSON request and decodes the JSON answer; it returns the HTTP status.

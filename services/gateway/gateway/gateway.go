@@ -25,6 +25,7 @@ import (
 
 	gatewayv1 "github.com/agentserver/agentserver/gen/agentserver/gateway/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/admin"
 	"github.com/agentserver/agentserver/pkg/config"
 	"github.com/agentserver/agentserver/pkg/grpcwin"
 	"github.com/agentserver/agentserver/pkg/rawio"
@@ -53,6 +54,9 @@ type Config struct {
 	// AssistantCacheTTL is how long GetAssistant answers from memory (api.AssistantCache);
 	// 0 disables the cache.
 	AssistantCacheTTL time.Duration
+	// AdminAddr serves /healthz, /readyz and /metrics (the API calls' latency histogram);
+	// empty disables it.
+	AdminAddr string
 }
 
 // Defaults returns the default configuration (REST :8080, gRPC :9090).
@@ -76,6 +80,7 @@ func Bind(set *config.Set, cfg *Config) {
 	set.Duration(&cfg.MaxTimeout, "max-timeout", "AGENTSERVER_MAX_TIMEOUT", cfg.MaxTimeout, "cluster maximum execution timeout")
 	set.Duration(&cfg.AssistantCacheTTL, "assistant-cache-ttl", "GATEWAY_ASSISTANT_CACHE_TTL", cfg.AssistantCacheTTL,
 		"how long GetAssistant answers from this gateway's memory; an update through another gateway shows after at most this (0: off)")
+	set.String(&cfg.AdminAddr, "admin-addr", "GATEWAY_ADMIN_ADDR", cfg.AdminAddr, "/healthz, /readyz and /metrics address, e.g. :9094 (empty: off)")
 }
 
 // Validate reports the first setting a person must fix.
@@ -104,6 +109,7 @@ type Server struct {
 	http    *http.Server
 	conn    *grpc.ClientConn
 	runs    *api.Runs
+	admin   *admin.Server // nil without Config.AdminAddr
 }
 
 // createBatch is the most runs one group-commit of concurrent CreateRun calls writes.
@@ -186,7 +192,24 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("registering the events endpoint: %w", err)
 	}
 	s.http = &http.Server{Handler: limitBody(mux, int64(cfg.MaxRequestBytes)), ReadHeaderTimeout: 10 * time.Second}
+	if cfg.AdminAddr != "" {
+		if s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, log, window.Collector()); err != nil {
+			grpcLis.Close()
+			httpLis.Close()
+			s.conn.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// AdminAddr is the address of /healthz, /readyz and /metrics; nil when Config.AdminAddr
+// is empty.
+func (s *Server) AdminAddr() net.Addr {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.Addr()
 }
 
 // limitBody refuses bodies over n bytes (the handler then answers 400).
@@ -246,6 +269,9 @@ func (s *Server) Run(ctx context.Context) error {
 		s.runs.Close()
 		return s.conn.Close()
 	})
+	if s.admin != nil {
+		g.Go(func() error { return s.admin.Run(ctx) })
+	}
 	s.log.Info("gateway serving", "http", s.httpLis.Addr().String(), "grpc", s.grpcLis.Addr().String())
 	return g.Wait()
 }

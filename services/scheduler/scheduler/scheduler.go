@@ -194,7 +194,8 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	s.inproc = &inproc.Channel{Share: true}
 	schedulerv1.RegisterSchedulerServiceServer(s.inproc, s)
 	if cfg.AdminAddr != "" {
-		s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, s.log)
+		s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, s.log,
+			clusterCollector{stats: st.ClusterStats, timeout: 5 * time.Second})
 		if err != nil {
 			lis.Close()
 			return nil, err
