@@ -60,7 +60,7 @@ var dockerfileSpecs = []dockerfileSpec{
 	{
 		file:     "gateway.Dockerfile",
 		packages: []string{"./services/gateway/cmd/gateway"},
-		images:   []imageSpec{{stage: defaultTarget, base: distroless, expose: []string{"8080", "9090"}}},
+		images:   []imageSpec{{stage: defaultTarget, base: distroless, expose: []string{"8080", "9090", "9094"}}},
 	},
 	{
 		file:     "scheduler.Dockerfile",

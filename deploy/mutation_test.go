@@ -209,8 +209,8 @@ var dockerfileMutations = []struct {
 	},
 	{
 		name: "port not exposed", file: "gateway.Dockerfile",
-		old: "EXPOSE 8080 9090", new: "EXPOSE 8080",
-		want: "EXPOSE [8080], want [8080 9090]",
+		old: "EXPOSE 8080 9090 9094", new: "EXPOSE 8080 9090",
+		want: "EXPOSE [8080 9090], want [8080 9090 9094]",
 	},
 	{
 		name: "cgo build", file: "scheduler.Dockerfile",
@@ -234,7 +234,7 @@ var dockerfileMutations = []struct {
 	},
 	{
 		name: "shell in distroless", file: "gateway.Dockerfile",
-		old: "EXPOSE 8080 9090\n", new: "EXPOSE 8080 9090\nRUN mkdir /data\n",
+		old: "EXPOSE 8080 9090 9094\n", new: "EXPOSE 8080 9090 9094\nRUN mkdir /data\n",
 		want: "has no shell, so it cannot RUN",
 	},
 	{
