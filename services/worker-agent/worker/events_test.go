@@ -87,6 +87,12 @@ func (s *standInScheduler) respond(t *testing.T, m *schedulerv1.ConnectResponse)
 // execute testdata/gpu_env_executor.py (each answers once release exists).
 func runWorker(t *testing.T, s *standInScheduler, hold time.Duration, release string, runs ...string) *Worker {
 	t.Helper()
+	return runWorkerWith(t, s, hold, release, nil, runs...)
+}
+
+// runWorkerWith is runWorker with mod (if not nil) applied to the worker's configuration.
+func runWorkerWith(t *testing.T, s *standInScheduler, hold time.Duration, release string, mod func(*Config), runs ...string) *Worker {
+	t.Helper()
 	script, err := filepath.Abs(filepath.Join(testdata, "gpu_env_executor.py"))
 	require.NoError(t, err)
 	flowYAML := fmt.Sprintf("executors:\n  - name: env\n    command: [python3, %q]\n", script)
@@ -97,19 +103,24 @@ func runWorker(t *testing.T, s *standInScheduler, hold time.Duration, release st
 		s.assign = append(s.assign, &schedulerv1.Assignment{Run: run, Epoch: 3, Assistant: "assistants/env", AssistantVersion: 1,
 			Flow: flowYAML, State: state, Attempt: 1, SlotType: "cpu"})
 	}
-	w := newStandInWorker(t, s, "cpu=2")
+	w := newStandInWorker(t, s, "cpu=2", mod)
 	w.events.hold = hold // beyond what WORKER_EVENT_HOLD allows: no timing in the tests that need none
 	serve(t, w)
 	return w
 }
 
 // newStandInWorker is a worker with slots, connected in process to s.
-func newStandInWorker(t *testing.T, s *standInScheduler, slots string) *Worker {
+func newStandInWorker(t *testing.T, s *standInScheduler, slots string, mods ...func(*Config)) *Worker {
 	t.Helper()
 	ch := new(inproc.Channel)
 	schedulerv1.RegisterSchedulerServiceServer(ch, s)
 	cfg := Defaults()
 	cfg.Slots, cfg.WorkDir = slots, t.TempDir()
+	for _, mod := range mods {
+		if mod != nil {
+			mod(&cfg)
+		}
+	}
 	w, err := New(cfg, slog.New(slog.DiscardHandler), WithSchedulerConn(ch))
 	require.NoError(t, err)
 	return w

@@ -210,7 +210,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Worker, error) {
 	}
 	w.events = newEventHold(cfg.EventHold, w.outbox.push)
 	if cfg.AdminAddr != "" {
-		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log); err != nil {
+		if w.admin, err = admin.Listen(cfg.AdminAddr, w.ready, w.log, slotsCollector{w}); err != nil {
 			_ = mgr.Close()
 			if gpus.closer != nil {
 				_ = gpus.closer.Close()
