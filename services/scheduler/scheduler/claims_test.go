@@ -2,8 +2,6 @@ package scheduler_test
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"testing"
 	"time"
 
@@ -12,6 +10,7 @@ import (
 
 	schedulerv1 "github.com/agentserver/agentserver/gen/agentserver/scheduler/v1"
 	agentserverv1 "github.com/agentserver/agentserver/gen/agentserver/v1"
+	"github.com/agentserver/agentserver/pkg/admintest"
 	"github.com/agentserver/agentserver/pkg/store"
 	"github.com/agentserver/agentserver/services/scheduler/scheduler"
 )
@@ -109,13 +108,7 @@ func TestOneClaimPerAnnouncedRunAcrossWorkers(t *testing.T) {
 	require.LessOrEqual(t, empty-empty0, 2, "no empty claim for the four other workers' free slots (a stray poll may)")
 
 	// The counts are on the admin endpoint's /metrics.
-	resp, err := http.Get("http://" + srv.AdminAddr().String() + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.Contains(t, string(body), fmt.Sprintf(`agentserver_scheduler_claims_total{found="true",slot_type="cpu-fleet"} %d`, found))
+	require.Contains(t, admintest.Metrics(t, srv.AdminAddr()), fmt.Sprintf(`agentserver_scheduler_claims_total{found="true",slot_type="cpu-fleet"} %d`, found))
 }
 
 // Results freeing slots the queue has nothing for cost no claim, on whichever worker of
