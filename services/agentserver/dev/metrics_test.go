@@ -1,9 +1,16 @@
 package dev_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
+	"runtime/pprof"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -43,4 +50,24 @@ func TestMetricsOfTheAllInOne(t *testing.T) {
 	} {
 		require.Contains(t, sched, line+"\n")
 	}
+}
+
+// A gateway whose admin address is taken fails to start, and keeps nothing it opened
+// before the failure: its gRPC server's stream workers stop with it.
+func TestGatewayWithItsAdminAddressTakenStartsNothing(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	cfg := dev.Defaults()
+	cfg.DatabaseURL = pgtest.NewDatabase(t)
+	cfg.Gateway.HTTPAddr, cfg.Gateway.GRPCAddr, cfg.Scheduler.GRPCAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Gateway.AdminAddr = taken.Addr().String()
+	err = dev.Run(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	require.ErrorContains(t, err, "listening for the admin endpoint on "+taken.Addr().String())
+	workers := func() bool {
+		var stacks bytes.Buffer
+		require.NoError(t, pprof.Lookup("goroutine").WriteTo(&stacks, 1))
+		return !bytes.Contains(stacks.Bytes(), []byte("grpc.(*Server).serverWorker"))
+	}
+	require.Eventually(t, workers, 10*time.Second, 10*time.Millisecond, "the gateway's gRPC stream workers are stopped")
 }

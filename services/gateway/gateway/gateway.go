@@ -121,7 +121,7 @@ const createBatch = 256
 const streamWorkers = 64
 
 // New builds a gateway and binds its listeners.
-func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
+func New(cfg Config, st *store.Store, log *slog.Logger) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("gateway configuration: %w", err)
 	}
@@ -145,6 +145,11 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	// 20 s is the TCP_USER_TIMEOUT gRPC sets from its default keepalive timeout.
 	grpcLis = rawio.Listener(grpcLis, 20*time.Second)
 	s := &Server{cfg: cfg, log: log, grpcLis: grpcLis, httpLis: httpLis, health: health.NewServer()}
+	defer func() {
+		if err != nil {
+			s.abandon()
+		}
+	}()
 	window := latency.NewWindow(time.Minute, 1<<16)
 	s.grpc = grpc.NewServer(append(grpcwin.ServerOptions(),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
@@ -166,8 +171,6 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(cfg.MaxRequestBytes)))...)
 	if err != nil {
-		grpcLis.Close()
-		httpLis.Close()
 		return nil, fmt.Errorf("connecting REST to gRPC: %w", err)
 	}
 	mux := runtime.NewServeMux(
@@ -194,13 +197,26 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Server, error) {
 	s.http = &http.Server{Handler: limitBody(mux, int64(cfg.MaxRequestBytes)), ReadHeaderTimeout: 10 * time.Second}
 	if cfg.AdminAddr != "" {
 		if s.admin, err = admin.Listen(cfg.AdminAddr, func(ctx context.Context) error { return st.Pool().Ping(ctx) }, log, window.Collector()); err != nil {
-			grpcLis.Close()
-			httpLis.Close()
-			s.conn.Close()
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// abandon releases what New opened before it failed: the listeners, the gRPC server's
+// stream workers, the create batcher and readers, and the REST side's connection.
+func (s *Server) abandon() {
+	if s.grpc != nil {
+		s.grpc.Stop()
+	}
+	if s.runs != nil {
+		s.runs.Close()
+	}
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.grpcLis.Close()
+	s.httpLis.Close()
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics; nil when Config.AdminAddr
