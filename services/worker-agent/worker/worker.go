@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -508,6 +509,12 @@ func (w *Worker) sendLoop(ctx context.Context, stream schedulerv1.SchedulerServi
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-w.outbox.ready:
+			// Let the goroutines already runnable go first: a claim's runs end together
+			// (their executor's answers come in one read) and each pushes its result, so
+			// one wake-up here then sends them all, where taking each result as it came
+			// woke this loop, and the scheduler's receiving goroutines, once a run (~1.7
+			// wake-ups a run fewer in the server; thirty-fifth pass).
+			runtime.Gosched()
 		case <-t.C:
 			if err := stream.Send(w.heartbeat()); err != nil {
 				return err
